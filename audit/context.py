@@ -1,0 +1,37 @@
+"""Per-request (or per-job) metadata that every audit row of one user action shares."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    correlation_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    request_ip: str | None = None
+    user_agent: str = ""
+
+
+_current: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
+
+
+def current_context() -> AuditContext:
+    """The context of the running request or job; a fresh one when none was opened, so
+    every row still has a correlation id."""
+    return _current.get() or AuditContext()
+
+
+@contextlib.contextmanager
+def audit_context(
+    *, request_ip: str | None = None, user_agent: str = ""
+) -> Iterator[AuditContext]:
+    ctx = AuditContext(request_ip=request_ip, user_agent=user_agent[:400])
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

@@ -1,0 +1,355 @@
+"""Console forms. They parse and shape input; every rule about what is valid lives in the
+services, whose errors are shown beside the matching field (see `add_service_errors`)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+
+from flags.constants import KEY_HELP, BehaviorSurface, Lifetime, ValueType
+from flags.evaluation.targeting_schema import SPLIT_TOTAL
+from flags.models import Flag, Project, Targeting, Variation, key_validator
+
+MAX_JSON_CHARS = 200_000
+
+
+def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
+    """Attach a service's ValidationError to the form: beside the field it names when the
+    form has that field, at the top of the form otherwise."""
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.error_dict.items():
+            target = field if field in form.fields else None
+            for error in errors:
+                messages = error.messages if hasattr(error, "messages") else [str(error)]
+                for message in messages:
+                    form.add_error(target, message if target else f"{field.replace('_', ' ')}: {message}")
+    else:
+        for message in exc.messages:
+            form.add_error(None, message)
+
+
+def parse_json_text(text: str, *, field_label: str = "value") -> Any:
+    if len(text) > MAX_JSON_CHARS:
+        raise ValidationError(f"The {field_label} is too long (at most {MAX_JSON_CHARS:,} characters).")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
+
+
+def parse_typed_value(value_type: str, text: str) -> Any:
+    """Turn the text typed for a variation into a value of the flag's type."""
+    text = text.strip() if value_type != ValueType.STRING else text
+    if value_type == ValueType.BOOLEAN:
+        if text.lower() in {"true", "false"}:
+            return text.lower() == "true"
+        raise ValidationError(f"A boolean flag needs true or false, not “{text}”.")
+    if value_type == ValueType.NUMBER:
+        try:
+            number = Decimal(text)
+        except InvalidOperation as exc:
+            raise ValidationError(f"“{text}” is not a number.") from exc
+        if not number.is_finite():
+            raise ValidationError("The number must be finite.")
+        return int(number) if number == number.to_integral_value() and "." not in text and "e" not in text.lower() else float(number)
+    if value_type == ValueType.JSON:
+        return parse_json_text(text)
+    if not text:
+        raise ValidationError("A string variation needs a value.")
+    return text
+
+
+def format_value(value_type: str, value: Any) -> str:
+    if value_type == ValueType.JSON:
+        return json.dumps(value, indent=2, sort_keys=False)
+    if value_type == ValueType.BOOLEAN:
+        return "true" if value else "false"
+    return str(value)
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for chunk in text.splitlines() for item in chunk.split(",") if item.strip()]
+
+
+class KeyField(forms.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=100, validators=[key_validator], help_text=KEY_HELP, **kwargs)
+
+
+class FlagContractForm(forms.Form):
+    """The contract fields shared by create and edit."""
+
+    name = forms.CharField(max_length=200)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    behavior_surface = forms.ChoiceField(choices=BehaviorSurface.choices)
+    lifetime = forms.ChoiceField(choices=Lifetime.choices)
+    owner_user = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False, label="Owner (person)")
+    owner_team = forms.CharField(max_length=100, required=False, label="Owner (team)")
+    review_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    cleanup_rule = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    primary_metric = forms.CharField(max_length=100, required=False)
+    guardrail_metrics = forms.CharField(required=False, help_text="Comma-separated metric keys.")
+    rollback_action = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    first_audience = forms.CharField(max_length=200, required=False)
+    tags = forms.CharField(required=False, help_text="Comma-separated.")
+    json_schema = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono"}), required=False, label="JSON Schema",
+        help_text="JSON flags only: every variation value is validated against it.",
+    )
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.fields["owner_user"].queryset = (
+            get_user_model().objects.filter(memberships__project=project).distinct().order_by("username")
+        )
+
+    def clean_json_schema(self) -> dict | None:
+        text = self.cleaned_data["json_schema"].strip()
+        return parse_json_text(text, field_label="JSON Schema") if text else None
+
+    def clean_guardrail_metrics(self) -> list[str]:
+        return split_list(self.cleaned_data["guardrail_metrics"])
+
+    def clean_tags(self) -> list[str]:
+        return split_list(self.cleaned_data["tags"])
+
+    CONTRACT_FIELDS = (
+        "name", "description", "behavior_surface", "lifetime", "owner_user", "owner_team", "review_date",
+        "cleanup_rule", "primary_metric", "guardrail_metrics", "rollback_action", "first_audience",
+        "json_schema",
+    )
+
+    def contract(self) -> dict[str, Any]:
+        """The cleaned contract fields this form has (edit forms of non-JSON flags have no schema)."""
+        return {name: self.cleaned_data[name] for name in self.CONTRACT_FIELDS if name in self.fields}
+
+
+class FlagCreateForm(FlagContractForm):
+    key = KeyField()
+    value_type = forms.ChoiceField(choices=ValueType.choices)
+    fallback_key = forms.CharField(
+        max_length=100, required=False, label="Fallback variation key",
+        help_text="The safe default. Boolean flags get “off” (false, the fallback) and “on” (true).",
+    )
+    fallback_value = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}), required=False, label="Fallback value",
+    )
+
+    field_order = ["key", "name", "value_type", "behavior_surface", "lifetime", "description", "fallback_key",
+                   "fallback_value", "json_schema"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        value_type = data.get("value_type")
+        if value_type and value_type != ValueType.BOOLEAN:
+            if not data.get("fallback_key"):
+                self.add_error("fallback_key", "Name the fallback variation.")
+            else:
+                try:
+                    key_validator(data["fallback_key"])
+                except ValidationError as exc:
+                    self.add_error("fallback_key", exc)
+            try:
+                data["fallback_parsed"] = parse_typed_value(value_type, data.get("fallback_value", ""))
+            except ValidationError as exc:
+                self.add_error("fallback_value", exc)
+        if value_type and value_type != ValueType.JSON and data.get("json_schema"):
+            self.add_error("json_schema", "Only JSON flags take a JSON Schema.")
+        return data
+
+    def variations(self) -> tuple[list[dict[str, Any]], str]:
+        if self.cleaned_data["value_type"] == ValueType.BOOLEAN:
+            return [
+                {"key": "off", "name": "Off", "value": False, "risk_rank": 0},
+                {"key": "on", "name": "On", "value": True, "risk_rank": 1},
+            ], "off"
+        key = self.cleaned_data["fallback_key"]
+        return [{"key": key, "value": self.cleaned_data["fallback_parsed"], "risk_rank": 0}], key
+
+
+class FlagEditForm(FlagContractForm):
+    fallback_variation = forms.ChoiceField(label="Fallback variation")
+    version = forms.IntegerField(widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, flag: Flag, **kwargs: Any) -> None:
+        super().__init__(*args, project=flag.project, **kwargs)
+        self.flag = flag
+        self.fields["fallback_variation"].choices = [(v.key, v.key) for v in flag.variations.all()]
+        if flag.value_type != ValueType.JSON:
+            del self.fields["json_schema"]
+
+    @classmethod
+    def initial_for(cls, flag: Flag) -> dict[str, Any]:
+        return {
+            "name": flag.name, "description": flag.description, "behavior_surface": flag.behavior_surface,
+            "lifetime": flag.lifetime, "owner_user": flag.owner_user_id, "owner_team": flag.owner_team,
+            "review_date": flag.review_date, "cleanup_rule": flag.cleanup_rule,
+            "primary_metric": flag.primary_metric, "guardrail_metrics": ", ".join(flag.guardrail_metrics),
+            "rollback_action": flag.rollback_action, "first_audience": flag.first_audience,
+            "tags": ", ".join(t.name for t in flag.tags.all()),
+            "json_schema": json.dumps(flag.json_schema, indent=2) if flag.json_schema else "",
+            "fallback_variation": flag.fallback_variation.key if flag.fallback_variation_id else "",
+            "version": flag.version,
+        }
+
+
+class VariationForm(forms.Form):
+    key = KeyField()
+    name = forms.CharField(max_length=200, required=False)
+    value = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}), strip=False)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    risk_rank = forms.IntegerField(min_value=0, max_value=1000, initial=0, help_text="0 is the safest.")
+
+    def __init__(self, *args: Any, flag: Flag, variation: Variation | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flag = flag
+        if variation is not None:
+            del self.fields["key"]
+        if flag.value_type == ValueType.BOOLEAN:
+            self.fields["value"].widget = forms.Select(choices=[("false", "false"), ("true", "true")])
+        elif flag.value_type in (ValueType.STRING, ValueType.NUMBER):
+            self.fields["value"].widget = forms.TextInput(attrs={"class": "mono"})
+
+    @classmethod
+    def initial_for(cls, variation: Variation) -> dict[str, Any]:
+        return {
+            "name": variation.name, "description": variation.description, "risk_rank": variation.risk_rank,
+            "value": format_value(variation.flag.value_type, variation.value),
+        }
+
+    def clean_value(self) -> Any:
+        return parse_typed_value(self.flag.value_type, self.cleaned_data["value"])
+
+
+class TargetingForm(forms.Form):
+    """Targeting of one flag in one environment. The default rule is a variation or a split
+    typed as percentages; individual targets are keys per variation; rules are JSON."""
+
+    SPLIT = "__split__"
+
+    enabled = forms.BooleanField(required=False, label="Serving (on)")
+    assignment_unit = forms.CharField(
+        max_length=100, help_text="The context attribute that percentage splits bucket on (accountId, userId…).",
+    )
+    default_variation = forms.ChoiceField(label="Default rule serves")
+    rules = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 12, "class": "mono"}), required=False, label="Rules (JSON)",
+        help_text="Ordered rules; the first whose clauses all match serves.",
+    )
+    version = forms.IntegerField(widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, targeting: Targeting, variations: list[Variation], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.targeting = targeting
+        self.variations = variations
+        self.fields["default_variation"].choices = [(v.key, v.key) for v in variations] + [
+            (self.SPLIT, "a percentage split…")
+        ]
+        for variation in variations:
+            self.fields[f"split_{variation.key}"] = forms.DecimalField(
+                required=False, min_value=0, max_value=100, decimal_places=3, label=f"{variation.key} %",
+                widget=forms.NumberInput(attrs={"step": "0.001"}),
+            )
+            self.fields[f"targets_{variation.key}"] = forms.CharField(
+                required=False, label=f"Serve “{variation.key}” to", widget=forms.Textarea(attrs={"rows": 2}),
+                help_text="Assignment-unit keys, one per line or comma-separated.",
+            )
+
+    @classmethod
+    def initial_for(cls, targeting: Targeting, variations: list[Variation]) -> dict[str, Any]:
+        initial: dict[str, Any] = {
+            "enabled": targeting.enabled, "assignment_unit": targeting.assignment_unit,
+            "rules": json.dumps(targeting.rules, indent=2) if targeting.rules else "",
+            "version": targeting.version,
+        }
+        serve = targeting.default_serve
+        if "split" in serve:
+            initial["default_variation"] = cls.SPLIT
+            for bucket in serve["split"]:
+                initial[f"split_{bucket['variation']}"] = Decimal(bucket["weight"]) / 1000
+        else:
+            initial["default_variation"] = serve.get("variation")
+        for target in targeting.targets:
+            initial[f"targets_{target['variation']}"] = "\n".join(target["values"])
+        return initial
+
+    def split_fields(self) -> list[forms.BoundField]:
+        return [self[f"split_{v.key}"] for v in self.variations]
+
+    def target_fields(self) -> list[forms.BoundField]:
+        return [self[f"targets_{v.key}"] for v in self.variations]
+
+    def clean_rules(self) -> list:
+        text = self.cleaned_data["rules"].strip()
+        rules = parse_json_text(text, field_label="rules") if text else []
+        if not isinstance(rules, list):
+            raise ValidationError("Rules must be a JSON list.")
+        return rules
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("default_variation") == self.SPLIT:
+            split = []
+            for variation in self.variations:
+                percent = data.get(f"split_{variation.key}")
+                if percent:
+                    split.append({"variation": variation.key, "weight": int(percent * 1000)})
+            total = sum(bucket["weight"] for bucket in split)
+            if total != SPLIT_TOTAL:
+                self.add_error("default_variation", f"The split adds up to {Decimal(total) / 1000:g} %, not 100 %.")
+            data["default_serve"] = {"split": split}
+        elif data.get("default_variation"):
+            data["default_serve"] = {"variation": data["default_variation"]}
+        targets = []
+        for variation in self.variations:
+            keys = split_list(data.get(f"targets_{variation.key}") or "")
+            if keys:
+                targets.append({"variation": variation.key, "values": keys})
+        data["targets"] = targets
+        return data
+
+    def changes(self) -> dict[str, Any]:
+        return {
+            "enabled": self.cleaned_data["enabled"],
+            "assignment_unit": self.cleaned_data["assignment_unit"].strip(),
+            "default_serve": self.cleaned_data["default_serve"],
+            "targets": self.cleaned_data["targets"],
+            "rules": self.cleaned_data["rules"],
+        }
+
+
+class SegmentForm(forms.Form):
+    key = KeyField()
+    name = forms.CharField(max_length=200)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    included_keys = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                    help_text="Keys always in the segment, one per line or comma-separated.")
+    excluded_keys = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                    help_text="Keys never in the segment, even when a rule matches.")
+    rules = forms.CharField(widget=forms.Textarea(attrs={"rows": 8, "class": "mono"}), required=False,
+                            label="Attribute rules (JSON)",
+                            help_text='A list of {"clauses": [...]}; the segment matches when any rule does.')
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if editing:
+            del self.fields["key"]
+
+    def clean_included_keys(self) -> list[str]:
+        return split_list(self.cleaned_data["included_keys"])
+
+    def clean_excluded_keys(self) -> list[str]:
+        return split_list(self.cleaned_data["excluded_keys"])
+
+    def clean_rules(self) -> list:
+        text = self.cleaned_data["rules"].strip()
+        rules = parse_json_text(text, field_label="rules") if text else []
+        if not isinstance(rules, list):
+            raise ValidationError("Rules must be a JSON list.")
+        return rules

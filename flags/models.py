@@ -1,0 +1,271 @@
+"""The flag catalog: projects, environments, flags (the contract), variations, segments,
+per-environment targeting and SDK keys.
+
+Models hold data and constraints only; every write goes through flags.services.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from flags.constants import (
+    KEY_HELP,
+    KEY_PATTERN,
+    TEMPORARY_LIFETIMES,
+    BehaviorSurface,
+    LifecycleStage,
+    Lifetime,
+    Role,
+    ValueType,
+)
+
+key_validator = RegexValidator(KEY_PATTERN, KEY_HELP)
+
+
+def _key_field(**kwargs: object) -> models.CharField:
+    return models.CharField(max_length=100, validators=[key_validator], help_text=KEY_HELP, **kwargs)
+
+
+def _key_check(name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=Q(key__regex=KEY_PATTERN), name=name)
+
+
+class Project(models.Model):
+    key = _key_field(unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [_key_check("project_key_is_slug")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A role a person holds in a project. A person may hold several roles."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user", "role"], name="membership_unique_role"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_known"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.get_role_display()} in {self.project}"
+
+
+class Environment(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    key = _key_field()
+    name = models.CharField(max_length=200)
+    is_governed = models.BooleanField(
+        default=False,
+        help_text="Governed environments (production) take changes through approvals only.",
+    )
+    sort_order = models.PositiveSmallIntegerField(default=0)
+    # Bumped by every change that can alter what this environment serves; evaluation
+    # processes compare it with their snapshot's version.
+    version = models.PositiveBigIntegerField(default=1)
+
+    class Meta:
+        ordering = ["project", "sort_order", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key"], name="environment_key_unique_in_project"),
+            _key_check("environment_key_is_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tag(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="tag_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Flag(models.Model):
+    """The contract for one reversible release decision."""
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="flags")
+    key = _key_field()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    behavior_surface = models.CharField(max_length=32, choices=BehaviorSurface.choices)
+    value_type = models.CharField(max_length=16, choices=ValueType.choices)
+    json_schema = models.JSONField(null=True, blank=True)
+    fallback_variation = models.ForeignKey(
+        "Variation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The safe default, served when the flag is off, rolled back or on error.",
+    )
+    owner_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_flags"
+    )
+    owner_team = models.CharField(max_length=100, blank=True)
+    lifetime = models.CharField(max_length=32, choices=Lifetime.choices)
+    review_date = models.DateField(null=True, blank=True)
+    cleanup_rule = models.TextField(blank=True)
+    primary_metric = models.CharField(max_length=100, blank=True)
+    guardrail_metrics = models.JSONField(default=list, blank=True)
+    rollback_action = models.TextField(blank=True)
+    first_audience = models.CharField(max_length=200, blank=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="flags")
+    stage = models.CharField(max_length=16, choices=LifecycleStage.choices, default=LifecycleStage.DRAFT)
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key"], name="flag_key_unique_in_project"),
+            _key_check("flag_key_is_slug"),
+            models.CheckConstraint(condition=Q(value_type__in=ValueType.values), name="flag_value_type_known"),
+            models.CheckConstraint(condition=Q(lifetime__in=Lifetime.values), name="flag_lifetime_known"),
+            models.CheckConstraint(
+                condition=Q(behavior_surface__in=BehaviorSurface.values), name="flag_surface_known"
+            ),
+            models.CheckConstraint(condition=Q(stage__in=LifecycleStage.values), name="flag_stage_known"),
+            models.CheckConstraint(
+                condition=Q(json_schema__isnull=True) | Q(value_type=ValueType.JSON),
+                name="flag_schema_only_for_json",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def is_temporary(self) -> bool:
+        return self.lifetime in TEMPORARY_LIFETIMES
+
+    @property
+    def owner_label(self) -> str:
+        parts = []
+        if self.owner_user_id:
+            parts.append(self.owner_user.get_full_name() or self.owner_user.get_username())
+        if self.owner_team:
+            parts.append(self.owner_team)
+        return " · ".join(parts)
+
+
+class Variation(models.Model):
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="variations")
+    key = _key_field()
+    name = models.CharField(max_length=200, blank=True)
+    value = models.JSONField(help_text="Typed by the flag's value type.")
+    description = models.TextField(blank=True)
+    risk_rank = models.PositiveSmallIntegerField(default=0, help_text="0 is the safest.")
+    sort_order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["flag", "sort_order", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["flag", "key"], name="variation_key_unique_in_flag"),
+            _key_check("variation_key_is_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flag.key}:{self.key}" if self._state.fields_cache.get("flag") else self.key
+
+
+class Segment(models.Model):
+    """A reusable audience: included keys, excluded keys and attribute rules."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="segments")
+    key = _key_field()
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    included_keys = models.JSONField(default=list, blank=True)
+    excluded_keys = models.JSONField(default=list, blank=True)
+    rules = models.JSONField(default=list, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "key"], name="segment_key_unique_in_project"),
+            _key_check("segment_key_is_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Targeting(models.Model):
+    """How one flag serves in one environment. Rules and targets are validated structured
+    data (see flags.evaluation.targeting_schema); `version` rises on every change."""
+
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="targetings")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="targetings")
+    enabled = models.BooleanField(default=False)
+    targets = models.JSONField(default=list, blank=True)
+    rules = models.JSONField(default=list, blank=True)
+    default_serve = models.JSONField(help_text="A variation or a weighted split.")
+    assignment_unit = models.CharField(
+        max_length=100,
+        default="targetingKey",
+        help_text="The context attribute bucketed by percentage splits (account, user, conversation…).",
+    )
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["environment__sort_order"]
+        constraints = [
+            models.UniqueConstraint(fields=["flag", "environment"], name="targeting_unique_per_environment"),
+            models.CheckConstraint(condition=Q(version__gte=1), name="targeting_version_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flag_id}@{self.environment_id}"
+
+
+class SdkKey(models.Model):
+    """A server SDK key for one environment. Only a SHA-256 hash is stored: keys carry 256
+    bits of randomness, so a salted slow hash would add nothing but per-request cost."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="sdk_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The first characters, shown to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from flags import views
+
+app_name = "flags"
+
+_flag = "p/<slug:project_key>/flags/<slug:flag_key>/"
+
+urlpatterns = [
+    path("", views.project_list, name="project_list"),
+    path("p/<slug:project_key>/", views.flag_list, name="flag_list"),
+    path("p/<slug:project_key>/flags/new/", views.flag_create, name="flag_create"),
+    path(_flag, views.flag_detail, name="flag_detail"),
+    path(_flag + "edit/", views.flag_edit, name="flag_edit"),
+    path(_flag + "variations/new/", views.variation_create, name="variation_create"),
+    path(_flag + "variations/<slug:variation_key>/", views.variation_row, name="variation_row"),
+    path(_flag + "variations/<slug:variation_key>/edit/", views.variation_edit, name="variation_edit"),
+    path(_flag + "variations/<slug:variation_key>/delete/", views.variation_delete, name="variation_delete"),
+    path(_flag + "targeting/<slug:environment_key>/", views.targeting_edit, name="targeting_edit"),
+    path(_flag + "targeting/<slug:environment_key>/toggle/", views.targeting_toggle, name="targeting_toggle"),
+    path("p/<slug:project_key>/segments/", views.segment_list, name="segment_list"),
+    path("p/<slug:project_key>/segments/new/", views.segment_create, name="segment_create"),
+    path("p/<slug:project_key>/segments/<slug:segment_key>/", views.segment_edit, name="segment_edit"),
+    path("p/<slug:project_key>/segments/<slug:segment_key>/delete/", views.segment_delete, name="segment_delete"),
+]

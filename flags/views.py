@@ -1,0 +1,424 @@
+"""Console views for the flag catalog. Function views; htmx requests get named partials.
+
+Every view loads its objects through the project the user belongs to (ids from another
+project answer 404) and checks the permission on the object before acting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from flags import selectors, services
+from flags.constants import BehaviorSurface, LifecycleStage
+from flags.forms import (
+    FlagCreateForm,
+    FlagEditForm,
+    SegmentForm,
+    TargetingForm,
+    VariationForm,
+    add_service_errors,
+    format_value,
+)
+from flags.models import Flag, Project, Segment, Targeting, Variation
+from flags.permissions import can_edit_catalog, can_edit_targeting, can_view_project, role_labels
+from flags.selectors import FlagFilters
+
+
+def _project_for(request: HttpRequest, project_key: str) -> Project:
+    project = get_object_or_404(Project, key=project_key)
+    if not can_view_project(request.user, project):
+        raise Http404("No such project.")  # existence does not leak to non-members
+    return project
+
+
+def _flag_for(project: Project, flag_key: str) -> Flag:
+    try:
+        return selectors.flag_detail(project, flag_key)
+    except Flag.DoesNotExist as exc:
+        raise Http404("No such flag.") from exc
+
+
+def _denied(request: HttpRequest, message: str) -> HttpResponse:
+    """403 with a readable fragment for htmx (swapped into the message area), a page otherwise."""
+    if request.htmx:
+        response = render(request, "includes/denied.html", {"message": message}, status=403)
+        response["HX-Retarget"] = "#messages"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    return render(request, "denied.html", {"message": message}, status=403)
+
+
+def _with_messages(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Append pending messages as an out-of-band swap so htmx actions show feedback."""
+    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
+    return response
+
+
+# --- projects and the flag list ------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def project_list(request: HttpRequest) -> HttpResponse:
+    projects = selectors.project_list_for(request.user)
+    return render(request, "flags/project_list.html", {"projects": projects})
+
+
+@login_required
+@require_GET
+def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    filters = FlagFilters(
+        q=request.GET.get("q", "").strip()[:100],
+        surface=request.GET.get("surface", ""),
+        owner=request.GET.get("owner", ""),
+        stage=request.GET.get("stage", ""),
+        tag=request.GET.get("tag", ""),
+    )
+    context = {
+        "project": project,
+        "flags": selectors.flag_list(project, filters),
+        "filters": filters,
+        "environments": list(project.environments.all()),
+        "surfaces": BehaviorSurface.choices,
+        "stages": LifecycleStage.choices,
+        "owners": selectors.owner_choices(project),
+        "tags": selectors.tag_names(project),
+        "can_edit": can_edit_catalog(request.user, project),
+        "roles": role_labels(request.user, project),
+    }
+    template = "flags/flag_list.html#flag-table" if request.htmx else "flags/flag_list.html"
+    return render(request, template, context)
+
+
+# --- flags ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def flag_create(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_edit_catalog(request.user, project):
+        return _denied(request, "You need the flag owner or editor role in this project to create flags.")
+    form = FlagCreateForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        variations, fallback_key = form.variations()
+        try:
+            flag = services.flag_create(
+                project=project, key=form.cleaned_data["key"], value_type=form.cleaned_data["value_type"],
+                variations=variations, fallback_variation_key=fallback_key, tags=form.cleaned_data["tags"],
+                actor=request.user, **form.contract(),
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Flag “{flag.key}” created. It is off in every environment.")
+            return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
+    return render(request, "flags/flag_form.html", {"project": project, "form": form, "creating": True},
+                  status=422 if form.errors else 200)
+
+
+@login_required
+@require_GET
+def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    variations = list(flag.variations.all())
+    targetings = list(flag.targetings.all())
+    can_edit = can_edit_catalog(request.user, project, flag)
+    return render(request, "flags/flag_detail.html", {
+        "project": project,
+        "flag": flag,
+        "variations": [_variation_view(flag, v) for v in variations],
+        "targetings": [_targeting_view(request, flag, t) for t in targetings],
+        "can_edit": can_edit,
+        "variation_form": VariationForm(flag=flag) if can_edit else None,
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    if not can_edit_catalog(request.user, project, flag):
+        return _denied(request, "You may not edit this flag's contract.")
+    form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.flag_update(
+                flag=flag, actor=request.user, expected_version=form.cleaned_data["version"],
+                fallback_variation_key=form.cleaned_data["fallback_variation"], tags=form.cleaned_data["tags"],
+                **form.contract(),
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Contract of “{flag.key}” saved.")
+            return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
+    return render(request, "flags/flag_form.html", {"project": project, "flag": flag, "form": form},
+                  status=422 if form.errors else 200)
+
+
+# --- variations (inline, htmx) -------------------------------------------------------------
+
+
+def _variation_view(flag: Flag, variation: Variation) -> dict[str, Any]:
+    return {
+        "variation": variation,
+        "display_value": format_value(flag.value_type, variation.value),
+        "is_fallback": flag.fallback_variation_id == variation.pk,
+    }
+
+
+def _variation_for(flag: Flag, variation_key: str) -> Variation:
+    for variation in flag.variations.all():
+        if variation.key == variation_key:
+            return variation
+    raise Http404("No such variation.")
+
+
+@login_required
+@require_GET
+def variation_row(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    variation = _variation_for(flag, variation_key)
+    return render(request, "flags/flag_detail.html#variation-row", {
+        "project": project, "flag": flag, "row": _variation_view(flag, variation),
+        "can_edit": can_edit_catalog(request.user, project, flag),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    variation = _variation_for(flag, variation_key)
+    if not can_edit_catalog(request.user, project, flag):
+        return _denied(request, "You may not edit this flag's variations.")
+    form = VariationForm(request.POST or None, flag=flag, variation=variation,
+                         initial=VariationForm.initial_for(variation))
+    if request.method == "POST" and form.is_valid():
+        try:
+            variation = services.variation_update(variation=variation, actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Variation “{variation.key}” saved.")
+            flag.refresh_from_db(fields=["fallback_variation"])
+            response = render(request, "flags/flag_detail.html#variation-row", {
+                "project": project, "flag": flag, "row": _variation_view(flag, variation), "can_edit": True,
+                "just_saved": True,
+            })
+            return _with_messages(request, response) if request.htmx else redirect(
+                "flags:flag_detail", project_key=project.key, flag_key=flag.key)
+    template = "flags/flag_detail.html#variation-edit-row" if request.htmx else "flags/variation_form.html"
+    return render(request, template, {"project": project, "flag": flag, "variation": variation, "form": form},
+                  status=422 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    if not can_edit_catalog(request.user, project, flag):
+        return _denied(request, "You may not add variations to this flag.")
+    form = VariationForm(request.POST, flag=flag)
+    if form.is_valid():
+        try:
+            variation = services.variation_create(flag=flag, actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Variation “{variation.key}” added.")
+            url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
+            return HttpResponseClientRedirect(url + "#variations") if request.htmx else redirect(url)
+    template = "flags/flag_detail.html#variation-create-form" if request.htmx else "flags/variation_form.html"
+    return render(request, template, {"project": project, "flag": flag, "variation_form": form, "form": form},
+                  status=422)
+
+
+@login_required
+@require_POST
+def variation_delete(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    variation = _variation_for(flag, variation_key)
+    if not can_edit_catalog(request.user, project, flag):
+        return _denied(request, "You may not delete this flag's variations.")
+    try:
+        services.variation_delete(variation=variation, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Variation “{variation_key}” deleted.")
+    url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
+    return HttpResponseClientRedirect(url + "#variations") if request.htmx else redirect(url)
+
+
+# --- targeting -----------------------------------------------------------------------------
+
+
+def _targeting_view(request: HttpRequest, flag: Flag, targeting: Targeting) -> dict[str, Any]:
+    return {
+        "targeting": targeting,
+        "environment": targeting.environment,
+        "can_edit": can_edit_targeting(request.user, targeting.environment, flag),
+    }
+
+
+def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
+    for targeting in flag.targetings.all():
+        if targeting.environment.key == environment_key:
+            return targeting
+    raise Http404("No such environment.")
+
+
+def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpResponse:
+    return _denied(
+        request,
+        f"{targeting.environment.name} is a governed environment: it is read-only in the console until "
+        "changes there go through approvals.",
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    targeting = _targeting_for(flag, environment_key)
+    if targeting.environment.is_governed:
+        return _governed_refusal(request, targeting)
+    if not can_edit_targeting(request.user, targeting.environment, flag):
+        return _denied(request, "You may not edit this flag's targeting.")
+    variations = list(flag.variations.all())
+    form = TargetingForm(request.POST or None, targeting=targeting, variations=variations,
+                         initial=TargetingForm.initial_for(targeting, variations))
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.targeting_update(targeting=targeting, actor=request.user,
+                                      expected_version=form.cleaned_data["version"], **form.changes())
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Targeting of “{flag.key}” in {targeting.environment.name} saved.")
+            url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
+            return redirect(url + f"#env-{targeting.environment.key}")
+    segments = list(project.segments.values_list("key", flat=True))
+    return render(request, "flags/targeting_form.html", {
+        "project": project, "flag": flag, "targeting": targeting, "form": form, "segments": segments,
+    }, status=422 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    targeting = _targeting_for(flag, environment_key)
+    if targeting.environment.is_governed:
+        return _governed_refusal(request, targeting)
+    if not can_edit_targeting(request.user, targeting.environment, flag):
+        return _denied(request, "You may not turn this flag on or off.")
+    try:
+        expected = int(request.POST.get("version", ""))
+    except ValueError:
+        expected = None
+    try:
+        targeting = services.targeting_update(
+            targeting=targeting, actor=request.user, expected_version=expected, enabled=not targeting.enabled
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        targeting.refresh_from_db()
+    else:
+        state = "on" if targeting.enabled else "off"
+        messages.success(request, f"“{flag.key}” is now {state} in {targeting.environment.name}.")
+    response = render(request, "flags/flag_detail.html#targeting-card", {
+        "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting),
+    })
+    return _with_messages(request, response)
+
+
+# --- segments ------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def segment_list(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    return render(request, "flags/segment_list.html", {
+        "project": project, "segments": selectors.segment_list(project),
+        "can_edit": can_edit_catalog(request.user, project),
+    })
+
+
+def _segment_form_view(request: HttpRequest, project: Project, segment: Segment | None) -> HttpResponse:
+    if not can_edit_catalog(request.user, project):
+        return _denied(request, "You need the flag owner or editor role in this project to edit segments.")
+    initial = {}
+    if segment is not None:
+        initial = {
+            "name": segment.name, "description": segment.description,
+            "included_keys": "\n".join(segment.included_keys), "excluded_keys": "\n".join(segment.excluded_keys),
+            "rules": format_value("json", segment.rules) if segment.rules else "",
+        }
+    form = SegmentForm(request.POST or None, editing=segment is not None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            if segment is None:
+                segment = services.segment_create(project=project, actor=request.user, **form.cleaned_data)
+                messages.success(request, f"Segment “{segment.key}” created.")
+            else:
+                services.segment_update(segment=segment, actor=request.user, **form.cleaned_data)
+                messages.success(request, f"Segment “{segment.key}” saved.")
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            return redirect("flags:segment_list", project_key=project.key)
+    return render(request, "flags/segment_form.html", {"project": project, "segment": segment, "form": form},
+                  status=422 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def segment_create(request: HttpRequest, project_key: str) -> HttpResponse:
+    return _segment_form_view(request, _project_for(request, project_key), None)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def segment_edit(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    segment = get_object_or_404(Segment, project=project, key=segment_key)
+    return _segment_form_view(request, project, segment)
+
+
+@login_required
+@require_POST
+def segment_delete(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    segment = get_object_or_404(Segment, project=project, key=segment_key)
+    if not can_edit_catalog(request.user, project):
+        return _denied(request, "You may not delete segments in this project.")
+    try:
+        services.segment_delete(segment=segment, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Segment “{segment_key}” deleted.")
+    return redirect("flags:segment_list", project_key=project.key)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Start the console and a Celery worker with beat, on the embedded defaults unless
+# DATABASE_URL / CELERY_BROKER_URL say otherwise. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+export DEBUG=${DEBUG:-1}
+mkdir -p var
+
+"$PY" manage.py migrate --no-input
+"$PY" manage.py seed_demo
+
+"$PY" -m celery -A featureops_site worker --beat --loglevel=INFO --concurrency=1 \
+  --schedule=var/celerybeat-schedule >var/celery.log 2>&1 &
+CELERY_PID=$!
+trap 'kill $CELERY_PID 2>/dev/null || true; wait $CELERY_PID 2>/dev/null || true' EXIT INT TERM
+
+echo
+echo "FeatureOps Console: http://$HOST:$PORT/  (Celery worker + beat running; log in var/celery.log)"
+echo "Django admin:       http://$HOST:$PORT/admin/  (log in as admin)"
+echo
+"$PY" manage.py runserver "$HOST:$PORT"

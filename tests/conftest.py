@@ -1,0 +1,50 @@
+"""Shared fixtures, and the rule for tests that need a real service or a browser: absent,
+they are skipped with a reason; with REQUIRE_SERVICES=1 (as in CI) they fail instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def missing_service(reason: str) -> None:
+    """Skip, or fail when the run promised its services (REQUIRE_SERVICES=1)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_SERVICES and not os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql")):
+        raise pytest.UsageError("REQUIRE_SERVICES=1 needs DATABASE_URL pointing at PostgreSQL.")
+
+
+@pytest.fixture(autouse=True)
+def _service_markers(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        missing_service(f"this test needs PostgreSQL; the database is {connection.vendor}")
+    if request.node.get_closest_marker("browser"):
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing_service("Playwright for Python is not installed")
+        if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+            missing_service(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+@pytest.fixture
+def make_user(django_user_model: type) -> Callable[..., object]:
+    counter = iter(range(1, 10_000))
+
+    def make(username: str | None = None, **extra: object) -> object:
+        name = username or f"user{next(counter)}"
+        return django_user_model.objects.create_user(username=name, password="pw-for-tests-1", **extra)
+
+    return make
