@@ -36,8 +36,11 @@ def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
 def parse_json_text(text: str, *, field_label: str = "value") -> Any:
     if len(text) > MAX_JSON_CHARS:
         raise ValidationError(f"The {field_label} is too long (at most {MAX_JSON_CHARS:,} characters).")
+    def refuse_constant(name: str) -> None:
+        raise ValidationError(f"Not valid JSON: {name} is not a JSON value.")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
 

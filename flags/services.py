@@ -265,7 +265,9 @@ def flag_update(
     unknown = set(changes) - set(FLAG_EDITABLE_FIELDS)
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
-    flag = Flag.objects.select_for_update().select_related("fallback_variation", "owner_user").get(pk=flag.pk)
+    flag = (
+        Flag.objects.select_for_update(of=("self",)).select_related("fallback_variation", "owner_user").get(pk=flag.pk)
+    )
     if expected_version is not None and flag.version != expected_version:
         raise ConflictError("Someone changed this flag since you opened it. Reload and try again.")
     before = flag_contract(flag)
@@ -350,7 +352,7 @@ def variation_update(
     unknown = set(changes) - {"name", "value", "description", "risk_rank"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
-    variation = Variation.objects.select_for_update().select_related("flag__project").get(pk=variation.pk)
+    variation = Variation.objects.select_for_update(of=("self",)).select_related("flag__project").get(pk=variation.pk)
     before = variation_state(variation)
     flag = variation.flag
     if "value" in changes:
@@ -396,8 +398,9 @@ def variation_usages(variation: Variation) -> list[str]:
 
 @transaction.atomic
 def variation_delete(*, variation: Variation, actor: Actor) -> None:
-    variation = Variation.objects.select_for_update().select_related("flag__project").get(pk=variation.pk)
+    # Lock the flag first, as variation_create does, so the two never deadlock.
     Flag.objects.select_for_update().filter(pk=variation.flag_id).first()
+    variation = Variation.objects.select_for_update(of=("self",)).select_related("flag__project").get(pk=variation.pk)
     usages = variation_usages(variation)
     if usages:
         raise ValidationError(
@@ -430,7 +433,7 @@ def targeting_update(
     if unknown:
         raise ValidationError({name: "Unknown targeting field." for name in sorted(unknown)})
     targeting = (
-        Targeting.objects.select_for_update()
+        Targeting.objects.select_for_update(of=("self",))
         .select_related("flag__project", "environment")
         .get(pk=targeting.pk)
     )
@@ -539,7 +542,7 @@ def segment_update(*, segment: Segment, actor: Actor, reason: str = "", **change
     unknown = set(changes) - {"name", "description", "included_keys", "excluded_keys", "rules"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
-    segment = Segment.objects.select_for_update().select_related("project").get(pk=segment.pk)
+    segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
     before = segment_state(segment)
     for name, value in changes.items():
         setattr(segment, name, value)
@@ -571,7 +574,7 @@ def segment_usages(segment: Segment) -> list[str]:
 
 @transaction.atomic
 def segment_delete(*, segment: Segment, actor: Actor) -> None:
-    segment = Segment.objects.select_for_update().select_related("project").get(pk=segment.pk)
+    segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
     usages = segment_usages(segment)
     if usages:
         raise ValidationError(f"Segment “{segment.key}” is used by {', '.join(usages)} and cannot be deleted.")
@@ -609,7 +612,7 @@ def sdk_key_create(*, environment: Environment, name: str, actor: Actor) -> tupl
 
 @transaction.atomic
 def sdk_key_revoke(*, sdk_key: SdkKey, actor: Actor, reason: str = "") -> SdkKey:
-    sdk_key = SdkKey.objects.select_for_update().select_related("environment__project").get(pk=sdk_key.pk)
+    sdk_key = SdkKey.objects.select_for_update(of=("self",)).select_related("environment__project").get(pk=sdk_key.pk)
     if sdk_key.revoked_at:
         return sdk_key
     sdk_key.revoked_at = timezone.now()

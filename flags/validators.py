@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -24,6 +25,10 @@ def validate_json_schema_document(schema: Any) -> None:
 
 def validate_variation_value(*, value_type: str, json_schema: dict | None, value: Any) -> None:
     """Refuse a value that does not have the flag's type or breaks its JSON Schema."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("Values must be plain JSON: no NaN, Infinity or other non-JSON values.") from exc
     if value_type == ValueType.BOOLEAN:
         if not isinstance(value, bool):
             raise ValidationError(f"A boolean flag needs true or false, not {value!r}.")
