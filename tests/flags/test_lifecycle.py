@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import uuid
 
 import pytest
 from django.utils import timezone
@@ -95,8 +96,10 @@ def test_recompute_task__real_worker_and_broker__stage_changes_in_database() -> 
     flag = make_string_flag(make_project(), review_date=timezone.localdate() - datetime.timedelta(days=2))
     assert flag.stage == LifecycleStage.DRAFT
     # When the task is sent through the broker to a real worker
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        recompute_lifecycle_stages.delay()
+    # (a queue of its own, so no other consumer of the broker can take the message)
+    queue = f"test-lifecycle-{uuid.uuid4().hex[:12]}"
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
+        recompute_lifecycle_stages.apply_async(queue=queue)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             flag.refresh_from_db()

@@ -1,0 +1,35 @@
+"""Every write to the flag catalog. Each service takes keyword-only arguments and an explicit
+actor, validates before saving, and writes its audit row in the same transaction.
+
+Services apply changes; deciding *whether* a change may be applied directly (governed
+environments, approvals) belongs to the callers: the console refuses governed edits, and the
+approval workflow will call these same services when a request is applied.
+"""
+
+from __future__ import annotations
+
+from flags.services._common import ConflictError
+from flags.services.catalog import (
+    FLAG_EDITABLE_FIELDS,
+    environment_create,
+    flag_create,
+    flag_update,
+    membership_grant,
+    project_create,
+    variation_create,
+    variation_delete,
+    variation_update,
+    variation_usages,
+)
+from flags.services.lifecycle import LIFECYCLE_JOB, compute_stage, flag_lifecycle_recompute
+from flags.services.sdk_keys import SDK_KEY_PREFIX, hash_sdk_key, sdk_key_create, sdk_key_revoke
+from flags.services.segments import segment_create, segment_delete, segment_update, segment_usages
+from flags.services.targeting import targeting_update
+
+__all__ = [
+    "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
+    "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_update", "hash_sdk_key",
+    "membership_grant", "project_create", "sdk_key_create", "sdk_key_revoke", "segment_create",
+    "segment_delete", "segment_update", "segment_usages", "targeting_update", "variation_create",
+    "variation_delete", "variation_update", "variation_usages",
+]

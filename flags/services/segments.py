@@ -1,0 +1,122 @@
+"""Segments: reusable audiences."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from audit.constants import AuditAction
+from audit.services import Actor, record
+from flags.evaluation.targeting_schema import (
+    referenced_segments,
+    validate_segment_rules,
+)
+from flags.models import (
+    Project,
+    Segment,
+    Targeting,
+)
+from flags.services._common import (
+    _bump_project,
+    _clean_key_list,
+    _problems_to_error,
+    _save_new,
+)
+from flags.snapshots import segment_state
+
+# --- segments ------------------------------------------------------------------------------
+
+
+def _validate_segment(segment: Segment) -> None:
+    segment.included_keys = _clean_key_list(segment.included_keys, "included_keys")
+    segment.excluded_keys = _clean_key_list(segment.excluded_keys, "excluded_keys")
+    problems = validate_segment_rules(segment.rules)
+    if problems:
+        raise _problems_to_error("rules", problems)
+    references = referenced_segments(segment.rules)
+    if segment.key in references:
+        raise ValidationError({"rules": "A segment cannot refer to itself."})
+    others = {s.key: s for s in Segment.objects.filter(project_id=segment.project_id).exclude(pk=segment.pk)}
+    unknown = references - set(others)
+    if unknown:
+        raise ValidationError({"rules": f"Unknown segment(s): {', '.join(sorted(unknown))}."})
+    # Refuse cycles through other segments (a → b → a), which evaluation could never settle.
+    stack = list(references)
+    seen: set[str] = set()
+    while stack:
+        current = stack.pop()
+        if current == segment.key:
+            raise ValidationError({"rules": "These rules make the segment refer to itself through other segments."})
+        if current in seen or current not in others:
+            continue
+        seen.add(current)
+        stack.extend(referenced_segments(others[current].rules))
+
+
+@transaction.atomic
+def segment_create(
+    *, project: Project, key: str, name: str, description: str = "", included_keys: Iterable[str] = (),
+    excluded_keys: Iterable[str] = (), rules: list | None = None, actor: Actor,
+) -> Segment:
+    if project.segments.filter(key=key).exists():
+        raise ValidationError({"key": f"A segment with key “{key}” already exists in this project."})
+    segment = Segment(project=project, key=key, name=name, description=description,
+                      included_keys=list(included_keys), excluded_keys=list(excluded_keys), rules=rules or [])
+    _validate_segment(segment)
+    _save_new(segment, duplicate_field="key", duplicate_message=f"A segment with key “{key}” already exists.")
+    _bump_project(project)
+    record(actor=actor, action=AuditAction.SEGMENT_CREATED, target=segment, project=project,
+           after=segment_state(segment))
+    return segment
+
+
+@transaction.atomic
+def segment_update(*, segment: Segment, actor: Actor, reason: str = "", **changes: Any) -> Segment:
+    unknown = set(changes) - {"name", "description", "included_keys", "excluded_keys", "rules"}
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
+    before = segment_state(segment)
+    for name, value in changes.items():
+        setattr(segment, name, value)
+    _validate_segment(segment)
+    segment.full_clean()
+    after = segment_state(segment)
+    if after == before:
+        return segment
+    segment.version += 1
+    segment.save()
+    _bump_project(segment.project)
+    changed = sorted(k for k in after if after[k] != before[k])
+    record(actor=actor, action=AuditAction.SEGMENT_UPDATED, target=segment, project=segment.project,
+           before={k: before[k] for k in changed}, after={k: after[k] for k in changed},
+           summary=f"Changed {', '.join(changed)} of segment {segment.key}", reason=reason)
+    return segment
+
+
+def segment_usages(segment: Segment) -> list[str]:
+    usages = []
+    for targeting in Targeting.objects.filter(flag__project_id=segment.project_id).select_related("flag", "environment"):
+        if segment.key in referenced_segments(targeting.rules):
+            usages.append(f"{targeting.flag.key} in {targeting.environment.name}")
+    for other in Segment.objects.filter(project_id=segment.project_id).exclude(pk=segment.pk):
+        if segment.key in referenced_segments(other.rules):
+            usages.append(f"segment {other.key}")
+    return usages
+
+
+@transaction.atomic
+def segment_delete(*, segment: Segment, actor: Actor) -> None:
+    segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
+    usages = segment_usages(segment)
+    if usages:
+        raise ValidationError(f"Segment “{segment.key}” is used by {', '.join(usages)} and cannot be deleted.")
+    before = segment_state(segment)
+    project = segment.project
+    label_target = Segment(pk=segment.pk, key=segment.key, project=project)
+    segment.delete()
+    _bump_project(project)
+    record(actor=actor, action=AuditAction.SEGMENT_DELETED, target=label_target, project=project, before=before)
