@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from flags.constants import (
     KEY_HELP,
@@ -21,6 +22,8 @@ from flags.constants import (
     Role,
     ValueType,
 )
+
+REVIEW_DUE_SOON_DAYS = 7
 
 key_validator = RegexValidator(KEY_PATTERN, KEY_HELP)
 
@@ -162,6 +165,16 @@ class Flag(models.Model):
     @property
     def is_temporary(self) -> bool:
         return self.lifetime in TEMPORARY_LIFETIMES
+
+    @property
+    def review_state(self) -> str:
+        """"overdue", "due_soon" (within a week) or "" — for badges beside the review date."""
+        if not self.review_date:
+            return ""
+        days_left = (self.review_date - timezone.localdate()).days
+        if days_left < 0:
+            return "overdue"
+        return "due_soon" if days_left <= REVIEW_DUE_SOON_DAYS else ""
 
     @property
     def owner_label(self) -> str:
