@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
 from flags import selectors, services
@@ -76,6 +77,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # the same URL answers a fragment or a page: caches must tell them apart
 def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
     project = _project_for(request, project_key)
     filters = FlagFilters(
@@ -97,7 +99,9 @@ def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
         "can_edit": can_edit_catalog(request.user, project),
         "roles": role_labels(request.user, project),
     }
-    template = "flags/flag_list.html#flag-table" if request.htmx else "flags/flag_list.html"
+    # A history restore (back button after a cache miss) needs the whole page, not the table.
+    fragment = request.htmx and not request.htmx.history_restore_request
+    template = "flags/flag_list.html#flag-table" if fragment else "flags/flag_list.html"
     return render(request, template, context)
 
 
@@ -142,7 +146,7 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
         "variations": [_variation_view(flag, v) for v in variations],
         "targetings": [_targeting_view(request, flag, t) for t in targetings],
         "can_edit": can_edit,
-        "variation_form": VariationForm(flag=flag) if can_edit else None,
+        "variation_form": VariationForm(flag=flag, auto_id="id_new_%s") if can_edit else None,
     })
 
 
@@ -208,8 +212,9 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
     variation = _variation_for(flag, variation_key)
     if not can_edit_catalog(request.user, project, flag):
         return _denied(request, "You may not edit this flag's variations.")
+    # Ids of their own: the page also holds the "add a variation" form.
     form = VariationForm(request.POST or None, flag=flag, variation=variation,
-                         initial=VariationForm.initial_for(variation))
+                         initial=VariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
     if request.method == "POST" and form.is_valid():
         try:
             variation = services.variation_update(variation=variation, actor=request.user, **form.cleaned_data)
@@ -236,7 +241,7 @@ def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> H
     flag = _flag_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
         return _denied(request, "You may not add variations to this flag.")
-    form = VariationForm(request.POST, flag=flag)
+    form = VariationForm(request.POST, flag=flag, auto_id="id_new_%s")
     if form.is_valid():
         try:
             variation = services.variation_create(flag=flag, actor=request.user, **form.cleaned_data)
@@ -348,6 +353,9 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
     else:
         state = "on" if targeting.enabled else "off"
         messages.success(request, f"“{flag.key}” is now {state} in {targeting.environment.name}.")
+    if not request.htmx:
+        url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
+        return redirect(url + f"#env-{targeting.environment.key}")
     response = render(request, "flags/flag_detail.html#targeting-card", {
         "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting),
     })

@@ -164,11 +164,6 @@ def test_flag_owner_walk__filters_reads_and_edits_variation_inline__saved_withou
     assert event.after == {"name": "Citation first v4.1", "risk_rank": 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="App bug: flags.views.flag_list answers htmx requests with the #flag-table partial on the very URL "
-           "it pushes (hx-push-url) but sends no `Vary: HX-Request`, so Back serves the cached fragment as the page.",
-)
 def test_flag_list_filter__back_button_after_leaving_the_list__restores_the_full_page(
     login: Callable[[str], Page],
 ) -> None:
