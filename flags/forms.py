@@ -4,6 +4,7 @@ services, whose errors are shown beside the matching field (see `add_service_err
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -19,15 +20,19 @@ MAX_JSON_CHARS = 200_000
 
 
 def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
-    """Attach a service's ValidationError to the form: beside the field it names when the
-    form has that field, at the top of the form otherwise."""
+    """Attach a service's ValidationError to the form: beside the field it names (or the
+    form field `service_field_for` maps it to), at the top of the form otherwise."""
     if hasattr(exc, "error_dict"):
         for field, errors in exc.error_dict.items():
-            target = field if field in form.fields else None
             for error in errors:
                 messages = error.messages if hasattr(error, "messages") else [str(error)]
                 for message in messages:
-                    form.add_error(target, message if target else f"{field.replace('_', ' ')}: {message}")
+                    mapper = getattr(form, "service_field_for", None)
+                    target = mapper(field, message) if mapper else field
+                    if target in form.fields:
+                        form.add_error(target, message)
+                    else:
+                        form.add_error(None, f"{field.replace('_', ' ')}: {message}")
     else:
         for message in exc.messages:
             form.add_error(None, message)
@@ -69,7 +74,7 @@ def parse_typed_value(value_type: str, text: str) -> Any:
 
 def format_value(value_type: str, value: Any) -> str:
     if value_type == ValueType.JSON:
-        return json.dumps(value, indent=2, sort_keys=False)
+        return json.dumps(value, indent=2, ensure_ascii=False)
     if value_type == ValueType.BOOLEAN:
         return "true" if value else "false"
     return str(value)
@@ -147,6 +152,10 @@ class FlagCreateForm(FlagContractForm):
     field_order = ["key", "name", "value_type", "behavior_surface", "lifetime", "description", "fallback_key",
                    "fallback_value", "json_schema"]
 
+    def service_field_for(self, field: str, message: str) -> str:
+        # The service names the first variation's value "value"; here it is the fallback's.
+        return "fallback_value" if field == "value" else field
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         value_type = data.get("value_type")
@@ -196,7 +205,7 @@ class FlagEditForm(FlagContractForm):
             "primary_metric": flag.primary_metric, "guardrail_metrics": ", ".join(flag.guardrail_metrics),
             "rollback_action": flag.rollback_action, "first_audience": flag.first_audience,
             "tags": ", ".join(t.name for t in flag.tags.all()),
-            "json_schema": json.dumps(flag.json_schema, indent=2) if flag.json_schema else "",
+            "json_schema": json.dumps(flag.json_schema, indent=2, ensure_ascii=False) if flag.json_schema else "",
             "fallback_variation": flag.fallback_variation.key if flag.fallback_variation_id else "",
             "version": flag.version,
         }
@@ -268,7 +277,7 @@ class TargetingForm(forms.Form):
     def initial_for(cls, targeting: Targeting, variations: list[Variation]) -> dict[str, Any]:
         initial: dict[str, Any] = {
             "enabled": targeting.enabled, "assignment_unit": targeting.assignment_unit,
-            "rules": json.dumps(targeting.rules, indent=2) if targeting.rules else "",
+            "rules": json.dumps(targeting.rules, indent=2, ensure_ascii=False) if targeting.rules else "",
             "version": targeting.version,
         }
         serve = targeting.default_serve
@@ -281,6 +290,17 @@ class TargetingForm(forms.Form):
         for target in targeting.targets:
             initial[f"targets_{target['variation']}"] = "\n".join(target["values"])
         return initial
+
+    def service_field_for(self, field: str, message: str) -> str:
+        if field == "default_serve":
+            return "default_variation"
+        if field == "targets":
+            # "targets[1].values: …" names the second non-empty target list built in clean().
+            match = re.match(r"targets\[(\d+)\]", message)
+            targets = self.cleaned_data.get("targets") or []
+            if match and int(match.group(1)) < len(targets):
+                return f"targets_{targets[int(match.group(1))]['variation']}"
+        return field
 
     def split_fields(self) -> list[forms.BoundField]:
         return [self[f"split_{v.key}"] for v in self.variations]
@@ -339,10 +359,15 @@ class SegmentForm(forms.Form):
                             label="Attribute rules (JSON)",
                             help_text='A list of {"clauses": [...]}; the segment matches when any rule does.')
 
+    version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if editing:
             del self.fields["key"]
+            self.fields["version"].required = True
+        else:
+            del self.fields["version"]
 
     def clean_included_keys(self) -> list[str]:
         return split_list(self.cleaned_data["included_keys"])

@@ -384,6 +384,7 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
             "name": segment.name, "description": segment.description,
             "included_keys": "\n".join(segment.included_keys), "excluded_keys": "\n".join(segment.excluded_keys),
             "rules": format_value("json", segment.rules) if segment.rules else "",
+            "version": segment.version,
         }
     form = SegmentForm(request.POST or None, editing=segment is not None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -392,7 +393,10 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
                 segment = services.segment_create(project=project, actor=request.user, **form.cleaned_data)
                 messages.success(request, f"Segment “{segment.key}” created.")
             else:
-                services.segment_update(segment=segment, actor=request.user, **form.cleaned_data)
+                changes = dict(form.cleaned_data)
+                expected_version = changes.pop("version")
+                services.segment_update(segment=segment, actor=request.user, expected_version=expected_version,
+                                        **changes)
                 messages.success(request, f"Segment “{segment.key}” saved.")
         except ValidationError as exc:
             add_service_errors(form, exc)

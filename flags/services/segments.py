@@ -20,6 +20,7 @@ from flags.models import (
     Targeting,
 )
 from flags.services._common import (
+    ConflictError,
     _bump_project,
     _clean_key_list,
     _problems_to_error,
@@ -74,11 +75,15 @@ def segment_create(
 
 
 @transaction.atomic
-def segment_update(*, segment: Segment, actor: Actor, reason: str = "", **changes: Any) -> Segment:
+def segment_update(
+    *, segment: Segment, actor: Actor, expected_version: int | None = None, reason: str = "", **changes: Any
+) -> Segment:
     unknown = set(changes) - {"name", "description", "included_keys", "excluded_keys", "rules"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
     segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
+    if expected_version is not None and segment.version != expected_version:
+        raise ConflictError("Someone changed this segment since you opened it. Reload and try again.")
     before = segment_state(segment)
     for name, value in changes.items():
         setattr(segment, name, value)

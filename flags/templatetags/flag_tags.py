@@ -14,7 +14,7 @@ register = template.Library()
 
 @register.filter
 def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=False)
+    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 @register.filter
