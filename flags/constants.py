@@ -5,6 +5,7 @@ from django.db import models
 # Keys are lowercase slugs: letters, digits, "_" and "-", starting with a letter or digit.
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
 KEY_HELP = "Lowercase letters, digits, “_” and “-”; starts with a letter or digit. Cannot be changed later."
+KEY_ERROR = "Not a valid key: no spaces or capitals; use lowercase letters, digits, “_” and “-”, starting with a letter or digit."
 
 
 class BehaviorSurface(models.TextChoices):

@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from flags.constants import (
+    KEY_ERROR,
     KEY_HELP,
     KEY_PATTERN,
     TEMPORARY_LIFETIMES,
@@ -25,7 +26,7 @@ from flags.constants import (
 
 REVIEW_DUE_SOON_DAYS = 7
 
-key_validator = RegexValidator(KEY_PATTERN, KEY_HELP)
+key_validator = RegexValidator(KEY_PATTERN, KEY_ERROR)
 
 
 def _key_field(**kwargs: object) -> models.CharField:

@@ -22,7 +22,7 @@ from audit.constants import ActorKind, AuditAction
 from audit.models import AuditEvent
 from audit.services import SystemActor
 from flags import services
-from flags.constants import KEY_HELP, BehaviorSurface, LifecycleStage, Lifetime, Role, ValueType
+from flags.constants import KEY_ERROR, BehaviorSurface, LifecycleStage, Lifetime, Role, ValueType
 from flags.demo import seed_demo
 from flags.forms import FlagEditForm, TargetingForm
 from flags.models import Environment, Flag, Project, Segment, Targeting, Variation
@@ -592,8 +592,8 @@ def test_flag_create__boolean_flag__gets_off_and_on_variations_with_off_as_fallb
     [
         ({"key": TOOL_MODE, "value_type": ValueType.STRING, "fallback_value": "none"}, "key",
          f"A flag with key “{TOOL_MODE}” already exists in this project."),
-        ({"key": "support summary"}, "key", KEY_HELP),
-        ({"key": "Support_Summary"}, "key", KEY_HELP),
+        ({"key": "support summary"}, "key", KEY_ERROR),
+        ({"key": "Support_Summary"}, "key", KEY_ERROR),
         ({"fallback_value": '{"prompt": "summary_v1",'}, "fallback_value", "Not valid JSON:"),
         ({"json_schema": '{"type": 12}'}, "json_schema", "Not a valid JSON Schema:"),
         ({"value_type": ValueType.NUMBER, "fallback_value": "lots"}, "fallback_value", "“lots” is not a number."),
