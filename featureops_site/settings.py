@@ -187,6 +187,12 @@ CELERY_BEAT_SCHEDULE = {
 # environment for this many days counts as released.
 FEATUREOPS_RELEASED_AFTER_DAYS = env_int("FEATUREOPS_RELEASED_AFTER_DAYS", 14)
 
+# OFREP evaluation (flags/ofrep.py): how often each process polls environment versions,
+# the largest accepted body, and the origins browser clients may call from ("*" for any).
+OFREP_SNAPSHOT_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_POLL_SECONDS", "0.2"))
+OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
+OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

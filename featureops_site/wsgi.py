@@ -1,3 +1,6 @@
+"""WSGI entry point: OFREP evaluation (`/ofrep/v1/...`) is served by a lean WSGI app that
+reads in-process snapshots; everything else is Django."""
+
 from __future__ import annotations
 
 import os
@@ -5,4 +8,8 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
-application = get_wsgi_application()
+_django = get_wsgi_application()
+
+from flags.ofrep import with_ofrep  # noqa: E402 - needs Django set up first
+
+application = with_ofrep(_django)

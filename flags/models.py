@@ -6,6 +6,8 @@ Models hold data and constraints only; every write goes through flags.services.
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -105,6 +107,10 @@ class Tag(models.Model):
         return self.name
 
 
+def new_salt() -> str:
+    return secrets.token_hex(8)
+
+
 class Flag(models.Model):
     """The contract for one reversible release decision."""
 
@@ -137,6 +143,9 @@ class Flag(models.Model):
     tags = models.ManyToManyField(Tag, blank=True, related_name="flags")
     stage = models.CharField(max_length=16, choices=LifecycleStage.choices, default=LifecycleStage.DRAFT)
     version = models.PositiveIntegerField(default=1)
+    # Mixed into percentage bucketing so two flags never split the same units the same way.
+    # Never changes: changing it would reshuffle every unit's bucket.
+    salt = models.CharField(max_length=32, default=new_salt, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     created_by = models.ForeignKey(

@@ -48,3 +48,9 @@ def make_user(django_user_model: type) -> Callable[..., object]:
         return django_user_model.objects.create_user(username=name, password="pw-for-tests-1", **extra)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: object) -> None:
+    # Demo users are created in many tests; the production hasher is slow by design.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from flags.models import (
     SdkKey,
 )
 from flags.services._common import (
+    _bump_environments,
     _user_or_none,
 )
 
@@ -36,6 +37,7 @@ def sdk_key_create(*, environment: Environment, name: str, actor: Actor) -> tupl
                      key_hash=hash_sdk_key(raw_key), created_by=_user_or_none(actor))
     sdk_key.full_clean()
     sdk_key.save()
+    _bump_environments([environment.pk])  # evaluation processes learn of the key on their next poll
     record(actor=actor, action=AuditAction.SDK_KEY_CREATED, target=sdk_key, project=environment.project,
            environment=environment, after={"name": sdk_key.name, "prefix": sdk_key.prefix})
     return sdk_key, raw_key
@@ -48,6 +50,7 @@ def sdk_key_revoke(*, sdk_key: SdkKey, actor: Actor, reason: str = "") -> SdkKey
         return sdk_key
     sdk_key.revoked_at = timezone.now()
     sdk_key.save(update_fields=["revoked_at"])
+    _bump_environments([sdk_key.environment_id])  # every process refuses the key within a poll
     record(actor=actor, action=AuditAction.SDK_KEY_REVOKED, target=sdk_key, project=sdk_key.environment.project,
            environment=sdk_key.environment, after={"revoked_at": sdk_key.revoked_at.isoformat()}, reason=reason)
     return sdk_key

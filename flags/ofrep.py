@@ -1,0 +1,222 @@
+"""The OFREP API (OpenFeature Remote Evaluation Protocol, `/ofrep/v1/...`).
+
+A plain WSGI application placed in front of Django (`featureops_site/wsgi.py`): evaluation
+requests never enter Django's middleware, sessions or ORM. The path is: SDK-key
+authentication against the in-process key index → the environment's compiled snapshot →
+the engine → JSON. Bodies follow the OFREP OpenAPI file (`open-feature/protocol`,
+`service/openapi.yaml`).
+
+Status codes: 200; 304 (bulk, If-None-Match matches the ETag); 400 with `errorCode`
+PARSE_ERROR / INVALID_CONTEXT / TARGETING_KEY_MISSING / GENERAL; 404 FLAG_NOT_FOUND; 401 for
+a missing or unknown key; 403 for a revoked key; 405 for another method; 413 for a body over
+OFREP_MAX_BODY_BYTES; 503 when no snapshot could ever be loaded (database down at start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+
+from flags.evaluation.engine import ErrorCode, EvaluationResult, Snapshot, context_problem, evaluate
+from flags.services.sdk_keys import hash_sdk_key
+from flags.snapshot_store import get_store
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/ofrep/v1/"
+SINGLE_PREFIX = "/ofrep/v1/evaluate/flags/"
+BULK_PATH = "/ofrep/v1/evaluate/flags"
+CONFIGURATION_PATH = "/ofrep/v1/configuration"
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_STATUS = {200: "200 OK", 204: "204 No Content", 304: "304 Not Modified", 400: "400 Bad Request",
+           401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
+           413: "413 Content Too Large", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _Reply(Exception):
+    """Raised to answer at once with a status and a JSON body."""
+
+    def __init__(self, status: int, body: dict[str, Any] | None, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or []
+
+
+def _success_body(result: EvaluationResult) -> dict[str, Any]:
+    return {"key": result.flag_key, "value": result.value, "reason": result.reason, "variant": result.variant,
+            "metadata": result.metadata}
+
+
+def _failure_body(result: EvaluationResult) -> dict[str, Any]:
+    return {"key": result.flag_key, "errorCode": result.error_code, "errorDetails": result.error_details or ""}
+
+
+def _cors_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    origin = environ.get("HTTP_ORIGIN")
+    allowed = settings.OFREP_CORS_ALLOWED_ORIGINS
+    if not origin or not allowed:
+        return []
+    if "*" in allowed:
+        return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "ETag")]
+    if origin in allowed:
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                ("Access-Control-Expose-Headers", "ETag")]
+    return []
+
+
+def _authenticate(environ: dict[str, Any]) -> Snapshot:
+    raw_key = ""
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    if authorization[:7].lower() == "bearer ":
+        raw_key = authorization[7:].strip()
+    if not raw_key:
+        raw_key = environ.get("HTTP_X_API_KEY", "").strip()
+    if not raw_key:
+        raise _Reply(401, {"errorDetails": "An SDK key is required: Authorization: Bearer <key> or X-API-Key."},
+                     [("WWW-Authenticate", 'Bearer realm="ofrep"')])
+    found = get_store().lookup(hash_sdk_key(raw_key))
+    if found.status == "revoked":
+        raise _Reply(403, {"errorDetails": "This SDK key has been revoked."})
+    if found.status == "unavailable":
+        raise _Reply(503, {"errorDetails": "Flag data is not available yet; retry shortly."}, [("Retry-After", "1")])
+    if found.snapshot is None:
+        raise _Reply(401, {"errorDetails": "Unknown SDK key."}, [("WWW-Authenticate", 'Bearer realm="ofrep"')])
+    return found.snapshot
+
+
+def _read_context(environ: dict[str, Any]) -> dict[str, Any]:
+    limit = settings.OFREP_MAX_BODY_BYTES
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError as exc:
+        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "Invalid Content-Length."}) from exc
+    if length > limit:
+        raise _Reply(413, {"errorDetails": f"The request body is over {limit} bytes."})
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    if not body.strip():
+        return {}
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "The body is not valid JSON."}) from exc
+    if not isinstance(payload, dict):
+        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR,
+                           "errorDetails": "The body must be a JSON object: {\"context\": {...}}."})
+    context = payload.get("context", {})
+    if context is None:
+        context = {}
+    problem = context_problem(context)
+    if problem:
+        raise _Reply(400, {"errorCode": ErrorCode.INVALID_CONTEXT, "errorDetails": problem})
+    return context
+
+
+def _etag_matches(environ: dict[str, Any], etag: str) -> bool:
+    header = environ.get("HTTP_IF_NONE_MATCH")
+    if not header:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def _evaluate_single(environ: dict[str, Any], flag_key: str) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    snapshot = _authenticate(environ)
+    context = _read_context(environ)
+    result = evaluate(snapshot, flag_key, context)
+    if result.error_code == ErrorCode.FLAG_NOT_FOUND:
+        return 404, _failure_body(result), []
+    if result.is_error:
+        return 400, _failure_body(result), []
+    return 200, _success_body(result), [("Cache-Control", "no-store")]
+
+
+def _evaluate_bulk(environ: dict[str, Any]) -> tuple[int, bytes, list[tuple[str, str]]]:
+    snapshot = _authenticate(environ)
+    context = _read_context(environ)
+    flags = []
+    for key in snapshot.flags:
+        result = evaluate(snapshot, key, context)
+        flags.append(_failure_body(result) if result.is_error else _success_body(result))
+    body = _dumps({"flags": flags}).encode()
+    etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    headers = [("ETag", etag), ("Cache-Control", "no-cache")]
+    if _etag_matches(environ, etag):
+        return 304, b"", headers
+    return 200, body, headers
+
+
+def _configuration() -> dict[str, Any]:
+    poll_ms = max(1000, int(settings.OFREP_SNAPSHOT_POLL_SECONDS * 1000))
+    return {
+        "name": "FeatureOps Console",
+        "capabilities": {
+            "cacheInvalidation": {"polling": {"enabled": True, "minPollingIntervalMs": poll_ms}},
+            "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]},
+        },
+    }
+
+
+def ofrep_application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "GET")
+    cors = _cors_headers(environ)
+    status, headers = 500, []
+    body: bytes
+    try:
+        if method == "OPTIONS":
+            status, body = 204, b""
+            if cors:
+                headers = [("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+                           ("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type, If-None-Match"),
+                           ("Access-Control-Max-Age", "600")]
+        elif path == BULK_PATH or path == BULK_PATH + "/":
+            if method != "POST":
+                raise _Reply(405, {"errorDetails": "Use POST."}, [("Allow", "POST, OPTIONS")])
+            status, body, headers = _evaluate_bulk(environ)
+        elif path.startswith(SINGLE_PREFIX):
+            if method != "POST":
+                raise _Reply(405, {"errorDetails": "Use POST."}, [("Allow", "POST, OPTIONS")])
+            flag_key = path[len(SINGLE_PREFIX):].rstrip("/")
+            try:
+                status, payload, headers = _evaluate_single(environ, flag_key)
+            except _Reply as reply:
+                if reply.body and "errorCode" in reply.body:
+                    reply.body = {"key": flag_key, **reply.body}  # evaluationFailure requires the key
+                raise
+            body = _dumps(payload).encode()
+        elif path == CONFIGURATION_PATH:
+            if method != "GET":
+                raise _Reply(405, {"errorDetails": "Use GET."}, [("Allow", "GET, OPTIONS")])
+            _authenticate(environ)
+            status, body = 200, _dumps(_configuration()).encode()
+        else:
+            raise _Reply(404, {"errorDetails": "No such OFREP endpoint."})
+    except _Reply as reply:
+        status, headers = reply.status, reply.headers
+        body = _dumps(reply.body).encode() if reply.body is not None else b""
+    except Exception:  # noqa: BLE001 - an unexpected fault must still answer in the protocol's shape
+        logger.exception("OFREP request failed: %s %s", method, path)
+        status, headers, body = 500, [], _dumps({"errorDetails": "Internal error."}).encode()
+    response_headers = [("Content-Type", "application/json")] if body else []
+    response_headers += [("Content-Length", str(len(body))), *headers, *cors]
+    start_response(_STATUS.get(status, f"{status} Error"), response_headers)
+    return [body]
+
+
+def with_ofrep(django_application: WSGIApp) -> WSGIApp:
+    """Serve /ofrep/v1/... from the lean OFREP app and everything else from Django."""
+
+    def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(PREFIX):
+            return ofrep_application(environ, start_response)
+        return django_application(environ, start_response)
+
+    return application

@@ -1,0 +1,70 @@
+"""Turns the catalog rows of one environment into the plain snapshot the engine compiles.
+
+The environment's version is read *before* its rows: a change committed in between is then
+at worst included under the older version number, and the next poll (which sees the newer
+number) rebuilds. The reverse order could label old rows with a new version and never catch up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.db.models import Prefetch
+
+from flags.constants import LifecycleStage
+from flags.models import Environment, Flag, SdkKey, Segment, Targeting, Variation
+
+
+def read_environment_versions() -> dict[int, int]:
+    """The one query each evaluation process runs on every poll."""
+    return dict(Environment.objects.values_list("id", "version"))
+
+
+def build_environment_snapshot(environment_id: int) -> dict[str, Any]:
+    environment = Environment.objects.select_related("project").get(pk=environment_id)
+    targetings = {t.flag_id: t for t in Targeting.objects.filter(environment_id=environment_id)}
+    flags = (
+        Flag.objects.filter(project_id=environment.project_id)
+        .exclude(stage=LifecycleStage.ARCHIVED)
+        .select_related("fallback_variation")
+        .prefetch_related(Prefetch("variations", queryset=Variation.objects.order_by("sort_order", "id")))
+    )
+    flag_data: dict[str, Any] = {}
+    for flag in flags:
+        targeting = targetings.get(flag.pk)
+        if targeting is None or flag.fallback_variation_id is None:
+            continue  # not yet complete (created in a transaction still being written)
+        flag_data[flag.key] = {
+            "key": flag.key,
+            "value_type": flag.value_type,
+            "version": flag.version,
+            "salt": flag.salt,
+            "fallback": flag.fallback_variation.key,
+            "variations": {v.key: v.value for v in flag.variations.all()},
+            "targeting": {
+                "enabled": targeting.enabled,
+                "targets": targeting.targets,
+                "rules": targeting.rules,
+                "default_serve": targeting.default_serve,
+                "assignment_unit": targeting.assignment_unit,
+                "version": targeting.version,
+            },
+        }
+    segments = {
+        s.key: {"included_keys": s.included_keys, "excluded_keys": s.excluded_keys, "rules": s.rules}
+        for s in Segment.objects.filter(project_id=environment.project_id)
+    }
+    sdk_keys = {
+        key_hash: revoked_at is not None
+        for key_hash, revoked_at in SdkKey.objects.filter(environment_id=environment_id).values_list(
+            "key_hash", "revoked_at")
+    }
+    return {
+        "environment": {"id": environment.pk, "key": environment.key, "project": environment.project.key,
+                        "version": environment.version},
+        "flags": flag_data,
+        "segments": segments,
+        "sdk_keys": sdk_keys,
+        "built_at": time.time(),
+    }

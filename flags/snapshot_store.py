@@ -1,0 +1,154 @@
+"""The in-process store of compiled snapshots that evaluation reads.
+
+Each server process holds one `SnapshotStore`. Requests only read it (no database query).
+A daemon thread polls `Environment.version` every OFREP_SNAPSHOT_POLL_SECONDS (0.2 s by
+default): one small query. An environment whose version moved is rebuilt and compiled
+off the request path, then swapped in with one reference assignment. Every catalog write
+bumps the versions it affects in its own transaction (SDK key creation and revocation
+included), so each process serves a committed change within one poll plus one rebuild.
+
+The store starts lazily, in each process, on the first request; a fork (gunicorn workers)
+is noticed by pid, so every worker has its own poller. If the database is unreachable the
+poller logs, keeps the last good snapshots and tries again on the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from flags.evaluation.engine import Snapshot, SnapshotError, compile_snapshot
+from flags.snapshot_builder import build_environment_snapshot, read_environment_versions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLookup:
+    status: str  # "ok", "unknown", "revoked" or "unavailable"
+    snapshot: Snapshot | None = None
+
+
+class SnapshotStore:
+    def __init__(
+        self,
+        *,
+        poll_seconds: float,
+        build: Callable[[int], dict[str, Any]] = build_environment_snapshot,
+        read_versions: Callable[[], dict[int, int]] = read_environment_versions,
+    ) -> None:
+        self.poll_seconds = poll_seconds
+        self._build = build
+        self._read_versions = read_versions
+        self._snapshots: dict[int, Snapshot] = {}
+        self._keys: dict[str, tuple[int, bool]] = {}
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.last_success: float = 0.0
+        self.last_error: str = ""
+
+    # -- reading (the request path) --
+
+    def lookup(self, key_hash: str) -> KeyLookup:
+        if self._pid != os.getpid():
+            self._start()
+        entry = self._keys.get(key_hash)
+        if entry is None:
+            return KeyLookup("unavailable" if not self._snapshots and self.last_error else "unknown")
+        environment_id, revoked = entry
+        if revoked:
+            return KeyLookup("revoked")
+        return KeyLookup("ok", self._snapshots.get(environment_id))
+
+    def snapshot(self, environment_id: int) -> Snapshot | None:
+        if self._pid != os.getpid():
+            self._start()
+        return self._snapshots.get(environment_id)
+
+    # -- refreshing (the poller, or a caller that just wrote) --
+
+    def refresh(self) -> set[int]:
+        """Rebuild every environment whose version moved; returns the ids rebuilt."""
+        with self._refresh_lock:
+            versions = self._read_versions()
+            current = self._snapshots
+            changed = {env_id for env_id, version in versions.items()
+                       if env_id not in current or current[env_id].version != version}
+            gone = set(current) - set(versions)
+            if not changed and not gone:
+                self.last_success = time.time()
+                return set()
+            snapshots = {env_id: snap for env_id, snap in current.items() if env_id not in gone}
+            for env_id in changed:
+                try:
+                    snapshots[env_id] = compile_snapshot(self._build(env_id))
+                except SnapshotError:
+                    logger.exception("environment %s: snapshot does not compile; keeping the last good one", env_id)
+            keys = {key_hash: (env_id, revoked) for env_id, snap in snapshots.items()
+                    for key_hash, revoked in snap.sdk_keys.items()}
+            # Two plain assignments: readers see the old pair or the new one, never a torn dict.
+            self._snapshots = snapshots
+            self._keys = keys
+            self.last_success = time.time()
+            self.last_error = ""
+            return changed
+
+    def _start(self) -> None:
+        with self._start_lock:
+            pid = os.getpid()
+            if self._pid == pid:
+                return
+            self._pid = pid
+            self._stop = threading.Event()
+            self.poll_once()
+            if self.poll_seconds > 0:
+                thread = threading.Thread(target=self._poll, name="snapshot-poller", daemon=True)
+                thread.start()
+
+    def poll_once(self) -> None:
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshots
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("snapshot refresh failed, serving the last good snapshots: %s", self.last_error)
+            connection.close()  # reconnect on the next tick
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            close_old_connections()
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_store: SnapshotStore | None = None
+_store_lock = threading.Lock()
+
+
+def get_store() -> SnapshotStore:
+    global _store
+    if _store is None:
+        with _store_lock:
+            if _store is None:
+                _store = SnapshotStore(poll_seconds=settings.OFREP_SNAPSHOT_POLL_SECONDS)
+    return _store
+
+
+def reset_store(store: SnapshotStore | None = None) -> SnapshotStore | None:
+    """Replace the process's store (tests start each case from a fresh one)."""
+    global _store
+    if _store is not None:
+        _store.stop()
+    _store = store
+    return store
