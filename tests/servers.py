@@ -1,0 +1,68 @@
+"""Starting the production server (gunicorn) on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url_from_settings() -> str:
+    """The URL of the database Django is using now (in tests: the test database)."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor != "postgresql":
+        raise RuntimeError("gunicorn workers need a database shared between processes: PostgreSQL")
+    user = params.get("USER") or "postgres"
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{params.get('HOST') or '127.0.0.1'}:{params.get('PORT') or 5432}/{params['NAME']}"
+
+
+@contextlib.contextmanager
+def gunicorn(database_url: str, *, workers: int = 3, worker_class: str = "sync", threads: int = 1,
+             poll_seconds: float = 0.2) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "0", "SECRET_KEY": "gunicorn-test-secret-key-xx",
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "OFREP_SNAPSHOT_POLL_SECONDS": str(poll_seconds),
+           "LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "gunicorn", "featureops_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads),
+               "--log-level", "warning", "--access-logfile", "-" if os.environ.get("GUNICORN_ACCESS_LOG") else "/dev/null"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
+            except urllib.error.HTTPError:
+                break  # 401: the server answers
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stderr = (process.stderr.read() or b"").decode()[-2000:]  # type: ignore[union-attr]
+                    raise RuntimeError("gunicorn did not start: " + stderr) from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
