@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -59,19 +59,30 @@ class ErrorCode:
     GENERAL = "GENERAL"
 
 
-@dataclass(frozen=True, slots=True)
 class EvaluationResult:
-    flag_key: str
-    value: Any = None
-    variant: str | None = None
-    reason: str = Reason.ERROR
-    error_code: str | None = None
-    error_details: str | None = None
-    metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    """OpenFeature-shaped outcome. Results of successful evaluations are built once per
+    snapshot (one per flag × outcome) and shared: treat them, and their metadata, as read-only."""
+
+    __slots__ = ("flag_key", "value", "variant", "reason", "error_code", "error_details", "metadata")
+
+    def __init__(self, flag_key: str, value: Any = None, variant: str | None = None, reason: str = Reason.ERROR,
+                 error_code: str | None = None, error_details: str | None = None,
+                 metadata: dict[str, str | int | float | bool] | None = None) -> None:
+        self.flag_key = flag_key
+        self.value = value
+        self.variant = variant
+        self.reason = reason
+        self.error_code = error_code
+        self.error_details = error_details
+        self.metadata = metadata if metadata is not None else {}
 
     @property
     def is_error(self) -> bool:
         return self.error_code is not None
+
+    def __repr__(self) -> str:
+        return (f"EvaluationResult({self.flag_key!r}, variant={self.variant!r}, reason={self.reason!r}, "
+                f"error_code={self.error_code!r})")
 
 
 class SnapshotError(ValueError):
@@ -92,20 +103,18 @@ def bucket_of(flag_key: str, salt: str, unit_key: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CompiledServe:
-    variation: str | None  # a single variation, or None for a split
-    bounds: tuple[tuple[int, str], ...] = ()  # (cumulative upper bound, variation) for a split
+    result: EvaluationResult | None  # a single variation's prebuilt result, or None for a split
+    bounds: tuple[tuple[int, EvaluationResult], ...] = ()  # (cumulative upper bound, result) for a split
 
-    def pick(self, bucket: int) -> str:
-        for upper, variation in self.bounds:
+    def pick(self, bucket: int) -> EvaluationResult:
+        for upper, result in self.bounds:
             if bucket < upper:
-                return variation
+                return result
         return self.bounds[-1][1]
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    rule_id: str
-    index: int
     matchers: tuple[Matcher, ...]
     serve: CompiledServe
 
@@ -113,17 +122,14 @@ class CompiledRule:
 @dataclass(frozen=True, slots=True)
 class CompiledFlag:
     key: str
-    value_type: str
     salt: str
     enabled: bool
-    fallback: str
-    variations: Mapping[str, Any]
-    targets: Mapping[str, str]
+    disabled: EvaluationResult  # the fallback, served when off
+    targets: Mapping[str, EvaluationResult]
     rules: tuple[CompiledRule, ...]
     default: CompiledServe
     assignment_unit: str
     static: bool
-    metadata: Mapping[str, str | int | float | bool]
     broken: str | None = None  # why the flag's configuration could not be compiled
 
 
@@ -156,8 +162,17 @@ def _scalar_key(value: Any) -> tuple[str, Any]:
 def _value_test(op: str, values: list[Any]) -> Callable[[Any], bool]:
     """A predicate on one context value (lists in the context match when any element does)."""
     if op in ("equals", "in", "not_in"):
-        wanted = frozenset(_scalar_key(v) for v in values)
-        return lambda value: _scalar_key(value) in wanted
+        strings = frozenset(v for v in values if type(v) is str)
+        others = frozenset(_scalar_key(v) for v in values if type(v) is not str)
+        if not others:
+            return lambda value: type(value) is str and value in strings
+
+        def membership(value: Any) -> bool:
+            if type(value) is str:
+                return value in strings
+            return _scalar_key(value) in others
+
+        return membership
     if op == "starts_with":
         prefixes = tuple(values)
         return lambda value: isinstance(value, str) and value.startswith(prefixes)
@@ -212,11 +227,9 @@ def _compile_clause(clause: Mapping[str, Any], segments: Mapping[str, Matcher]) 
         value = context.get(attribute)
         if value is None:
             return False  # a missing attribute matches nothing, negated or not
-        if isinstance(value, list):
-            hit = any(test(item) for item in value)
-        else:
-            hit = test(value)
-        return hit != flip
+        if type(value) is list:
+            return any(test(item) for item in value) != flip
+        return test(value) != flip
 
     return attribute_clause
 
@@ -270,31 +283,34 @@ def _compile_segments(data: Mapping[str, Any]) -> dict[str, Matcher]:
     return compiled
 
 
-def _compile_serve(serve: Mapping[str, Any]) -> CompiledServe:
+def _compile_serve(serve: Mapping[str, Any], outcome: Callable[[str], EvaluationResult],
+                   split_outcome: Callable[[str], EvaluationResult]) -> CompiledServe:
     if "variation" in serve:
-        return CompiledServe(variation=serve["variation"])
-    bounds: list[tuple[int, str]] = []
+        return CompiledServe(result=outcome(serve["variation"]))
+    bounds: list[tuple[int, EvaluationResult]] = []
     cumulative = 0
     for bucket in serve["split"]:
         if bucket["weight"] <= 0:
             continue
         cumulative += bucket["weight"]
-        bounds.append((cumulative, bucket["variation"]))
-    return CompiledServe(variation=None, bounds=tuple(bounds))
+        bounds.append((cumulative, split_outcome(bucket["variation"])))
+    return CompiledServe(result=None, bounds=tuple(bounds))
 
 
-def _compile_flag(key: str, data: Mapping[str, Any], segments: Mapping[str, Matcher]) -> CompiledFlag:
+def _compile_flag(key: str, data: Mapping[str, Any], segments: Mapping[str, Matcher],
+                  environment_version: int) -> CompiledFlag:
     targeting = data["targeting"]
-    variations = MappingProxyType(dict(data["variations"]))
-    metadata = MappingProxyType({
+    variations = dict(data["variations"])
+    base_metadata = {
         "flagVersion": int(data.get("version", 1)),
         "targetingVersion": int(targeting.get("version", 1)),
-    })
-    base = {
-        "key": key, "value_type": data["value_type"], "salt": str(data.get("salt", "")),
-        "enabled": bool(targeting["enabled"]), "fallback": data["fallback"], "variations": variations,
-        "assignment_unit": str(targeting.get("assignment_unit") or "targetingKey"), "metadata": metadata,
+        "environmentVersion": environment_version,
     }
+
+    def result(variation: str, reason: str, **extra: Any) -> EvaluationResult:
+        return EvaluationResult(flag_key=key, value=variations[variation], variant=variation, reason=reason,
+                                metadata={**base_metadata, **extra})
+
     problems = (
         validate_targets(targeting.get("targets", []), variations)
         + validate_rules(targeting.get("rules", []), variations)
@@ -306,23 +322,39 @@ def _compile_flag(key: str, data: Mapping[str, Any], segments: Mapping[str, Matc
         for name in clause.get("values", []) if name not in segments
     }
     if data["fallback"] not in variations:
-        problems.append("fallback is not a variation")
+        raise SnapshotError(f"flag {key!r}: the fallback is not a variation")
+    base = {"key": key, "salt": str(data.get("salt", "")), "enabled": bool(targeting["enabled"]),
+            "disabled": result(data["fallback"], Reason.DISABLED),
+            "assignment_unit": str(targeting.get("assignment_unit") or "targetingKey")}
     if problems or missing_segments:
         detail = "; ".join(str(p) for p in problems[:3]) or f"unknown segments {sorted(missing_segments)}"
-        return CompiledFlag(targets={}, rules=(), default=CompiledServe(variation=data["fallback"]), static=False,
-                            broken=detail, **base)
-    targets = {unit: target["variation"] for target in targeting.get("targets", []) for unit in target["values"]}
-    rules = tuple(
-        CompiledRule(
-            rule_id=str(rule.get("id") or index), index=index,
+        return CompiledFlag(targets={}, rules=(), default=CompiledServe(result=None), static=False, broken=detail,
+                            **base)
+    target_results: dict[str, EvaluationResult] = {}
+    for target in targeting.get("targets", []):
+        matched = result(target["variation"], Reason.TARGETING_MATCH, matchedTarget=True)
+        for unit in target["values"]:
+            target_results[unit] = matched
+    rules = []
+    for index, rule in enumerate(targeting.get("rules", [])):
+        rule_id = str(rule.get("id") or index)
+        rules.append(CompiledRule(
             matchers=tuple(_compile_clause(c, segments) for c in rule["clauses"]),
-            serve=_compile_serve(rule["serve"]),
-        )
-        for index, rule in enumerate(targeting.get("rules", []))
+            serve=_compile_serve(
+                rule["serve"],
+                lambda v, rule_id=rule_id, index=index: result(v, Reason.TARGETING_MATCH, ruleId=rule_id,
+                                                               ruleIndex=index),
+                lambda v, rule_id=rule_id, index=index: result(v, Reason.SPLIT, ruleId=rule_id, ruleIndex=index),
+            ),
+        ))
+    static = not target_results and not rules and "variation" in targeting["default_serve"]
+    default = _compile_serve(
+        targeting["default_serve"],
+        lambda v: result(v, Reason.STATIC if static else Reason.DEFAULT),
+        lambda v: result(v, Reason.SPLIT),
     )
-    default = _compile_serve(targeting["default_serve"])
-    static = not targets and not rules and default.variation is not None
-    return CompiledFlag(targets=MappingProxyType(targets), rules=rules, default=default, static=static, **base)
+    return CompiledFlag(targets=MappingProxyType(target_results), rules=tuple(rules), default=default,
+                        static=static, **base)
 
 
 def compile_snapshot(data: Mapping[str, Any]) -> Snapshot:
@@ -331,10 +363,11 @@ def compile_snapshot(data: Mapping[str, Any]) -> Snapshot:
     try:
         environment = data["environment"]
         segments = _compile_segments(data.get("segments", {}))
-        flags = {key: _compile_flag(key, flag, segments) for key, flag in data.get("flags", {}).items()}
+        version = int(environment["version"])
+        flags = {key: _compile_flag(key, flag, segments, version) for key, flag in data.get("flags", {}).items()}
         return Snapshot(
             environment_id=int(environment["id"]), environment_key=str(environment["key"]),
-            version=int(environment["version"]), flags=MappingProxyType(flags),
+            version=version, flags=MappingProxyType(flags),
             sdk_keys=MappingProxyType(dict(data.get("sdk_keys", {}))), built_at=float(data.get("built_at", 0.0)),
         )
     except (KeyError, TypeError, AttributeError, re.error) as exc:
@@ -346,21 +379,13 @@ def compile_snapshot(data: Mapping[str, Any]) -> Snapshot:
 
 def _unit_key(context: Context, attribute: str) -> str | None:
     value = context.get(attribute)
+    if type(value) is str:
+        return value or None
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, str):
-        return value or None
     if _is_number(value):
         return str(value)
     return None
-
-
-def _served(flag: CompiledFlag, snapshot: Snapshot, variation: str, reason: str, **extra: Any) -> EvaluationResult:
-    metadata = dict(flag.metadata)
-    metadata["environmentVersion"] = snapshot.version
-    metadata.update(extra)
-    return EvaluationResult(flag_key=flag.key, value=flag.variations[variation], variant=variation, reason=reason,
-                            metadata=metadata)
 
 
 def _error(flag_key: str, code: str, details: str) -> EvaluationResult:
@@ -370,10 +395,10 @@ def _error(flag_key: str, code: str, details: str) -> EvaluationResult:
 def context_problem(context: Any) -> str | None:
     """Why a context is not usable, or None. The shape is OpenFeature's: an object with an
     optional string targetingKey and attributes."""
-    if not isinstance(context, Mapping):
+    if type(context) is not dict and not isinstance(context, Mapping):
         return "the evaluation context must be a JSON object"
     key = context.get("targetingKey")
-    if key is not None and not isinstance(key, str):
+    if key is not None and type(key) is not str:
         return "targetingKey must be a string"
     return None
 
@@ -387,39 +412,35 @@ def evaluate(snapshot: Snapshot, flag_key: str, context: Context) -> EvaluationR
         problem = context_problem(context)
         if problem:
             return _error(flag_key, ErrorCode.INVALID_CONTEXT, problem)
-        return _evaluate_flag(snapshot, flag, context)
+        if not flag.enabled:
+            return flag.disabled
+        if flag.broken:
+            return _error(flag.key, ErrorCode.PARSE_ERROR, f"flag configuration is invalid: {flag.broken}")
+        if flag.static:
+            return flag.default.result  # type: ignore[return-value]
+        unit_key = _unit_key(context, flag.assignment_unit)
+        if unit_key is not None and flag.targets:
+            targeted = flag.targets.get(unit_key)
+            if targeted is not None:
+                return targeted
+        for rule in flag.rules:
+            for matcher in rule.matchers:
+                if not matcher(context, unit_key):
+                    break
+            else:
+                return _serve(flag, rule.serve, unit_key)
+        return _serve(flag, flag.default, unit_key)
     except Exception as exc:  # noqa: BLE001 - the engine's contract is to never raise
         return _error(flag_key, ErrorCode.GENERAL, f"evaluation failed: {type(exc).__name__}")
 
 
-def _evaluate_flag(snapshot: Snapshot, flag: CompiledFlag, context: Context) -> EvaluationResult:
-    if not flag.enabled:
-        return _served(flag, snapshot, flag.fallback, Reason.DISABLED)
-    if flag.broken:
-        return _error(flag.key, ErrorCode.PARSE_ERROR, f"flag configuration is invalid: {flag.broken}")
-    if flag.static:
-        return _served(flag, snapshot, flag.default.variation, Reason.STATIC)  # type: ignore[arg-type]
-    unit_key = _unit_key(context, flag.assignment_unit)
-    if unit_key is not None and flag.targets:
-        variation = flag.targets.get(unit_key)
-        if variation is not None:
-            return _served(flag, snapshot, variation, Reason.TARGETING_MATCH, matchedTarget=True)
-    for rule in flag.rules:
-        if all(matcher(context, unit_key) for matcher in rule.matchers):
-            return _serve(snapshot, flag, rule.serve, unit_key, Reason.TARGETING_MATCH, ruleId=rule.rule_id,
-                          ruleIndex=rule.index)
-    return _serve(snapshot, flag, flag.default, unit_key, Reason.DEFAULT)
-
-
-def _serve(snapshot: Snapshot, flag: CompiledFlag, serve: CompiledServe, unit_key: str | None, reason: str,
-           **extra: Any) -> EvaluationResult:
-    if serve.variation is not None:
-        return _served(flag, snapshot, serve.variation, reason, **extra)
+def _serve(flag: CompiledFlag, serve: CompiledServe, unit_key: str | None) -> EvaluationResult:
+    if serve.result is not None:
+        return serve.result
     if unit_key is None:
         return _error(flag.key, ErrorCode.TARGETING_KEY_MISSING,
                       f"a percentage split needs the assignment unit {flag.assignment_unit!r} in the context")
-    variation = serve.pick(bucket_of(flag.key, flag.salt, unit_key))
-    return _served(flag, snapshot, variation, Reason.SPLIT, **extra)
+    return serve.pick(bucket_of(flag.key, flag.salt, unit_key))
 
 
 def evaluate_all(snapshot: Snapshot, context: Context) -> list[EvaluationResult]:
