@@ -3,10 +3,14 @@ file says, SDK-key authentication, ETags, every error status, no database query 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from django.db import OperationalError
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from audit.services import SystemActor
 from flags import services
@@ -250,3 +254,16 @@ def test_database_unreachable_at_start__503_not_500(keys: dict[str, str]) -> Non
     reset_store(SnapshotStore(poll_seconds=0, read_versions=read_versions))
     response = evaluate(TOOL_MODE, keys["production"], {})
     assert response.status == 503 and response.headers["Retry-After"] == "1"
+
+
+@given(body=st.one_of(st.binary(max_size=200), st.text(max_size=200),
+                      st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                   lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
+                                                                                       max_size=3),
+                                   max_leaves=10).map(lambda v: json.dumps({"context": v}))),
+       flag_key=st.sampled_from([PROFILE, TOOL_MODE, INCIDENT, "missing", "a/b", "%00", ""]))
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property__no_body_or_key_produces_a_500(keys: dict[str, str], body: object, flag_key: str) -> None:
+    response = evaluate(flag_key or None, keys["production"], body=body)
+    assert response.status in {200, 400, 404}
+    assert isinstance(response.json(), dict)
