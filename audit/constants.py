@@ -14,7 +14,13 @@ class ActorKind(models.TextChoices):
 class AuditAction(models.TextChoices):
     PROJECT_CREATED = "project.created", "Project created"
     ENVIRONMENT_CREATED = "environment.created", "Environment created"
+    LOGIN_SUCCEEDED = "auth.login", "Signed in"
+    LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
+    LOGGED_OUT = "auth.logout", "Signed out"
     ROLE_GRANTED = "role.granted", "Role granted"
+    ROLE_REVOKED = "role.revoked", "Role revoked"
+    APPROVAL_POLICY_UPDATED = "approval_policy.updated", "Approval policy changed"
+    AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     FLAG_CREATED = "flag.created", "Flag created"
     FLAG_UPDATED = "flag.updated", "Flag updated"
     FLAG_STAGE_CHANGED = "flag.stage_changed", "Flag lifecycle stage changed"

@@ -7,12 +7,29 @@ bottom of the dependency graph.
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 
+from audit.chain import canonical_json
 from audit.constants import ActorKind, AuditAction
+
+
+class CanonicalJSONField(models.TextField):
+    """JSON kept as its canonical text (audit.chain.canonical_json), so the bytes that were
+    hashed are the bytes stored: a JSONB column would renormalise numbers and keys."""
+
+    def from_db_value(self, value: str | None, expression: object, connection: object) -> Any:
+        return None if value is None else json.loads(value)
+
+    def to_python(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def get_prep_value(self, value: Any) -> str | None:
+        return None if value is None else canonical_json(value)
 
 
 class AppendOnlyError(Exception):
@@ -34,35 +51,47 @@ class AuditEvent(models.Model):
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,  # the row survives the user's deletion
+        # DO_NOTHING without a database constraint: deleting a user changes no audit row
+        # (which the chain and the append-only trigger would refuse); the id and the label
+        # snapshot stay. Read actor_label, not actor, for display.
+        on_delete=models.DO_NOTHING,
         related_name="+",
         db_constraint=False,
     )
     actor_label = models.CharField(max_length=200)
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
-    action = models.CharField(max_length=64, choices=AuditAction.choices, db_index=True)
+    action = models.CharField(max_length=64, choices=AuditAction.choices)
     target_type = models.CharField(max_length=64)
     target_id = models.CharField(max_length=64)
     target_label = models.CharField(max_length=300)
-    project_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    project_id = models.BigIntegerField(null=True, blank=True)
     project_label = models.CharField(max_length=200, blank=True)
     environment_id = models.BigIntegerField(null=True, blank=True)
     environment_label = models.CharField(max_length=200, blank=True)
-    flag_id = models.BigIntegerField(null=True, blank=True, db_index=True)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
+    flag_id = models.BigIntegerField(null=True, blank=True)
+    before = CanonicalJSONField(null=True, blank=True)
+    after = CanonicalJSONField(null=True, blank=True)
     summary = models.TextField(blank=True)
     reason = models.TextField(blank=True)
     correlation_id = models.UUIDField(default=uuid.uuid4, db_index=True)
     request_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=400, blank=True)
     change_request_id = models.BigIntegerField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
 
     objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["project_id", "-id"], name="audit_project_recent")]
+        # Keyset pages are "newest first, filtered": one (filter, id) index per filter.
+        indexes = [
+            models.Index(fields=["project_id", "-id"], name="audit_project_recent"),
+            models.Index(fields=["environment_id", "-id"], name="audit_environment_recent"),
+            models.Index(fields=["flag_id", "-id"], name="audit_flag_recent"),
+            models.Index(fields=["actor", "-id"], name="audit_actor_recent"),
+            models.Index(fields=["action", "-id"], name="audit_action_recent"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} {self.target_label}"

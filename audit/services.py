@@ -4,6 +4,8 @@ leaves none."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,9 +13,42 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.utils import timezone
 
+from audit.chain import ADVISORY_LOCK_KEY, GENESIS, HASHED_FIELDS, canonical_json, row_hash
 from audit.constants import ActorKind, AuditAction
 from audit.context import current_context
 from audit.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class AnonymousActor:
+    """Someone not signed in, e.g. a failed login; `name` is what they typed."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} (not signed in)"
+
+
+@dataclass(frozen=True)
+class SdkKeyActor:
+    """An application acting with an SDK key (telemetry, later)."""
+
+    prefix: str
+
+    def __str__(self) -> str:
+        return f"sdk-key:{self.prefix}"
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """A target that is not a model instance (or no longer exists)."""
+
+    target_type: str
+    pk: Any
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
 
 
 @dataclass(frozen=True)
@@ -26,7 +61,7 @@ class SystemActor:
         return f"system:{self.name}"
 
 
-Actor = AbstractBaseUser | SystemActor
+Actor = AbstractBaseUser | SystemActor | AnonymousActor | SdkKeyActor
 
 
 class Labelled(Protocol):
@@ -40,7 +75,7 @@ class AuditOutsideTransactionError(RuntimeError):
 
 
 def actor_label(actor: Actor) -> str:
-    if isinstance(actor, SystemActor):
+    if not isinstance(actor, AbstractBaseUser):
         return str(actor)
     full_name = actor.get_full_name() if hasattr(actor, "get_full_name") else ""
     username = actor.get_username()
@@ -67,18 +102,23 @@ def record(
         )
     if isinstance(actor, SystemActor):
         kind, user = ActorKind.SYSTEM, None
+    elif isinstance(actor, SdkKeyActor):
+        kind, user = ActorKind.SDK_KEY, None
+    elif isinstance(actor, AnonymousActor):
+        kind, user = ActorKind.USER, None
     elif isinstance(actor, AbstractBaseUser):
         kind, user = ActorKind.USER, actor
     else:
         raise TypeError(f"Unsupported audit actor: {actor!r}")
     ctx = current_context()
+    target_type = target.target_type if isinstance(target, AuditTarget) else target._meta.label_lower  # type: ignore[attr-defined]
     event = AuditEvent(
         created_at=timezone.now(),
         actor=user,
         actor_label=actor_label(actor)[:200],
         actor_kind=kind,
         action=AuditAction(action),
-        target_type=target._meta.label_lower,  # type: ignore[attr-defined]
+        target_type=target_type,
         target_id=str(target.pk),
         target_label=str(target)[:300],
         project_id=project.pk if project else None,
@@ -91,9 +131,36 @@ def record(
         summary=summary or AuditAction(action).label,
         reason=reason,
         correlation_id=ctx.correlation_id,
-        request_ip=ctx.request_ip,
+        request_ip=_normalised_ip(ctx.request_ip),
         user_agent=ctx.user_agent,
         change_request_id=change_request_id,
     )
+    # Round-trip before/after through their stored form, so the hash covers exactly what the
+    # database will hand back to verify_audit.
+    event.before = _stored_form(before)
+    event.after = _stored_form(after)
+    _lock_chain()
+    event.prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS
+    event.hash = row_hash({name: getattr(event, name) for name in HASHED_FIELDS}, event.prev_hash)
     event.save()
     return event
+
+
+def _lock_chain() -> None:
+    """Serialise appends until this transaction ends, so the chain never forks."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+
+
+def _stored_form(value: Any) -> Any:
+    return None if value is None else json.loads(canonical_json(value))
+
+
+def _normalised_ip(address: str | None) -> str | None:
+    if not address:
+        return None
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.db import connection
@@ -54,3 +54,34 @@ def make_user(django_user_model: type) -> Callable[..., object]:
 def _fast_password_hashing(settings: object) -> None:
     # Demo users are created in many tests; the production hasher is slow by design.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+def _uses_database(request: pytest.FixtureRequest) -> bool:
+    return bool(request.node.get_closest_marker("django_db")) or bool(
+        {"db", "transactional_db", "live_server", "django_db_setup"} & set(request.fixturenames))
+
+
+def _is_transactional(request: pytest.FixtureRequest) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    by_marker = bool(marker and (marker.kwargs.get("transaction") or (marker.args and marker.args[0])))
+    return by_marker or bool({"transactional_db", "live_server"} & set(request.fixturenames))
+
+
+@pytest.fixture(autouse=True)
+def _audit_trigger_active_but_flushable(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On PostgreSQL the audit table refuses UPDATE, DELETE and TRUNCATE. Every test runs with
+    that trigger active; after a transactional test, the flush that empties the database
+    (a TRUNCATE) runs with triggers switched off for this session only."""
+    if not _uses_database(request):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # set up first, so its flush runs after our teardown
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("RESET session_replication_role")
+    yield
+    if _is_transactional(request):  # only these end with a flush; the others roll back
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = replica")

@@ -44,9 +44,11 @@ def test_audit_event__actor_deleted__row_and_label_survive(make_user) -> None:
     project = make_project()
     with transaction.atomic():
         event = record(actor=user, action="project.created", target=project, project=project)
+    user_id = user.pk
     user.delete()
+    # The row is untouched (no SET NULL update): the id and the label snapshot remain.
     event = AuditEvent.objects.get(pk=event.pk)
-    assert event.actor_id is None and event.actor_label == "leaver"
+    assert event.actor_id == user_id and event.actor_label == "leaver"
 
 
 def test_audit_event__update_or_delete__refused_by_model_and_queryset() -> None:
