@@ -49,5 +49,16 @@ def can_edit_targeting(user: User, environment: Environment, flag: Flag) -> bool
     return not environment.is_governed and can_edit_catalog(user, environment.project, flag)
 
 
+AUDIT_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+
+
+def audit_project_ids(user: User) -> frozenset[int]:
+    """Projects whose whole audit trail the user may browse and export (auditors, admins)."""
+    if not user.is_authenticated:
+        return frozenset()
+    return frozenset(Project.objects.filter(memberships__user=user, memberships__role__in=AUDIT_ROLES)
+                     .values_list("pk", flat=True))
+
+
 def role_labels(user: User, project: Project) -> list[str]:
     return [Role(role).label for role in sorted(roles_in(user, project))]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from flags import views
+from flags import audit_views, views
 
 app_name = "flags"
 
@@ -20,6 +20,10 @@ urlpatterns = [
     path(_flag + "variations/<slug:variation_key>/delete/", views.variation_delete, name="variation_delete"),
     path(_flag + "targeting/<slug:environment_key>/", views.targeting_edit, name="targeting_edit"),
     path(_flag + "targeting/<slug:environment_key>/toggle/", views.targeting_toggle, name="targeting_toggle"),
+    path(_flag + "history/", audit_views.flag_history, name="flag_history"),
+    path("audit/", audit_views.audit_explorer, name="audit_explorer"),
+    path("audit/events/<int:event_id>/", audit_views.audit_event_detail, name="audit_event_detail"),
+    path("audit/export.<str:fmt>", audit_views.audit_export, name="audit_export"),
     path("p/<slug:project_key>/segments/", views.segment_list, name="segment_list"),
     path("p/<slug:project_key>/segments/new/", views.segment_create, name="segment_create"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/", views.segment_edit, name="segment_edit"),

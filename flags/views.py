@@ -147,6 +147,7 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
         "targetings": [_targeting_view(request, flag, t) for t in targetings],
         "can_edit": can_edit,
         "variation_form": VariationForm(flag=flag, auto_id="id_new_%s") if can_edit else None,
+        "tab": "history" if request.GET.get("tab") == "history" else "overview",
     })
 
 

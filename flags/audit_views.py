@@ -1,0 +1,168 @@
+"""The auditor's explorer and each flag's History tab: one component over audit.selectors.
+
+Reading only: nothing here needs a write permission. The explorer covers the projects where
+the user is an auditor or admin; a flag's History tab is open to anyone who may view the flag.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+
+from audit.constants import AuditAction
+from audit.diff import diff
+from audit.models import AuditEvent
+from audit.selectors import SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
+from audit.services import AuditTarget, record
+from flags.models import Environment, Flag, Project
+from flags.permissions import audit_project_ids, can_view_project
+from flags.views import _denied
+
+EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
+                 "project_label", "environment_label", "target_type", "target_id", "target_label", "summary",
+                 "reason", "before", "after", "correlation_id", "request_ip", "change_request_id", "hash")
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _date(value: str | None) -> datetime.date | None:
+    try:
+        return datetime.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _filters(request: HttpRequest, scope: frozenset[int], **fixed: Any) -> AuditFilters:
+    get = request.GET
+    values: dict[str, Any] = {
+        "project": _int(get.get("project")), "environment": _int(get.get("environment")),
+        "flag": _int(get.get("flag")), "actor": get.get("actor", "")[:20],
+        "action": get.get("action", "") if get.get("action", "") in AuditAction.values else "",
+        "date_from": _date(get.get("from")), "date_to": _date(get.get("to")), "q": get.get("q", "").strip()[:200],
+    }
+    values.update(fixed)
+    return AuditFilters(project_ids=scope, **values)
+
+
+def _choices(scope: frozenset[int]) -> dict[str, Any]:
+    """Options for the filter form: a handful of small queries, whatever the trail's size."""
+    users = get_user_model().objects.filter(memberships__project_id__in=scope).distinct().order_by("username")
+    return {
+        "projects": Project.objects.filter(pk__in=scope).order_by("name"),
+        "environments": Environment.objects.filter(project_id__in=scope).select_related("project"),
+        "flags": Flag.objects.filter(project_id__in=scope).order_by("key").only("pk", "key"),
+        "actors": [(str(u.pk), u.get_full_name() or u.get_username()) for u in users] + [(SYSTEM_ACTOR, "System jobs")],
+        "actions": AuditAction.choices,
+    }
+
+
+def _page_context(request: HttpRequest, filters: AuditFilters, base_url: str) -> dict[str, Any]:
+    page = audit_page(filters, before=_int(request.GET.get("before")))
+    query = request.GET.copy()
+    query.pop("before", None)
+    return {"page": page, "filters": filters, "base_url": base_url, "query": query.urlencode()}
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def audit_explorer(request: HttpRequest) -> HttpResponse:
+    scope = audit_project_ids(request.user)
+    if not scope:
+        return _denied(request, "The audit trail is open to auditors and project admins.")
+    filters = _filters(request, scope)
+    context = {**_page_context(request, filters, request.path), **_choices(scope), "get": request.GET}
+    fragment = request.htmx and not request.htmx.history_restore_request
+    return render(request, "audit/explorer.html#audit-table" if fragment else "audit/explorer.html", context)
+
+
+@login_required
+@require_GET
+def flag_history(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    project = get_object_or_404(Project, key=project_key)
+    if not can_view_project(request.user, project):
+        raise Http404("No such project.")
+    flag = get_object_or_404(Flag, project=project, key=flag_key)
+    filters = _filters(request, frozenset({project.pk}), project=project.pk, flag=flag.pk, environment=None)
+    return render(request, "audit/explorer.html#audit-table", _page_context(request, filters, request.path))
+
+
+@login_required
+@require_GET
+def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
+    event = get_object_or_404(AuditEvent, pk=event_id)
+    allowed = event.project_id is not None and event.project_id in audit_project_ids(request.user)
+    if not allowed and event.flag_id is not None:
+        # A flag's History tab shows its rows to anyone who may view the flag.
+        project = Project.objects.filter(pk=event.project_id).first()
+        allowed = project is not None and can_view_project(request.user, project)
+    if not allowed:
+        raise Http404("No such event.")
+    return render(request, "audit/explorer.html#audit-detail", {"event": event, "changes": diff(event.before, event.after)})
+
+
+def _csv_rows(rows: Iterator[dict]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_FIELDS)
+    for row in rows:
+        writer.writerow([json.dumps(row[f], ensure_ascii=False) if f in ("before", "after") and row[f] is not None
+                         else row[f].isoformat() if f == "created_at" else row[f] for f in EXPORT_FIELDS])
+        if buffer.tell() > 64_000:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _jsonl_rows(rows: Iterator[dict]) -> Iterator[str]:
+    lines = []
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+        lines.append(json.dumps(row, ensure_ascii=False, default=str))
+        if len(lines) >= 500:
+            yield "\n".join(lines) + "\n"
+            lines = []
+    if lines:
+        yield "\n".join(lines) + "\n"
+
+
+@login_required
+@require_GET
+def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
+    if fmt not in ("csv", "jsonl"):
+        raise Http404("Exports are .csv or .jsonl.")
+    scope = audit_project_ids(request.user)
+    if not scope:
+        return _denied(request, "Exports of the audit trail are open to auditors and project admins.")
+    filters = _filters(request, scope)
+    described = {k: v for k, v in request.GET.items() if k != "before" and v}
+    with transaction.atomic():
+        # The export is itself recorded; it covers the trail as it stood just before.
+        project = Project.objects.filter(pk=filters.project).first() if filters.project else None
+        event = record(actor=request.user, action=AuditAction.AUDIT_EXPORTED,
+                       target=AuditTarget("audit.export", fmt, f"Audit export ({fmt.upper()})"), project=project,
+                       after={"format": fmt, "filters": described}, summary=f"Exported the audit trail as {fmt.upper()}")
+    rows = iter_events(filters, up_to=event.pk - 1, fields=EXPORT_FIELDS)
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    if fmt == "csv":
+        response = StreamingHttpResponse(_csv_rows(rows), content_type="text/csv; charset=utf-8")
+    else:
+        response = StreamingHttpResponse(_jsonl_rows(rows), content_type="application/x-ndjson; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{fmt}"'
+    return response
