@@ -113,7 +113,7 @@ def record(
     ctx = current_context()
     target_type = target.target_type if isinstance(target, AuditTarget) else target._meta.label_lower  # type: ignore[attr-defined]
     event = AuditEvent(
-        created_at=timezone.now(),
+        created_at=None,
         actor=user,
         actor_label=actor_label(actor)[:200],
         actor_kind=kind,
@@ -140,6 +140,8 @@ def record(
     event.before = _stored_form(before)
     event.after = _stored_form(after)
     _lock_chain()
+    # Stamped under the lock, so time never runs backwards along the id order.
+    event.created_at = timezone.now()
     event.prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS
     event.hash = row_hash({name: getattr(event, name) for name in HASHED_FIELDS}, event.prev_hash)
     event.save()

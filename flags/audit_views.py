@@ -18,6 +18,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
@@ -87,8 +88,12 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
         return _denied(request, "The audit trail is open to auditors and project admins.")
     filters = _filters(request, scope)
     context = {**_page_context(request, filters, request.path), **_choices(scope), "get": request.GET}
-    fragment = request.htmx and not request.htmx.history_restore_request
-    return render(request, "audit/explorer.html#audit-table" if fragment else "audit/explorer.html", context)
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render(request, "audit/explorer.html#audit-table", context)
+        # The export links carry the filter too: swap them out of band.
+        response.write(render_to_string("audit/explorer.html#audit-exports", {**context, "oob": True}, request))
+        return response
+    return render(request, "audit/explorer.html", context)
 
 
 @login_required
