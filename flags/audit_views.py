@@ -1,7 +1,7 @@
 """The auditor's explorer and each flag's History tab: one component over audit.selectors.
 
 Reading only: nothing here needs a write permission. The explorer covers the projects where
-the user is an auditor or admin; a flag's History tab is open to anyone who may view the flag.
+the user holds view_audit (auditors), exports need export_audit; a flag's History tab is open to anyone who may view the flag.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _jsonl_rows(rows: Iterator[dict]) -> Iterator[str]:
 def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
     if fmt not in ("csv", "jsonl"):
         raise Http404("Exports are .csv or .jsonl.")
-    scope = audit_project_ids(request.user)
+    scope = audit_project_ids(request.user, "export_audit")
     if not scope:
         return _denied(request, "Exports of the audit trail are open to auditors and project admins.")
     filters = _filters(request, scope)

@@ -56,5 +56,31 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Project admin"
 
 
-# Roles whose holders may change the catalog in non-governed environments.
-EDITING_ROLES = frozenset({Role.EDITOR, Role.ADMIN})
+# Object permissions on a Project, named for what they allow (flags.Project Meta.permissions).
+PROJECT_PERMISSIONS = (
+    ("view_project", "Read the project's flags, targeting and rollouts"),
+    ("edit_catalog", "Create and edit flags, variations, segments and targeting in non-governed environments"),
+    ("propose_change", "Propose changes in any environment"),
+    ("approve_change", "Approve or reject change requests"),
+    ("flip_killswitch", "Flip kill switches and incident mode (move traffic to fallbacks)"),
+    ("view_audit", "Read the whole audit trail"),
+    ("export_audit", "Export the audit trail"),
+    ("manage_members", "Add members, grant and revoke roles"),
+    ("manage_environments", "Create and change environments"),
+    ("manage_sdk_keys", "Create and revoke SDK keys"),
+    ("manage_approval_policy", "Change approval policies"),
+)
+
+# A role is a named set of those permissions, granted per project. A person may hold several.
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Role.VIEWER: frozenset({"view_project"}),
+    Role.EDITOR: frozenset({"view_project", "edit_catalog", "propose_change"}),
+    Role.APPROVER: frozenset({"view_project", "approve_change"}),
+    Role.OPERATOR: frozenset({"view_project", "flip_killswitch"}),
+    Role.AUDITOR: frozenset({"view_project", "view_audit", "export_audit"}),
+    Role.ADMIN: frozenset({"view_project", "manage_members", "manage_environments", "manage_sdk_keys",
+                           "manage_approval_policy"}),
+}
+
+# A flag's owner may edit that flag even without the editor role (flags.Flag Meta.permissions).
+FLAG_OWNER_PERMISSION = "edit_flag"

@@ -13,11 +13,14 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from flags.constants import (
+    FLAG_OWNER_PERMISSION,
     KEY_ERROR,
     KEY_HELP,
     KEY_PATTERN,
+    PROJECT_PERMISSIONS,
     TEMPORARY_LIFETIMES,
     BehaviorSurface,
     LifecycleStage,
@@ -48,6 +51,8 @@ class Project(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [_key_check("project_key_is_slug")]
+        default_permissions = ()
+        permissions = PROJECT_PERMISSIONS
 
     def __str__(self) -> str:
         return self.name
@@ -154,6 +159,7 @@ class Flag(models.Model):
 
     class Meta:
         ordering = ["key"]
+        permissions = [(FLAG_OWNER_PERMISSION, "Edit this flag, its variations and its non-governed targeting")]
         constraints = [
             models.UniqueConstraint(fields=["project", "key"], name="flag_key_unique_in_project"),
             _key_check("flag_key_is_slug"),
@@ -292,3 +298,21 @@ class SdkKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+# Direct-foreign-key object permissions (django-guardian): deleting a project or flag deletes
+# its permission rows with it, and lookups join on a real key instead of a generic one.
+class ProjectUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+
+class ProjectGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+
+class FlagUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Flag, on_delete=models.CASCADE)
+
+
+class FlagGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Flag, on_delete=models.CASCADE)

@@ -1,7 +1,9 @@
-"""Who may see and change what in the catalog, checked on the object in every view.
+"""Who may see and change what, checked on the object in every view.
 
-Roles are per-project memberships (flags.models.Membership). The roles issue moves these
-checks onto django-guardian object permissions; callers only use the functions below.
+Roles (flags.Membership rows) are named sets of django-guardian object permissions on the
+Project (flags.constants.ROLE_PERMISSIONS); a flag's owner also holds `edit_flag` on that
+flag. Checks read the permission rows directly, once per project per request, and do not
+treat superusers specially: superusers administer the site, the console follows roles.
 """
 
 from __future__ import annotations
@@ -9,38 +11,63 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from flags.constants import EDITING_ROLES, Role
-from flags.models import Environment, Flag, Project
+from flags.constants import FLAG_OWNER_PERMISSION, Role
+from flags.models import Environment, Flag, FlagUserObjectPermission, Project, ProjectUserObjectPermission
 
 User = AbstractBaseUser | AnonymousUser
 
 
-def roles_in(user: User, project: Project) -> set[str]:
-    """The roles a user holds in a project, cached on the user object per request."""
+def project_permissions(user: User, project: Project) -> frozenset[str]:
+    """The permission codenames a user holds on a project; cached on the user for the request."""
     if not user.is_authenticated:
-        return set()
-    cache: dict[int, set[str]] = user.__dict__.setdefault("_featureops_roles", {})
+        return frozenset()
+    cache: dict[int, frozenset[str]] = user.__dict__.setdefault("_featureops_project_perms", {})
     if project.pk not in cache:
-        cache[project.pk] = set(project.memberships.filter(user=user).values_list("role", flat=True))
+        cache[project.pk] = frozenset(
+            ProjectUserObjectPermission.objects.filter(user=user, content_object=project)
+            .values_list("permission__codename", flat=True)
+        )
     return cache[project.pk]
 
 
-def visible_projects(user: User) -> QuerySet[Project]:
+def has_project_permission(user: User, project: Project, codename: str) -> bool:
+    return codename in project_permissions(user, project)
+
+
+def _owns(user: User, flag: Flag) -> bool:
+    if not user.is_authenticated:
+        return False
+    return FlagUserObjectPermission.objects.filter(
+        user=user, content_object=flag, permission__codename=FLAG_OWNER_PERMISSION).exists()
+
+
+def roles_in(user: User, project: Project) -> set[str]:
+    if not user.is_authenticated:
+        return set()
+    return set(project.memberships.filter(user=user).values_list("role", flat=True))
+
+
+def projects_with(user: User, codename: str) -> QuerySet[Project]:
     if not user.is_authenticated:
         return Project.objects.none()
-    return Project.objects.filter(memberships__user=user).distinct()
+    return Project.objects.filter(
+        pk__in=ProjectUserObjectPermission.objects.filter(user=user, permission__codename=codename)
+        .values("content_object_id"))
+
+
+def visible_projects(user: User) -> QuerySet[Project]:
+    return projects_with(user, "view_project")
 
 
 def can_view_project(user: User, project: Project) -> bool:
-    return bool(roles_in(user, project))
+    return has_project_permission(user, project, "view_project")
 
 
 def can_edit_catalog(user: User, project: Project, flag: Flag | None = None) -> bool:
-    """Create and edit flags, variations and segments. A flag's owner may edit that flag
-    even without the editor role."""
-    if roles_in(user, project) & EDITING_ROLES:
+    """Create and edit flags, variations and segments (editor role), or this flag (its owner)."""
+    if has_project_permission(user, project, "edit_catalog"):
         return True
-    return flag is not None and flag.owner_user_id is not None and flag.owner_user_id == user.pk
+    return flag is not None and _owns(user, flag)
 
 
 def can_edit_targeting(user: User, environment: Environment, flag: Flag) -> bool:
@@ -49,15 +76,17 @@ def can_edit_targeting(user: User, environment: Environment, flag: Flag) -> bool
     return not environment.is_governed and can_edit_catalog(user, environment.project, flag)
 
 
-AUDIT_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+def can_manage_members(user: User, project: Project) -> bool:
+    return has_project_permission(user, project, "manage_members")
 
 
-def audit_project_ids(user: User) -> frozenset[int]:
-    """Projects whose whole audit trail the user may browse and export (auditors, admins)."""
-    if not user.is_authenticated:
-        return frozenset()
-    return frozenset(Project.objects.filter(memberships__user=user, memberships__role__in=AUDIT_ROLES)
-                     .values_list("pk", flat=True))
+def can_manage_sdk_keys(user: User, project: Project) -> bool:
+    return has_project_permission(user, project, "manage_sdk_keys")
+
+
+def audit_project_ids(user: User, codename: str = "view_audit") -> frozenset[int]:
+    """Projects whose whole audit trail the user may browse (view_audit) or export (export_audit)."""
+    return frozenset(projects_with(user, codename).values_list("pk", flat=True))
 
 
 def role_labels(user: User, project: Project) -> list[str]:

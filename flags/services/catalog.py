@@ -13,14 +13,13 @@ from django.db.models import F
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
-from flags.constants import LifecycleStage, Role, ValueType
+from flags.constants import LifecycleStage, ValueType
 from flags.evaluation.targeting_schema import (
     served_variations,
 )
 from flags.models import (
     Environment,
     Flag,
-    Membership,
     Project,
     Tag,
     Targeting,
@@ -32,6 +31,7 @@ from flags.services._common import (
     _save_new,
     _user_or_none,
 )
+from flags.services.members import flag_owner_permission_sync
 from flags.snapshots import flag_contract, variation_state
 from flags.validators import validate_json_schema_document, validate_variation_value
 
@@ -63,15 +63,6 @@ def environment_create(
     record(actor=actor, action=AuditAction.ENVIRONMENT_CREATED, target=environment, project=project,
            environment=environment, after={"key": key, "name": name, "is_governed": is_governed})
     return environment
-
-
-@transaction.atomic
-def membership_grant(*, project: Project, user: AbstractBaseUser, role: Role, actor: Actor) -> Membership:
-    membership, created = Membership.objects.get_or_create(project=project, user=user, role=Role(role))
-    if created:
-        record(actor=actor, action=AuditAction.ROLE_GRANTED, target=membership, project=project,
-               after={"user": user.get_username(), "role": role})
-    return membership
 
 
 # --- flags ---------------------------------------------------------------------------------
@@ -169,6 +160,7 @@ def flag_create(
         raise ValidationError({"fallback_variation": f"“{fallback_variation_key}” is not one of the variations."})
     flag.fallback_variation = created[fallback_variation_key]
     flag.save(update_fields=["fallback_variation"])
+    flag_owner_permission_sync(flag=flag, previous_owner_id=None)
     for environment in project.environments.all():
         _targeting_create_default(flag=flag, environment=environment, actor=actor)
     _bump_project(project)
@@ -209,6 +201,7 @@ def flag_update(
     if expected_version is not None and flag.version != expected_version:
         raise ConflictError("Someone changed this flag since you opened it. Reload and try again.")
     before = flag_contract(flag)
+    before_owner_id = flag.owner_user_id
     if "json_schema" in changes:
         _check_schema(flag.value_type, changes["json_schema"])
     if "guardrail_metrics" in changes:
@@ -235,6 +228,7 @@ def flag_update(
         return flag
     flag.version = F("version") + 1
     flag.save()
+    flag_owner_permission_sync(flag=flag, previous_owner_id=before_owner_id)
     flag.refresh_from_db(fields=["version"])
     _bump_project(flag.project)
     changed = sorted(k for k in after if after[k] != before[k])
