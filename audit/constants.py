@@ -16,6 +16,7 @@ class AuditAction(models.TextChoices):
     ENVIRONMENT_CREATED = "environment.created", "Environment created"
     LOGIN_SUCCEEDED = "auth.login", "Signed in"
     LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
+    LOGIN_THROTTLED = "auth.login_throttled", "Sign-in refused (throttled)"
     LOGGED_OUT = "auth.logout", "Signed out"
     ROLE_GRANTED = "role.granted", "Role granted"
     ROLE_REVOKED = "role.revoked", "Role revoked"

@@ -139,6 +139,20 @@ AUTHENTICATION_BACKENDS = [
 ]
 ANONYMOUS_USER_NAME = None  # no guardian anonymous user row: anonymous visitors have no roles
 
+# Failed sign-ins: at most this many per account, and per client address, in the window.
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 5)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 20)
+LOGIN_THROTTLE_SECONDS = env_int("LOGIN_THROTTLE_SECONDS", 15 * 60)
+
+# The cache holds sign-in throttling counters; with several processes it must be shared
+# (CACHE_URL=redis://…). The default is this process's memory.
+_cache_url = os.environ.get("CACHE_URL", "")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+    if _cache_url.startswith("redis")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "flags:project_list"
 LOGOUT_REDIRECT_URL = "login"

@@ -14,6 +14,7 @@ poller logs, keeps the last good snapshots and tries again on the next tick.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -24,11 +25,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 
 from flags.evaluation.engine import Snapshot, SnapshotError, compile_snapshot
+from flags.models import SdkKey
 from flags.snapshot_builder import build_environment_snapshot, read_environment_versions
 
 logger = logging.getLogger(__name__)
+KEY_USE_FLUSH_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,8 @@ class SnapshotStore:
         self._start_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
+        self._key_use: dict[str, float] = {}
+        self._last_use_flush = time.monotonic()
         self.last_success: float = 0.0
         self.last_error: str = ""
 
@@ -68,6 +74,7 @@ class SnapshotStore:
         environment_id, revoked = entry
         if revoked:
             return KeyLookup("revoked")
+        self._key_use[key_hash] = time.time()  # flushed to SdkKey.last_used_at in batches, off the request path
         return KeyLookup("ok", self._snapshots.get(environment_id))
 
     def snapshot(self, environment_id: int) -> Snapshot | None:
@@ -123,11 +130,26 @@ class SnapshotStore:
             logger.warning("snapshot refresh failed, serving the last good snapshots: %s", self.last_error)
             connection.close()  # reconnect on the next tick
 
+    def flush_key_use(self) -> int:
+        """Write when each SDK key was last used: one UPDATE per key used since the last flush."""
+        used, self._key_use = self._key_use, {}
+        self._last_use_flush = time.monotonic()
+        for key_hash, seen in used.items():
+            when = datetime.datetime.fromtimestamp(seen, tz=datetime.UTC)
+            SdkKey.objects.filter(key_hash=key_hash).filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)).update(last_used_at=when)
+        return len(used)
+
     def _poll(self) -> None:
         # The thread keeps one database connection open across ticks (reconnecting only
         # after an error), rather than paying a new connection five times a second.
         while not self._stop.wait(self.poll_seconds):
             self.poll_once()
+            if time.monotonic() - self._last_use_flush >= KEY_USE_FLUSH_SECONDS:
+                try:
+                    self.flush_key_use()
+                except Exception:  # noqa: BLE001 - last-use times are best effort
+                    logger.warning("could not record SDK key use", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()

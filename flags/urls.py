@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from flags import audit_views, views
+from flags import audit_views, project_views, views
 
 app_name = "flags"
 
@@ -24,6 +24,11 @@ urlpatterns = [
     path("audit/", audit_views.audit_explorer, name="audit_explorer"),
     path("audit/events/<int:event_id>/", audit_views.audit_event_detail, name="audit_event_detail"),
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit_export"),
+    path("p/<slug:project_key>/members/", project_views.members, name="members"),
+    path("p/<slug:project_key>/members/grant/", project_views.member_grant, name="member_grant"),
+    path("p/<slug:project_key>/members/revoke/", project_views.member_revoke, name="member_revoke"),
+    path("p/<slug:project_key>/sdk-keys/", project_views.sdk_keys, name="sdk_keys"),
+    path("p/<slug:project_key>/sdk-keys/<int:key_id>/revoke/", project_views.sdk_key_revoke, name="sdk_key_revoke"),
     path("p/<slug:project_key>/segments/", views.segment_list, name="segment_list"),
     path("p/<slug:project_key>/segments/new/", views.segment_create, name="segment_create"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/", views.segment_edit, name="segment_edit"),

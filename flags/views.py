@@ -31,7 +31,14 @@ from flags.forms import (
     format_value,
 )
 from flags.models import Flag, Project, Segment, Targeting, Variation
-from flags.permissions import can_edit_catalog, can_edit_targeting, can_view_project, role_labels
+from flags.permissions import (
+    can_edit_catalog,
+    can_edit_targeting,
+    can_manage_members,
+    can_manage_sdk_keys,
+    can_view_project,
+    role_labels,
+)
 from flags.selectors import FlagFilters
 
 
@@ -97,6 +104,8 @@ def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
         "owners": selectors.owner_choices(project),
         "tags": selectors.tag_names(project),
         "can_edit": can_edit_catalog(request.user, project),
+        "can_manage_members": can_manage_members(request.user, project),
+        "can_manage_sdk_keys": can_manage_sdk_keys(request.user, project),
         "roles": role_labels(request.user, project),
     }
     # A history restore (back button after a cache miss) needs the whole page, not the table.

@@ -1,0 +1,130 @@
+"""Project administration in the console: members and roles, SDK keys."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from flags import services
+from flags.constants import ROLE_PERMISSIONS, Role
+from flags.forms import add_service_errors
+from flags.models import Environment, Membership, SdkKey
+from flags.permissions import can_manage_members, can_manage_sdk_keys
+from flags.views import _denied, _project_for
+
+
+class GrantRoleForm(forms.Form):
+    username = forms.CharField(max_length=150, label="Username", help_text="An existing user of the console.")
+    role = forms.ChoiceField(choices=Role.choices)
+
+    def clean_username(self) -> object:
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise ValidationError(f"No user “{username}”. Ask a site administrator to create the account first.")
+        return user
+
+
+class CreateSdkKeyForm(forms.Form):
+    environment = forms.ModelChoiceField(queryset=Environment.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=100, help_text="What uses the key, e.g. “support-api production”.")
+
+    def __init__(self, *args: object, project: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["environment"].queryset = Environment.objects.filter(project=project)
+
+
+def _members_context(project: object, form: GrantRoleForm) -> dict[str, object]:
+    rows: dict[int, dict[str, object]] = {}
+    for membership in Membership.objects.filter(project=project).select_related("user").order_by("user__username", "role"):
+        row = rows.setdefault(membership.user_id, {"user": membership.user, "roles": []})
+        row["roles"].append(Role(membership.role))  # type: ignore[union-attr]
+    return {"project": project, "members": list(rows.values()), "form": form,
+            "role_table": [(Role(r), sorted(p)) for r, p in ROLE_PERMISSIONS.items()]}
+
+
+@login_required
+@require_GET
+def members(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_manage_members(request.user, project):
+        return _denied(request, "Members and roles are managed by the project's admins.")
+    return render(request, "flags/members.html", _members_context(project, GrantRoleForm()))
+
+
+@login_required
+@require_POST
+def member_grant(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_manage_members(request.user, project):
+        return _denied(request, "Members and roles are managed by the project's admins.")
+    form = GrantRoleForm(request.POST)
+    if form.is_valid():
+        user, role = form.cleaned_data["username"], Role(form.cleaned_data["role"])
+        try:
+            services.membership_grant(project=project, user=user, role=role, actor=request.user)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"{user.get_username()} is now {role.label} in {project.name}.")
+            return redirect("flags:members", project_key=project.key)
+    return render(request, "flags/members.html", _members_context(project, form), status=422)
+
+
+@login_required
+@require_POST
+def member_revoke(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_manage_members(request.user, project):
+        return _denied(request, "Members and roles are managed by the project's admins.")
+    user_id = request.POST.get("user", "")
+    role = request.POST.get("role", "")
+    membership = get_object_or_404(Membership.objects.select_related("user"), project=project,
+                                   user_id=int(user_id) if user_id.isdigit() else -1, role=role)
+    try:
+        services.membership_revoke(project=project, user=membership.user, role=Role(role), actor=request.user,
+                                   reason=request.POST.get("reason", "")[:500])
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Revoked {Role(role).label} from {membership.user.get_username()}.")
+    return redirect("flags:members", project_key=project.key)
+
+
+def _keys_context(project: object, form: CreateSdkKeyForm, **extra: object) -> dict[str, object]:
+    keys = SdkKey.objects.filter(environment__project=project).select_related("environment", "created_by")
+    return {"project": project, "keys": keys, "form": form, **extra}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def sdk_keys(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_manage_sdk_keys(request.user, project):
+        return _denied(request, "SDK keys are managed by the project's admins.")
+    form = CreateSdkKeyForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        sdk_key, raw_key = services.sdk_key_create(environment=form.cleaned_data["environment"],
+                                                   name=form.cleaned_data["name"], actor=request.user)
+        # Shown once, in this response only; never stored or logged.
+        return render(request, "flags/sdk_keys.html",
+                      _keys_context(project, CreateSdkKeyForm(project=project), new_key=raw_key, new_sdk_key=sdk_key))
+    return render(request, "flags/sdk_keys.html", _keys_context(project, form), status=422 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def sdk_key_revoke(request: HttpRequest, project_key: str, key_id: int) -> HttpResponse:
+    project = _project_for(request, project_key)
+    if not can_manage_sdk_keys(request.user, project):
+        return _denied(request, "SDK keys are managed by the project's admins.")
+    sdk_key = get_object_or_404(SdkKey, pk=key_id, environment__project=project)
+    services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user, reason=request.POST.get("reason", "")[:500])
+    messages.success(request, f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a second.")
+    return redirect("flags:sdk_keys", project_key=project.key)
