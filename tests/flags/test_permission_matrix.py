@@ -1,0 +1,209 @@
+"""Every role against every console endpoint, on its own project and on another. The list of
+endpoints comes from the URL configuration: a new view missing from RULES fails the suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from audit.models import AuditEvent
+from flags import services
+from flags.constants import Role
+from flags.demo import seed_demo
+from flags.models import Environment, Flag, Membership, Project, SdkKey
+from tests.factories import TEST_ACTOR, make_project, make_string_flag
+
+ROLES = [Role.VIEWER, Role.EDITOR, Role.APPROVER, Role.OPERATOR, Role.AUDITOR, Role.ADMIN]
+ANY_MEMBER = frozenset(ROLES)
+EDITORS = frozenset({Role.EDITOR})
+ADMINS = frozenset({Role.ADMIN})
+AUDITORS = frozenset({Role.AUDITOR})
+
+
+def _flag_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    return {"project_key": p["project"].key, "flag_key": p["flag"].key}
+
+
+# url name -> (method, who may, kwargs builder, POST data builder). "who may" is the set of
+# roles allowed on their own project; everyone else in it gets 403, everyone outside it 404.
+RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Callable[[dict], dict]]] = {
+    "project_list": ("GET", None, lambda p: {}, lambda p: {}),
+    "flag_list": ("GET", ANY_MEMBER, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "flag_detail": ("GET", ANY_MEMBER, _flag_kwargs, lambda p: {}),
+    "flag_history": ("GET", ANY_MEMBER, _flag_kwargs, lambda p: {}),
+    "variation_row": ("GET", ANY_MEMBER, lambda p: {**_flag_kwargs(p), "variation_key": "write"}, lambda p: {}),
+    "segment_list": ("GET", ANY_MEMBER, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "flag_create": ("POST", EDITORS, lambda p: {"project_key": p["project"].key},
+                    lambda p: {"key": "matrix_flag", "name": "M", "value_type": "boolean", "behavior_surface": "other",
+                               "lifetime": "release"}),
+    "flag_edit": ("POST", EDITORS, _flag_kwargs, lambda p: {"name": "renamed", "behavior_surface": "agent_tools",
+                                                            "lifetime": "release", "fallback_variation": "none",
+                                                            "version": "1"}),
+    "variation_create": ("POST", EDITORS, _flag_kwargs, lambda p: {"key": "extra", "value": "extra", "risk_rank": "0"}),
+    "variation_edit": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "variation_key": "write"},
+                       lambda p: {"value": "write", "risk_rank": "4", "name": "Write"}),
+    "variation_delete": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "variation_key": "write"}, lambda p: {}),
+    "targeting_edit": ("GET", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"}, lambda p: {}),
+    "targeting_toggle": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"},
+                         lambda p: {"version": "1"}),
+    "segment_create": ("POST", EDITORS, lambda p: {"project_key": p["project"].key},
+                       lambda p: {"key": "matrix_segment", "name": "M"}),
+    "segment_edit": ("GET", EDITORS, lambda p: {"project_key": p["project"].key, "segment_key": "matrix"}, lambda p: {}),
+    "segment_delete": ("POST", EDITORS, lambda p: {"project_key": p["project"].key, "segment_key": "matrix"},
+                       lambda p: {}),
+    "members": ("GET", ADMINS, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "member_grant": ("POST", ADMINS, lambda p: {"project_key": p["project"].key},
+                     lambda p: {"username": p["newcomer"].username, "role": "viewer"}),
+    "member_revoke": ("POST", ADMINS, lambda p: {"project_key": p["project"].key},
+                      lambda p: {"user": p["viewer"].pk, "role": "viewer"}),
+    "sdk_keys": ("GET", ADMINS, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "sdk_key_revoke": ("POST", ADMINS, lambda p: {"project_key": p["project"].key, "key_id": p["sdk_key"].pk},
+                       lambda p: {}),
+    "audit_explorer": ("GET", AUDITORS, lambda p: {}, lambda p: {}),
+    "audit_export": ("GET", AUDITORS, lambda p: {"fmt": "csv"}, lambda p: {}),
+    "audit_event_detail": ("GET", ANY_MEMBER, lambda p: {"event_id": p["flag_event"].pk}, lambda p: {}),
+}
+# Endpoints that are not project-scoped: "another project" cannot apply.
+GLOBAL = {"project_list", "audit_explorer", "audit_export"}
+
+
+def _console_url_names() -> set[str]:
+    names: set[str] = set()
+    for entry in get_resolver().url_patterns:
+        if isinstance(entry, URLResolver) and entry.namespace == "flags":
+            names |= {p.name for p in entry.url_patterns if isinstance(p, URLPattern)}
+    return names
+
+
+def test_rules__cover_every_console_endpoint() -> None:
+    names = _console_url_names()
+    assert names, "no console URLs found"
+    assert names - set(RULES) == set(), "declare who may use these new endpoints in RULES"
+    assert set(RULES) - names == set()
+
+
+def _world(make_user: Callable[..., Any]) -> dict[str, Any]:
+    """Two projects; a user per role in the first, nobody of them in the second."""
+    mine = make_project("mine")
+    flag = make_string_flag(mine)
+    services.segment_create(project=mine, key="matrix", name="Matrix", actor=TEST_ACTOR)
+    sdk_key, _ = services.sdk_key_create(environment=mine.environments.get(key="development"), name="k", actor=TEST_ACTOR)
+    users = {}
+    for role in ROLES:
+        users[role] = make_user(f"u_{role}")
+        services.membership_grant(project=mine, user=users[role], role=role, actor=TEST_ACTOR)
+    theirs = make_project("theirs")
+    their_flag = make_string_flag(theirs)
+    services.segment_create(project=theirs, key="matrix", name="Matrix", actor=TEST_ACTOR)
+    their_key, _ = services.sdk_key_create(environment=theirs.environments.get(key="development"), name="k",
+                                           actor=TEST_ACTOR)
+    theirs_viewer = make_user("their_viewer")
+    services.membership_grant(project=theirs, user=theirs_viewer, role=Role.VIEWER, actor=TEST_ACTOR)
+    return {
+        "users": users, "outsider": make_user("outsider"),
+        "mine": {"project": mine, "flag": flag, "sdk_key": sdk_key, "newcomer": make_user("newcomer"),
+                 "viewer": users[Role.VIEWER],
+                 "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=flag.pk)},
+        "theirs": {"project": theirs, "flag": their_flag, "sdk_key": their_key, "newcomer": users[Role.VIEWER],
+                   "viewer": theirs_viewer,
+                   "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=their_flag.pk)},
+    }
+
+
+def _call(client: Any, name: str, objects: dict[str, Any], htmx: bool = False) -> Any:
+    from django.urls import reverse
+
+    method, _, kwargs, data = RULES[name]
+    url = reverse(f"flags:{name}", kwargs=kwargs(objects))
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(url, data(objects), headers=headers) if method == "POST" else client.get(url, headers=headers)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("role", [*ROLES, "outsider"])
+def test_matrix__role_on_endpoint__allowed_403_or_404(client: Any, make_user: Callable[..., Any], name: str,
+                                                     role: str) -> None:
+    world = _world(make_user)
+    user = world["outsider"] if role == "outsider" else world["users"][role]
+    client.force_login(user)
+    _, allowed, _, _ = RULES[name]
+    before = AuditEvent.objects.exclude(action__startswith="auth.").count()
+
+    # Another project's objects: never reachable, and their existence does not leak
+    if name not in GLOBAL:
+        response = _call(client, name, world["theirs"])
+        assert response.status_code == 404, f"{name} as {role} on another project: {response.status_code}"
+        assert AuditEvent.objects.exclude(action__startswith="auth.").count() == before
+
+    # Own project
+    response = _call(client, name, world["mine"])
+    if allowed is None or (role != "outsider" and role in allowed):
+        assert response.status_code not in (403, 404) and response.status_code < 500, \
+            f"{name} as {role}: {response.status_code}"
+    else:
+        expected = 404 if role == "outsider" and name not in GLOBAL else 403
+        assert response.status_code == expected, f"{name} as {role}: {response.status_code}"
+        assert AuditEvent.objects.exclude(action__startswith="auth.").count() == before, "a refused request wrote"
+        if expected == 403:
+            htmx = _call(client, name, world["mine"], htmx=True)
+            assert htmx.status_code == 403 and htmx["HX-Retarget"] == "#messages"
+            assert b"<html" not in htmx.content and b"login" not in htmx.content.lower()
+
+
+@pytest.mark.django_db
+def test_flag_owner_without_editor_role__may_edit_own_flag_only(client: Any, make_user: Callable[..., Any]) -> None:
+    project = make_project("owned")
+    owner = make_user("flag_owner")
+    services.membership_grant(project=project, user=owner, role=Role.VIEWER, actor=TEST_ACTOR)
+    mine = make_string_flag(project, key="mine", owner_user=owner)
+    other = make_string_flag(project, key="other")
+    client.force_login(owner)
+    url = "/p/owned/flags/{}/variations/write/edit/"
+    assert client.post(url.format(mine.key), {"value": "write", "risk_rank": "4", "name": "W"}).status_code == 302
+    assert client.post(url.format(other.key), {"value": "write", "risk_rank": "4", "name": "W"}).status_code == 403
+    # Handing the flag to someone else takes the right away.
+    services.flag_update(flag=mine, actor=TEST_ACTOR, owner_user=make_user("next_owner"))
+    assert client.post(url.format(mine.key), {"value": "write", "risk_rank": "3", "name": "W"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_superuser_without_roles__no_console_powers(client: Any, django_user_model: Any) -> None:
+    seed_demo()
+    root = django_user_model.objects.create_superuser("root", password="x")
+    client.force_login(root)
+    assert client.get("/p/support-assistant/").status_code == 404
+    assert client.get("/audit/").status_code == 403
+    assert client.get("/admin/").status_code == 200  # the site admin is theirs
+
+
+@pytest.mark.django_db
+def test_idor__other_projects_ids_in_form_fields__refused(client: Any, make_user: Callable[..., Any]) -> None:
+    world = _world(make_user)
+    admin, editor = world["users"][Role.ADMIN], world["users"][Role.EDITOR]
+    theirs = world["theirs"]
+    # An admin revoking a role held in another project, by posting that user's id
+    client.force_login(admin)
+    response = client.post("/p/mine/members/revoke/", {"user": theirs["viewer"].pk, "role": "viewer"})
+    assert response.status_code == 404
+    assert Membership.objects.filter(project=theirs["project"], user=theirs["viewer"]).exists()
+    # An admin creating a key for another project's environment
+    their_env = Environment.objects.get(project=theirs["project"], key="production")
+    response = client.post("/p/mine/sdk-keys/", {"environment": their_env.pk, "name": "sneaky"})
+    assert response.status_code == 422 and not SdkKey.objects.filter(name="sneaky").exists()
+    # An editor naming a non-member as a flag's owner
+    client.force_login(editor)
+    data = {"name": "x", "behavior_surface": "agent_tools", "lifetime": "release", "fallback_variation": "none",
+            "version": "1", "owner_user": theirs["viewer"].pk}
+    response = client.post("/p/mine/flags/tool_mode/edit/", data)
+    assert response.status_code == 422
+    assert Flag.objects.get(project=world["mine"]["project"], key="tool_mode").owner_user_id is None
+    # An editor targeting another project's segment by key
+    response = client.post("/p/mine/flags/tool_mode/targeting/development/", {
+        "assignment_unit": "accountId", "default_variation": "none", "version": "1",
+        "rules": '[{"clauses": [{"op": "in_segment", "values": ["their_only"]}], "serve": {"variation": "write"}}]'})
+    assert response.status_code == 422
+    assert Project.objects.get(key="theirs").segments.filter(key="matrix").exists()

@@ -1,0 +1,150 @@
+"""Members and roles, SDK keys in the console, and sign-in throttling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from audit.models import AuditEvent
+from flags import services
+from flags.constants import ROLE_PERMISSIONS, Role
+from flags.demo import seed_demo
+from flags.models import Membership, ProjectUserObjectPermission, SdkKey
+from flags.permissions import project_permissions
+from flags.snapshot_store import get_store, reset_store
+from tests.factories import TEST_ACTOR
+from tests.ofrep_client import evaluate
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo():
+    return seed_demo()[0]
+
+
+def _user(username: str):
+    return get_user_model().objects.get(username=username)
+
+
+def _perms(user, project) -> set[str]:
+    return set(ProjectUserObjectPermission.objects.filter(user=user, content_object=project)
+               .values_list("permission__codename", flat=True))
+
+
+def test_roles__demo_users__hold_their_roles_permissions(demo) -> None:
+    assert _perms(_user("auditor"), demo) == set(ROLE_PERMISSIONS[Role.AUDITOR])
+    assert _perms(_user("pm"), demo) == set(ROLE_PERMISSIONS[Role.APPROVER] | ROLE_PERMISSIONS[Role.VIEWER])
+
+
+def test_members_page__admin_grants_a_role__permissions_and_audit(client, demo) -> None:
+    client.force_login(_user("admin"))
+    newcomer = get_user_model().objects.create_user("newcomer", password="x")
+    response = client.post("/p/support-assistant/members/grant/", {"username": "newcomer", "role": "operator"})
+    assert response.status_code == 302
+    assert _perms(newcomer, demo) == set(ROLE_PERMISSIONS[Role.OPERATOR])
+    event = AuditEvent.objects.filter(action="role.granted").latest("id")
+    assert event.after["user"] == "newcomer" and event.after["role"] == "operator"
+    assert event.actor_label.endswith("(admin)")
+    page = client.get("/p/support-assistant/members/").content.decode()
+    assert "newcomer" in page and "Operator" in page
+
+
+def test_members_page__unknown_username__error_beside_field(client, demo) -> None:
+    client.force_login(_user("admin"))
+    response = client.post("/p/support-assistant/members/grant/", {"username": "ghost", "role": "viewer"})
+    assert response.status_code == 422
+    assert "No user “ghost”" in str(response.context["form"].errors["username"])
+
+
+def test_members_page__revoke_one_of_two_roles__keeps_the_other_roles_permissions(client, demo) -> None:
+    client.force_login(_user("admin"))
+    pm = _user("pm")
+    response = client.post("/p/support-assistant/members/revoke/", {"user": pm.pk, "role": "approver"})
+    assert response.status_code == 302
+    assert _perms(pm, demo) == {"view_project"}
+    assert "approve_change" not in project_permissions(pm, demo)
+    revoked = AuditEvent.objects.get(action="role.revoked")
+    assert revoked.before == {"user": "pm", "role": "approver"}
+
+
+def test_members_page__last_admin__cannot_be_revoked(client, demo) -> None:
+    admin = _user("admin")
+    client.force_login(admin)
+    response = client.post("/p/support-assistant/members/revoke/", {"user": admin.pk, "role": "admin"}, follow=True)
+    assert "keeps at least one project admin" in response.content.decode()
+    assert Membership.objects.filter(project=demo, user=admin, role="admin").exists()
+    assert not AuditEvent.objects.filter(action="role.revoked").exists()
+
+
+def test_sdk_keys_page__create_shows_key_once__revoke_stops_evaluation(client, demo) -> None:
+    reset_store(None)
+    client.force_login(_user("admin"))
+    production = demo.environments.get(key="production")
+    response = client.post("/p/support-assistant/sdk-keys/", {"environment": production.pk, "name": "support-api"})
+    assert response.status_code == 200
+    raw_key = response.context["new_key"]
+    sdk_key = SdkKey.objects.get(name="support-api")
+    assert raw_key.startswith(sdk_key.prefix) and raw_key not in sdk_key.key_hash
+    listing = client.get("/p/support-assistant/sdk-keys/").content.decode()
+    assert sdk_key.prefix in listing and raw_key not in listing and "never" in listing
+    # The key works, and its use is recorded in a batch, not per request
+    assert evaluate("support_agent_tool_mode", raw_key, {}).status == 200
+    assert SdkKey.objects.get(pk=sdk_key.pk).last_used_at is None
+    assert get_store().flush_key_use() == 1
+    assert SdkKey.objects.get(pk=sdk_key.pk).last_used_at is not None
+    # Revoked from the page: refused after the next poll
+    response = client.post(f"/p/support-assistant/sdk-keys/{sdk_key.pk}/revoke/")
+    assert response.status_code == 302
+    get_store().refresh()
+    assert evaluate("support_agent_tool_mode", raw_key, {}).status == 403
+    assert AuditEvent.objects.filter(action="sdk_key.revoked", target_id=str(sdk_key.pk)).exists()
+    reset_store(None)
+
+
+def test_login__repeated_failures_for_an_account__throttled_even_with_the_right_password(client, demo, settings) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT = 3
+    from django.core.cache import cache
+
+    cache.clear()
+    for _ in range(3):
+        assert client.post("/login/", {"username": "auditor", "password": "wrong"}).status_code == 200
+    response = client.post("/login/", {"username": "auditor", "password": "featureops-demo"})
+    assert response.status_code == 200 and "Too many failed sign-ins" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert AuditEvent.objects.filter(action="auth.login_failed").count() == 3
+    assert AuditEvent.objects.filter(action="auth.login_throttled", actor_label="auditor (not signed in)").exists()
+    # Another account from elsewhere is unaffected
+    other = client_for_address("10.9.9.9")
+    assert other.post("/login/", {"username": "pm", "password": "featureops-demo"}).status_code == 302
+    cache.clear()
+
+
+def test_login__many_accounts_from_one_address__throttled_per_address(demo, settings) -> None:
+    settings.LOGIN_FAILURES_PER_ADDRESS = 4
+    from django.core.cache import cache
+
+    cache.clear()
+    attacker = client_for_address("203.0.113.5")
+    for n in range(4):
+        attacker.post("/login/", {"username": f"guess{n}", "password": "x"})
+    response = attacker.post("/login/", {"username": "owner", "password": "featureops-demo"})
+    assert "Too many failed sign-ins" in response.content.decode()
+    assert client_for_address("198.51.100.7").post(
+        "/login/", {"username": "owner", "password": "featureops-demo"}).status_code == 302
+    cache.clear()
+
+
+def client_for_address(address: str) -> Any:
+    from django.test import Client
+
+    return Client(REMOTE_ADDR=address)
+
+
+def test_role_grant__via_service__is_idempotent_and_audited_once(demo) -> None:
+    viewer = get_user_model().objects.create_user("v2", password="x")
+    services.membership_grant(project=demo, user=viewer, role=Role.VIEWER, actor=TEST_ACTOR)
+    services.membership_grant(project=demo, user=viewer, role=Role.VIEWER, actor=TEST_ACTOR)
+    assert AuditEvent.objects.filter(action="role.granted", target_label__contains="v2").count() == 1
