@@ -60,7 +60,9 @@ class AuditEvent(models.Model):
     )
     actor_label = models.CharField(max_length=200)
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
-    action = models.CharField(max_length=64, choices=AuditAction.choices)
+    # Validated against the AuditAction registry by record(); not a `choices` field, so that
+    # adding an action never needs a migration of this large table.
+    action = models.CharField(max_length=64)
     target_type = models.CharField(max_length=64)
     target_id = models.CharField(max_length=64)
     target_label = models.CharField(max_length=300)
@@ -103,3 +105,7 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
         raise AppendOnlyError("Audit events are append-only; they cannot be deleted.")
+
+    @property
+    def action_label(self) -> str:
+        return AuditAction(self.action).label if self.action in AuditAction.values else self.action
