@@ -51,7 +51,7 @@ def filtered_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
         events = events.filter(flag_id=filters.flag)
     if filters.actor == SYSTEM_ACTOR:
         events = events.filter(actor_kind=ActorKind.SYSTEM)
-    elif filters.actor.isdigit():
+    elif filters.actor.isascii() and filters.actor.isdigit() and len(filters.actor) <= 18:
         events = events.filter(actor_id=int(filters.actor))
     if filters.action:
         events = events.filter(action=filters.action)
@@ -61,7 +61,7 @@ def filtered_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
         start = _day_start(filters.date_from)
         first = AuditEvent.objects.filter(created_at__gte=start).order_by("created_at").values_list("id", flat=True).first()
         events = events.filter(created_at__gte=start, id__gte=first) if first else events.none()
-    if filters.date_to:
+    if filters.date_to and filters.date_to < datetime.date.max:
         end = _day_start(filters.date_to + datetime.timedelta(days=1))
         last = AuditEvent.objects.filter(created_at__lt=end).order_by("-created_at").values_list("id", flat=True).first()
         events = events.filter(created_at__lt=end, id__lte=last) if last else events.none()

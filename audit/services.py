@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.utils import timezone
+from django.utils.ipv6 import clean_ipv6_address
 
 from audit.chain import ADVISORY_LOCK_KEY, GENESIS, HASHED_FIELDS, canonical_json, row_hash
 from audit.constants import ActorKind, AuditAction
@@ -119,7 +120,7 @@ def record(
         actor_kind=kind,
         action=AuditAction(action),
         target_type=target_type,
-        target_id=str(target.pk),
+        target_id=str(target.pk)[:64],
         target_label=str(target)[:300],
         project_id=project.pk if project else None,
         project_label=str(project)[:200] if project else "",
@@ -160,9 +161,12 @@ def _stored_form(value: Any) -> Any:
 
 
 def _normalised_ip(address: str | None) -> str | None:
+    """The address exactly as the IP column will store it (Django cleans IPv6, keeping
+    IPv4-mapped addresses as ::ffff:a.b.c.d), so the hash covers what verify_audit reads."""
     if not address:
         return None
     try:
-        return ipaddress.ip_address(address).compressed
+        parsed = ipaddress.ip_address(address)
     except ValueError:
         return None
+    return clean_ipv6_address(str(parsed)) if parsed.version == 6 else str(parsed)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
+
 from django.conf import settings
 from django.core.cache import cache
 
 
+def _account(username: str) -> str:
+    """The account as authentication sees it (NFKC, as Django's UsernameField normalises),
+    so compatibility spellings of a name share one counter."""
+    normal = unicodedata.normalize("NFKC", username).casefold()
+    return hashlib.sha256(normal.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _keys(username: str, address: str | None) -> list[tuple[str, int]]:
-    keys = [(f"login-failures:user:{username.lower()}", settings.LOGIN_FAILURES_PER_ACCOUNT)]
+    keys = [(f"login-failures:user:{_account(username)}", settings.LOGIN_FAILURES_PER_ACCOUNT)]
     if address:
         keys.append((f"login-failures:ip:{address}", settings.LOGIN_FAILURES_PER_ADDRESS))
     return keys
@@ -28,4 +38,4 @@ def note_failure(username: str, address: str | None) -> None:
 
 
 def clear_account(username: str) -> None:
-    cache.delete(f"login-failures:user:{username.lower()}")
+    cache.delete(f"login-failures:user:{_account(username)}")

@@ -38,7 +38,10 @@ EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "a
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+    """A positive id from the query string; anything else (other digits, huge values) is no id."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
 
 
 def _date(value: str | None) -> datetime.date | None:
@@ -52,9 +55,9 @@ def _filters(request: HttpRequest, scope: frozenset[int], **fixed: Any) -> Audit
     get = request.GET
     values: dict[str, Any] = {
         "project": _int(get.get("project")), "environment": _int(get.get("environment")),
-        "flag": _int(get.get("flag")), "actor": get.get("actor", "")[:20],
+        "flag": _int(get.get("flag")), "actor": get.get("actor", "")[:20].replace("\x00", ""),
         "action": get.get("action", "") if get.get("action", "") in AuditAction.values else "",
-        "date_from": _date(get.get("from")), "date_to": _date(get.get("to")), "q": get.get("q", "").strip()[:200],
+        "date_from": _date(get.get("from")), "date_to": _date(get.get("to")), "q": get.get("q", "").replace("\x00", "").strip()[:200],
     }
     values.update(fixed)
     return AuditFilters(project_ids=scope, **values)
@@ -159,7 +162,7 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
     described = {k: v for k, v in request.GET.items() if k != "before" and v}
     with transaction.atomic():
         # The export is itself recorded; it covers the trail as it stood just before.
-        project = Project.objects.filter(pk=filters.project).first() if filters.project else None
+        project = Project.objects.filter(pk=filters.project, pk__in=scope).first() if filters.project else None
         event = record(actor=request.user, action=AuditAction.AUDIT_EXPORTED,
                        target=AuditTarget("audit.export", fmt, f"Audit export ({fmt.upper()})"), project=project,
                        after={"format": fmt, "filters": described}, summary=f"Exported the audit trail as {fmt.upper()}")

@@ -12,7 +12,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
-from flags.constants import KEY_HELP, BehaviorSurface, Lifetime, ValueType
+from flags.constants import KEY_HELP, BehaviorSurface, Lifetime, Role, ValueType
 from flags.evaluation.targeting_schema import SPLIT_TOTAL
 from flags.models import Flag, Project, Targeting, Variation, key_validator
 
@@ -45,9 +45,18 @@ def parse_json_text(text: str, *, field_label: str = "value") -> Any:
         raise ValidationError(f"Not valid JSON: {name} is not a JSON value.")
 
     try:
-        return json.loads(text, parse_constant=refuse_constant)
+        value = json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
+    except (ValueError, RecursionError) as exc:  # integers past 4,300 digits, nesting past the stack
+        raise ValidationError(f"The {field_label} is too large or too deeply nested.") from exc
+    try:
+        encoded = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"The {field_label} contains an unpaired surrogate (\\ud800–\\udfff).") from exc
+    if b"\\u0000" in encoded or b"\x00" in encoded:
+        raise ValidationError(f"The {field_label} contains a NUL character.")
+    return value
 
 
 def parse_typed_value(value_type: str, text: str) -> Any:
@@ -113,8 +122,11 @@ class FlagContractForm(forms.Form):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
+        # Owners get edit rights on their flag: only members with a role that may change things.
         self.fields["owner_user"].queryset = (
-            get_user_model().objects.filter(memberships__project=project).distinct().order_by("username")
+            get_user_model().objects.filter(
+                memberships__project=project, memberships__role__in=[r for r in Role.values if r != Role.AUDITOR])
+            .distinct().order_by("username")
         )
 
     def clean_json_schema(self) -> dict | None:

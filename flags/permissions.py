@@ -35,7 +35,11 @@ def has_project_permission(user: User, project: Project, codename: str) -> bool:
 
 
 def _owns(user: User, flag: Flag) -> bool:
+    """Owner rights need the owner to still be a member, and not only an auditor: auditors
+    change nothing, even on a flag someone named them owner of."""
     if not user.is_authenticated:
+        return False
+    if not roles_in(user, flag.project) - {Role.AUDITOR}:
         return False
     return FlagUserObjectPermission.objects.filter(
         user=user, content_object=flag, permission__codename=FLAG_OWNER_PERMISSION).exists()

@@ -86,7 +86,8 @@ def member_revoke(request: HttpRequest, project_key: str) -> HttpResponse:
     user_id = request.POST.get("user", "")
     role = request.POST.get("role", "")
     membership = get_object_or_404(Membership.objects.select_related("user"), project=project,
-                                   user_id=int(user_id) if user_id.isdigit() else -1, role=role)
+                                   user_id=int(user_id) if user_id.isascii() and user_id.isdigit()
+                                   and len(user_id) <= 18 else -1, role=role)
     try:
         services.membership_revoke(project=project, user=membership.user, role=Role(role), actor=request.user,
                                    reason=request.POST.get("reason", "")[:500])

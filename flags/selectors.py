@@ -54,7 +54,8 @@ def flag_list(project: Project, filters: FlagFilters) -> QuerySet[Flag]:
     if filters.owner:
         if filters.owner.startswith("team:"):
             flags = flags.filter(owner_team=filters.owner.removeprefix("team:"))
-        elif filters.owner.startswith("user:") and filters.owner[5:].isdigit():
+        elif filters.owner.startswith("user:") and filters.owner[5:].isascii() and filters.owner[5:].isdigit() \
+                and len(filters.owner) < 24:
             flags = flags.filter(owner_user_id=int(filters.owner[5:]))
         else:
             flags = flags.none()

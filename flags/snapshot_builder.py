@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Prefetch
 
 from flags.constants import LifecycleStage
@@ -22,6 +23,17 @@ def read_environment_versions() -> dict[int, int]:
 
 
 def build_environment_snapshot(environment_id: int) -> dict[str, Any]:
+    """One consistent read: on PostgreSQL a REPEATABLE READ transaction, so a change
+    committing mid-build is either wholly in the snapshot or wholly out of it."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return _build(environment_id)  # (already inside a caller's transaction: its snapshot holds)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _build(environment_id)
+
+
+def _build(environment_id: int) -> dict[str, Any]:
     environment = Environment.objects.select_related("project").get(pk=environment_id)
     targetings = {t.flag_id: t for t in Targeting.objects.filter(environment_id=environment_id)}
     flags = (

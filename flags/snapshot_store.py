@@ -52,8 +52,8 @@ class SnapshotStore:
         self.poll_seconds = poll_seconds
         self._build = build
         self._read_versions = read_versions
-        self._snapshots: dict[int, Snapshot] = {}
-        self._keys: dict[str, tuple[int, bool]] = {}
+        # (snapshots by environment id, key hash -> (environment id, revoked)), replaced whole.
+        self._state: tuple[dict[int, Snapshot], dict[str, tuple[int, bool]]] = ({}, {})
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -68,19 +68,20 @@ class SnapshotStore:
     def lookup(self, key_hash: str) -> KeyLookup:
         if self._pid != os.getpid():
             self._start()
-        entry = self._keys.get(key_hash)
+        snapshots, keys = self._state
+        entry = keys.get(key_hash)
         if entry is None:
-            return KeyLookup("unavailable" if not self._snapshots and self.last_error else "unknown")
+            return KeyLookup("unavailable" if not snapshots and self.last_error else "unknown")
         environment_id, revoked = entry
         if revoked:
             return KeyLookup("revoked")
         self._key_use[key_hash] = time.time()  # flushed to SdkKey.last_used_at in batches, off the request path
-        return KeyLookup("ok", self._snapshots.get(environment_id))
+        return KeyLookup("ok", snapshots.get(environment_id))
 
     def snapshot(self, environment_id: int) -> Snapshot | None:
         if self._pid != os.getpid():
             self._start()
-        return self._snapshots.get(environment_id)
+        return self._state[0].get(environment_id)
 
     # -- refreshing (the poller, or a caller that just wrote) --
 
@@ -88,7 +89,7 @@ class SnapshotStore:
         """Rebuild every environment whose version moved; returns the ids rebuilt."""
         with self._refresh_lock:
             versions = self._read_versions()
-            current = self._snapshots
+            current, current_keys = self._state
             changed = {env_id for env_id, version in versions.items()
                        if env_id not in current or current[env_id].version != version}
             gone = set(current) - set(versions)
@@ -96,16 +97,19 @@ class SnapshotStore:
                 self.last_success = time.time()
                 return set()
             snapshots = {env_id: snap for env_id, snap in current.items() if env_id not in gone}
+            key_sets = {env_id: dict(snap.sdk_keys) for env_id, snap in snapshots.items()}
             for env_id in changed:
+                data = self._build(env_id)
+                # Keys (and revocations) apply even when the flags fail to compile.
+                key_sets[env_id] = dict(data.get("sdk_keys", {}))
                 try:
-                    snapshots[env_id] = compile_snapshot(self._build(env_id))
+                    snapshots[env_id] = compile_snapshot(data)
                 except SnapshotError:
                     logger.exception("environment %s: snapshot does not compile; keeping the last good one", env_id)
-            keys = {key_hash: (env_id, revoked) for env_id, snap in snapshots.items()
-                    for key_hash, revoked in snap.sdk_keys.items()}
-            # Two plain assignments: readers see the old pair or the new one, never a torn dict.
-            self._snapshots = snapshots
-            self._keys = keys
+            keys = {key_hash: (env_id, revoked) for env_id, hashes in key_sets.items()
+                    for key_hash, revoked in hashes.items()}
+            # One assignment: a reader sees the old pair or the new one, never half of each.
+            self._state = (snapshots, keys)
             self.last_success = time.time()
             self.last_error = ""
             return changed
@@ -115,9 +119,13 @@ class SnapshotStore:
             pid = os.getpid()
             if self._pid == pid:
                 return
-            self._pid = pid
+            if self._pid is not None:  # a forked child: the parent's snapshots and poller are not ours
+                self._state = ({}, {})
             self._stop = threading.Event()
             self.poll_once()
+            # Only now: requests arriving meanwhile wait on the lock instead of reading an
+            # empty store and refusing valid keys.
+            self._pid = pid
             if self.poll_seconds > 0:
                 thread = threading.Thread(target=self._poll, name="snapshot-poller", daemon=True)
                 thread.start()

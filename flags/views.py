@@ -87,13 +87,11 @@ def project_list(request: HttpRequest) -> HttpResponse:
 @vary_on_headers("HX-Request")  # the same URL answers a fragment or a page: caches must tell them apart
 def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
     project = _project_for(request, project_key)
-    filters = FlagFilters(
-        q=request.GET.get("q", "").strip()[:100],
-        surface=request.GET.get("surface", ""),
-        owner=request.GET.get("owner", ""),
-        stage=request.GET.get("stage", ""),
-        tag=request.GET.get("tag", ""),
-    )
+    def param(name: str, limit: int = 100) -> str:
+        return request.GET.get(name, "").replace("\x00", "").strip()[:limit]  # PostgreSQL refuses NUL
+
+    filters = FlagFilters(q=param("q"), surface=param("surface"), owner=param("owner"), stage=param("stage"),
+                          tag=param("tag"))
     context = {
         "project": project,
         "flags": selectors.flag_list(project, filters),
@@ -349,10 +347,13 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
         return _governed_refusal(request, targeting)
     if not can_edit_targeting(request.user, targeting.environment, flag):
         return _denied(request, "You may not turn this flag on or off.")
-    try:
-        expected = int(request.POST.get("version", ""))
-    except ValueError:
-        expected = None
+    version = request.POST.get("version", "")
+    if not (version.isascii() and version.isdigit() and len(version) < 10):
+        messages.error(request, "This page is out of date. Reload it and try again.")
+        return _with_messages(request, render(request, "flags/flag_detail.html#targeting-card", {
+            "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting)}, status=409)) \
+            if request.htmx else redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
+    expected = int(version)
     try:
         targeting = services.targeting_update(
             targeting=targeting, actor=request.user, expected_version=expected, enabled=not targeting.enabled
@@ -396,6 +397,9 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
             "rules": format_value("json", segment.rules) if segment.rules else "",
             "version": segment.version,
         }
+    governed = services.segment_governed_usages(segment) if segment is not None else []
+    if request.method == "POST" and governed:
+        return _denied(request, _governed_segment_message(segment, governed))
     form = SegmentForm(request.POST or None, editing=segment is not None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -412,8 +416,15 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
             add_service_errors(form, exc)
         else:
             return redirect("flags:segment_list", project_key=project.key)
-    return render(request, "flags/segment_form.html", {"project": project, "segment": segment, "form": form},
-                  status=422 if form.errors else 200)
+    return render(request, "flags/segment_form.html", {
+        "project": project, "segment": segment, "form": form,
+        "governed_notice": _governed_segment_message(segment, governed) if governed else "",
+    }, status=422 if form.errors else 200)
+
+
+def _governed_segment_message(segment: Segment, usages: list[str]) -> str:
+    return (f"Segment “{segment.key}” decides who is served in a governed environment ({', '.join(usages)}): "
+            "it is read-only in the console until changes there go through approvals.")
 
 
 @login_required
@@ -437,6 +448,9 @@ def segment_delete(request: HttpRequest, project_key: str, segment_key: str) -> 
     segment = get_object_or_404(Segment, project=project, key=segment_key)
     if not can_edit_catalog(request.user, project):
         return _denied(request, "You may not delete segments in this project.")
+    governed = services.segment_governed_usages(segment)
+    if governed:
+        return _denied(request, _governed_segment_message(segment, governed))
     try:
         services.segment_delete(segment=segment, actor=request.user)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 _SEMVER = re.compile(
-    r"^v?(?P<major>0|[1-9]\d*)(?:\.(?P<minor>0|[1-9]\d*))?(?:\.(?P<patch>0|[1-9]\d*))?"
+    r"^v?(?P<major>0|[1-9]\d{0,17})(?:\.(?P<minor>0|[1-9]\d{0,17}))?(?:\.(?P<patch>0|[1-9]\d{0,17}))?"
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
     r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
 )
@@ -39,7 +39,7 @@ class SemVer:
 
 def parse_semver(text: object) -> SemVer | None:
     """Parse `1.2.3`, `1.2`, `v2`, `1.0.0-rc.1+build`; None when it is not a version."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > 256:
         return None
     match = _SEMVER.match(text.strip())
     if not match:
@@ -47,7 +47,7 @@ def parse_semver(text: object) -> SemVer | None:
     pre = match.group("pre")
     prerelease: tuple[int | str, ...] = ()
     if pre:
-        prerelease = tuple(int(p) if p.isdigit() else p for p in pre.split("."))
+        prerelease = tuple(int(p) if p.isdigit() and len(p) <= 18 else p for p in pre.split("."))
     return SemVer(
         major=int(match.group("major")),
         minor=int(match.group("minor") or 0),

@@ -49,6 +49,7 @@ OPERATORS: dict[str, str] = {
 }
 MAX_VALUES_PER_CLAUSE = 10_000
 MAX_RULES = 200
+MAX_PATTERN_LENGTH = 1_000
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 
 
@@ -104,9 +105,12 @@ def validate_clause(clause: object, path: str = "clause") -> list[Problem]:
             if not isinstance(value, str):
                 problems.append(Problem(vpath, "a regular expression must be a string"))
                 continue
+            if len(value) > MAX_PATTERN_LENGTH:
+                problems.append(Problem(vpath, f"regular expression is longer than {MAX_PATTERN_LENGTH} characters"))
+                continue
             try:
                 re.compile(value)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 problems.append(Problem(vpath, f"regular expression does not compile: {exc}"))
         elif op in STRING_OPERATORS or op == SEGMENT_OPERATOR:
             if not isinstance(value, str) or not value:

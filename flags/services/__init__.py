@@ -23,13 +23,19 @@ from flags.services.catalog import (
 from flags.services.lifecycle import LIFECYCLE_JOB, compute_stage, flag_lifecycle_recompute
 from flags.services.members import flag_owner_permission_sync, membership_grant, membership_revoke
 from flags.services.sdk_keys import SDK_KEY_PREFIX, hash_sdk_key, sdk_key_create, sdk_key_revoke
-from flags.services.segments import segment_create, segment_delete, segment_update, segment_usages
+from flags.services.segments import (
+    segment_create,
+    segment_delete,
+    segment_governed_usages,
+    segment_update,
+    segment_usages,
+)
 from flags.services.targeting import targeting_update
 
 __all__ = [
     "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
     "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_update", "hash_sdk_key",
     "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "sdk_key_create", "sdk_key_revoke", "segment_create",
-    "segment_delete", "segment_update", "segment_usages", "targeting_update", "variation_create",
+    "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",
 ]

@@ -102,6 +102,26 @@ def segment_update(
     return segment
 
 
+def segment_governed_usages(segment: Segment) -> list[str]:
+    """Governed environments whose serving depends on this segment, directly or through
+    segments that refer to it: changing it there changes production."""
+    others = {s.key: s for s in Segment.objects.filter(project_id=segment.project_id)}
+    depending = {segment.key}
+    grew = True
+    while grew:  # segments that refer (transitively) to this one
+        grew = False
+        for key, other in others.items():
+            if key not in depending and referenced_segments(other.rules) & depending:
+                depending.add(key)
+                grew = True
+    usages = []
+    for targeting in Targeting.objects.filter(flag__project_id=segment.project_id, environment__is_governed=True,
+                                              enabled=True).select_related("flag", "environment"):
+        if referenced_segments(targeting.rules) & depending:
+            usages.append(f"{targeting.flag.key} in {targeting.environment.name}")
+    return usages
+
+
 def segment_usages(segment: Segment) -> list[str]:
     usages = []
     for targeting in Targeting.objects.filter(flag__project_id=segment.project_id).select_related("flag", "environment"):

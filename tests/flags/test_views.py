@@ -1214,11 +1214,14 @@ def test_segment_create__valid__creates_segment_and_audits(
 def test_segment_edit__valid__saves_bumps_version_and_audits(client: Any, login: Callable[[str], Any]) -> None:
     # Given an editor and the beta segment
     owner = login("owner")
-    segment = Segment.objects.get(project__key=PROJECT, key="beta_accounts")
+    segment = services.segment_create(project=Project.objects.get(key=PROJECT), key="qa_accounts", name="QA",
+                                      included_keys=["acct-qa-1"], excluded_keys=["acct-beta-999"],
+                                      rules=[{"clauses": [{"attribute": "plan", "op": "in", "values": ["qa"]}]}],
+                                      actor=TEST_ACTOR)
     old_name, old_excluded, old_version = segment.name, segment.excluded_keys, segment.version
     mark = _audit_mark()
     # When its name and excluded keys are changed, the rest submitted as shown
-    response = client.post(_url("segment_edit", segment_key="beta_accounts"), {
+    response = client.post(_url("segment_edit", segment_key="qa_accounts"), {
         "name": "Beta programme accounts", "description": segment.description,
         "included_keys": "\n".join(segment.included_keys), "excluded_keys": "acct-beta-999\nacct-beta-998",
         "rules": json.dumps(segment.rules), "version": segment.version,
@@ -1240,12 +1243,15 @@ def test_segment_edit__valid__saves_bumps_version_and_audits(client: Any, login:
 def test_segment_edit__stale_version__refused_and_newer_change_kept(client: Any, login: Callable[[str], Any]) -> None:
     # Given an editor who opened the beta segment at its current version, and someone saving first
     login("owner")
-    segment = Segment.objects.get(project__key=PROJECT, key="beta_accounts")
+    segment = services.segment_create(project=Project.objects.get(key=PROJECT), key="qa_accounts", name="QA",
+                                      included_keys=["acct-qa-1"], excluded_keys=["acct-beta-999"],
+                                      rules=[{"clauses": [{"attribute": "plan", "op": "in", "values": ["qa"]}]}],
+                                      actor=TEST_ACTOR)
     opened_version = segment.version
     services.segment_update(segment=segment, actor=TEST_ACTOR, name="Renamed meanwhile")
     mark = _audit_mark()
     # When the editor submits the form they opened
-    response = client.post(_url("segment_edit", segment_key="beta_accounts"), {
+    response = client.post(_url("segment_edit", segment_key="qa_accounts"), {
         "name": "My rename", "description": "", "included_keys": "", "excluded_keys": "", "rules": "",
         "version": opened_version,
     })
@@ -1276,21 +1282,43 @@ def test_segment_delete__unused__deletes_and_audits(client: Any, login: Callable
 
 @pytest.mark.django_db
 def test_segment_delete__used_by_targeting__is_refused_naming_the_usage(
-    client: Any, login: Callable[[str], Any]
+    client: Any, login: Callable[[str], Any], demo: Project
 ) -> None:
-    # Given "internal_users" is referenced by staging and production rules
+    # Given a segment referenced by development targeting only
+    services.segment_create(project=demo, key="dev_only", name="Dev only", actor=TEST_ACTOR)
+    services.targeting_update(targeting=_targeting(TOOL_MODE, "development"), actor=TEST_ACTOR, rules=[
+        {"clauses": [{"op": "in_segment", "values": ["dev_only"]}], "serve": {"variation": "write"}}])
     login("owner")
     before = _catalog_state()
     # When an editor deletes it
-    response = client.post(_url("segment_delete", segment_key="internal_users"), follow=True)
+    response = client.post(_url("segment_delete", segment_key="dev_only"), follow=True)
     # Then the list says where it is used
     messages = _messages(response)
     assert len(messages) == 1
-    assert "Segment “internal_users” is used by" in messages[0]
-    assert f"{PROFILE} in Staging" in messages[0]
-    assert f"{TOOL_MODE} in Production" in messages[0]
+    assert "Segment “dev_only” is used by" in messages[0] and f"{TOOL_MODE} in Development" in messages[0]
     # and the segment still exists
-    assert Segment.objects.filter(project__key=PROJECT, key="internal_users").exists()
+    assert Segment.objects.filter(project__key=PROJECT, key="dev_only").exists()
+    assert _catalog_state() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("segment_key", ["internal_users", "beta_accounts"])
+def test_segment_used_by_production__edit_and_delete__refused_read_only(
+    client: Any, login: Callable[[str], Any], segment_key: str
+) -> None:
+    # Given a segment that decides who production serves
+    login("owner")
+    before = _catalog_state()
+    # When an editor opens, edits or deletes it
+    page = client.get(_url("segment_edit", segment_key=segment_key))
+    edit = client.post(_url("segment_edit", segment_key=segment_key),
+                       {"name": "x", "included_keys": "someone-else", "version": "1"})
+    delete = client.post(_url("segment_delete", segment_key=segment_key))
+    # Then the page says it is read-only, and both writes are refused with the reason
+    assert page.status_code == 200 and "read-only in the console" in page.content.decode()
+    assert "Save segment" not in page.content.decode()
+    assert edit.status_code == 403 and delete.status_code == 403
+    assert "Production" in edit.content.decode()
     assert _catalog_state() == before
 
 
