@@ -203,6 +203,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "flags.tasks.recompute_lifecycle_stages",
         "schedule": timedelta(seconds=env_int("LIFECYCLE_RECOMPUTE_SECONDS", 300)),
     },
+    "apply-scheduled-changes": {
+        "task": "rollouts.tasks.apply_scheduled_changes",
+        "schedule": timedelta(seconds=env_int("SCHEDULED_CHANGES_SECONDS", 30)),
+    },
+    "expire-undecided-changes": {
+        "task": "rollouts.tasks.expire_undecided_changes",
+        "schedule": timedelta(hours=1),
+    },
 }
 
 # Lifecycle: a temporary flag that has served one variation to everyone in a governed

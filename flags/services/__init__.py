@@ -30,12 +30,12 @@ from flags.services.segments import (
     segment_update,
     segment_usages,
 )
-from flags.services.targeting import targeting_update
+from flags.services.targeting import targeting_proposal, targeting_update
 
 __all__ = [
     "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
     "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_update", "hash_sdk_key",
     "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "sdk_key_create", "sdk_key_revoke", "segment_create",
-    "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_update", "variation_create",
+    "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",
 ]

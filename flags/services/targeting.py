@@ -37,10 +37,12 @@ def targeting_update(
     actor: Actor,
     expected_version: int | None = None,
     reason: str = "",
+    change_request_id: int | None = None,
     **changes: Any,
 ) -> Targeting:
     """Replace parts of one flag's targeting in one environment, validated as a whole.
-    `expected_version` guards against overwriting a change made since the caller read it."""
+    `expected_version` guards against overwriting a change made since the caller read it;
+    `change_request_id` links the audit row to the approved request that carried it."""
     unknown = set(changes) - {"enabled", "targets", "rules", "default_serve", "assignment_unit"}
     if unknown:
         raise ValidationError({name: "Unknown targeting field." for name in sorted(unknown)})
@@ -72,9 +74,25 @@ def targeting_update(
         environment=targeting.environment, flag=targeting.flag,
         before={k: before[k] for k in [*changed, "version"]}, after={k: after[k] for k in [*changed, "version"]},
         summary=f"Changed {', '.join(changed)} of {targeting.flag.key} in {targeting.environment.name}",
-        reason=reason,
+        reason=reason, change_request_id=change_request_id,
     )
     return targeting
+
+
+TARGETING_FIELDS = ("enabled", "targets", "rules", "default_serve", "assignment_unit")
+
+
+def targeting_proposal(*, targeting: Targeting, changes: dict[str, Any]) -> dict[str, Any]:
+    """The whole targeting state `changes` would produce, validated, without saving it."""
+    unknown = set(changes) - set(TARGETING_FIELDS)
+    if unknown:
+        raise ValidationError({name: "Unknown targeting field." for name in sorted(unknown)})
+    draft = Targeting(flag=targeting.flag, environment=targeting.environment,
+                      **{name: getattr(targeting, name) for name in TARGETING_FIELDS})
+    for name, value in changes.items():
+        setattr(draft, name, value)
+    _validate_targeting(draft)
+    return {name: getattr(draft, name) for name in TARGETING_FIELDS}
 
 
 def _validate_targeting(targeting: Targeting) -> None:
