@@ -22,6 +22,18 @@ from django.utils import timezone  # noqa: E402
 from flags.demo import SEGMENTS, _flag_specs  # noqa: E402
 
 
+def create_database(url: str) -> None:
+    """Create the PostgreSQL database named in `url` if it is missing, then migrate it."""
+    import psycopg
+    from django.core.management import call_command
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate", verbosity=0)
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

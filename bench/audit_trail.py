@@ -30,18 +30,9 @@ WORDS = ("latency", "citation", "rollback", "incident", "beta", "prompt", "retri
 
 
 def prepare() -> None:
-    import psycopg
+    import _setup  # noqa: F401 - Django set up on the bench database (DATABASE_URL above)
 
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    _setup.create_database(DATABASE_URL)
 
 
 def populate() -> None:

@@ -29,18 +29,9 @@ os.environ.setdefault("DEBUG", "1")
 def prepare_database() -> str:
     """Create the bench database, migrate, load the demo plus 47 extra flags (50 in all), and
     return a production SDK key."""
-    import psycopg
+    import _setup  # noqa: F401 - Django set up on the bench database (DATABASE_URL above)
 
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    _setup.create_database(DATABASE_URL)
     from audit.services import SystemActor
     from flags import services
     from flags.constants import BehaviorSurface, Lifetime, ValueType

@@ -15,6 +15,7 @@ from django.db.models import Prefetch
 
 from flags.constants import LifecycleStage
 from flags.models import Environment, Flag, SdkKey, Segment, Targeting, Variation
+from flags.snapshots import targeting_state
 
 
 def read_environment_versions() -> dict[int, int]:
@@ -54,14 +55,7 @@ def _build(environment_id: int) -> dict[str, Any]:
             "salt": flag.salt,
             "fallback": flag.fallback_variation.key,
             "variations": {v.key: v.value for v in flag.variations.all()},
-            "targeting": {
-                "enabled": targeting.enabled,
-                "targets": targeting.targets,
-                "rules": targeting.rules,
-                "default_serve": targeting.default_serve,
-                "assignment_unit": targeting.assignment_unit,
-                "version": targeting.version,
-            },
+            "targeting": targeting_state(targeting),
         }
     segments = {
         s.key: {"included_keys": s.included_keys, "excluded_keys": s.excluded_keys, "rules": s.rules}
