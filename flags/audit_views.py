@@ -30,7 +30,7 @@ from audit.selectors import SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
 from audit.services import AuditTarget, record
 from flags.models import Environment, Flag, Project
 from flags.permissions import audit_project_ids, can_view_project
-from flags.views import _denied
+from flags.views import denied
 
 EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
                  "project_label", "environment_label", "target_type", "target_id", "target_label", "summary",
@@ -88,7 +88,7 @@ def _page_context(request: HttpRequest, filters: AuditFilters, base_url: str) ->
 def audit_explorer(request: HttpRequest) -> HttpResponse:
     scope = audit_project_ids(request.user)
     if not scope:
-        return _denied(request, "The audit trail is open to auditors and project admins.")
+        return denied(request, "The audit trail is open to auditors and project admins.")
     filters = _filters(request, scope)
     context = {**_page_context(request, filters, request.path), **_choices(scope), "get": request.GET}
     if request.htmx and not request.htmx.history_restore_request:
@@ -157,7 +157,7 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
         raise Http404("Exports are .csv or .jsonl.")
     scope = audit_project_ids(request.user, "export_audit")
     if not scope:
-        return _denied(request, "Exports of the audit trail are open to auditors and project admins.")
+        return denied(request, "Exports of the audit trail are open to auditors and project admins.")
     filters = _filters(request, scope)
     described = {k: v for k, v in request.GET.items() if k != "before" and v}
     with transaction.atomic():

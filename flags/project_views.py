@@ -16,7 +16,7 @@ from flags.constants import ROLE_PERMISSIONS, Role
 from flags.forms import add_service_errors
 from flags.models import Environment, Membership, SdkKey
 from flags.permissions import can_manage_members, can_manage_sdk_keys
-from flags.views import _denied, _project_for
+from flags.views import denied, project_for
 
 
 class GrantRoleForm(forms.Form):
@@ -52,18 +52,18 @@ def _members_context(project: object, form: GrantRoleForm) -> dict[str, object]:
 @login_required
 @require_GET
 def members(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_manage_members(request.user, project):
-        return _denied(request, "Members and roles are managed by the project's admins.")
+        return denied(request, "Members and roles are managed by the project's admins.")
     return render(request, "flags/members.html", _members_context(project, GrantRoleForm()))
 
 
 @login_required
 @require_POST
 def member_grant(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_manage_members(request.user, project):
-        return _denied(request, "Members and roles are managed by the project's admins.")
+        return denied(request, "Members and roles are managed by the project's admins.")
     form = GrantRoleForm(request.POST)
     if form.is_valid():
         user, role = form.cleaned_data["username"], Role(form.cleaned_data["role"])
@@ -80,9 +80,9 @@ def member_grant(request: HttpRequest, project_key: str) -> HttpResponse:
 @login_required
 @require_POST
 def member_revoke(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_manage_members(request.user, project):
-        return _denied(request, "Members and roles are managed by the project's admins.")
+        return denied(request, "Members and roles are managed by the project's admins.")
     user_id = request.POST.get("user", "")
     role = request.POST.get("role", "")
     membership = get_object_or_404(Membership.objects.select_related("user"), project=project,
@@ -106,9 +106,9 @@ def _keys_context(project: object, form: CreateSdkKeyForm, **extra: object) -> d
 @login_required
 @require_http_methods(["GET", "POST"])
 def sdk_keys(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_manage_sdk_keys(request.user, project):
-        return _denied(request, "SDK keys are managed by the project's admins.")
+        return denied(request, "SDK keys are managed by the project's admins.")
     form = CreateSdkKeyForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         sdk_key, raw_key = services.sdk_key_create(environment=form.cleaned_data["environment"],
@@ -122,9 +122,9 @@ def sdk_keys(request: HttpRequest, project_key: str) -> HttpResponse:
 @login_required
 @require_POST
 def sdk_key_revoke(request: HttpRequest, project_key: str, key_id: int) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_manage_sdk_keys(request.user, project):
-        return _denied(request, "SDK keys are managed by the project's admins.")
+        return denied(request, "SDK keys are managed by the project's admins.")
     sdk_key = get_object_or_404(SdkKey, pk=key_id, environment__project=project)
     services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user, reason=request.POST.get("reason", "")[:500])
     messages.success(request, f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a second.")

@@ -42,7 +42,7 @@ from flags.permissions import (
 from flags.selectors import FlagFilters
 
 
-def _project_for(request: HttpRequest, project_key: str) -> Project:
+def project_for(request: HttpRequest, project_key: str) -> Project:
     project = get_object_or_404(Project, key=project_key)
     if not can_view_project(request.user, project):
         raise Http404("No such project.")  # existence does not leak to non-members
@@ -56,7 +56,7 @@ def _flag_for(project: Project, flag_key: str) -> Flag:
         raise Http404("No such flag.") from exc
 
 
-def _denied(request: HttpRequest, message: str) -> HttpResponse:
+def denied(request: HttpRequest, message: str) -> HttpResponse:
     """403 with a readable fragment for htmx (swapped into the message area), a page otherwise."""
     if request.htmx:
         response = render(request, "includes/denied.html", {"message": message}, status=403)
@@ -86,7 +86,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 @vary_on_headers("HX-Request")  # the same URL answers a fragment or a page: caches must tell them apart
 def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     def param(name: str, limit: int = 100) -> str:
         return request.GET.get(name, "").replace("\x00", "").strip()[:limit]  # PostgreSQL refuses NUL
 
@@ -118,9 +118,9 @@ def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def flag_create(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     if not can_edit_catalog(request.user, project):
-        return _denied(request, "You need the flag owner or editor role in this project to create flags.")
+        return denied(request, "You need the flag owner or editor role in this project to create flags.")
     form = FlagCreateForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         variations, fallback_key = form.variations()
@@ -142,7 +142,7 @@ def flag_create(request: HttpRequest, project_key: str) -> HttpResponse:
 @login_required
 @require_GET
 def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     variations = list(flag.variations.all())
     targetings = list(flag.targetings.all())
@@ -161,10 +161,10 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
 @login_required
 @require_http_methods(["GET", "POST"])
 def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
-        return _denied(request, "You may not edit this flag's contract.")
+        return denied(request, "You may not edit this flag's contract.")
     form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         try:
@@ -203,7 +203,7 @@ def _variation_for(flag: Flag, variation_key: str) -> Variation:
 @login_required
 @require_GET
 def variation_row(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     return render(request, "flags/flag_detail.html#variation-row", {
@@ -215,11 +215,11 @@ def variation_row(request: HttpRequest, project_key: str, flag_key: str, variati
 @login_required
 @require_http_methods(["GET", "POST"])
 def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     if not can_edit_catalog(request.user, project, flag):
-        return _denied(request, "You may not edit this flag's variations.")
+        return denied(request, "You may not edit this flag's variations.")
     # Ids of their own: the page also holds the "add a variation" form.
     form = VariationForm(request.POST or None, flag=flag, variation=variation,
                          initial=VariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
@@ -245,10 +245,10 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
 @login_required
 @require_POST
 def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
-        return _denied(request, "You may not add variations to this flag.")
+        return denied(request, "You may not add variations to this flag.")
     form = VariationForm(request.POST, flag=flag, auto_id="id_new_%s")
     if form.is_valid():
         try:
@@ -267,11 +267,11 @@ def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> H
 @login_required
 @require_POST
 def variation_delete(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     if not can_edit_catalog(request.user, project, flag):
-        return _denied(request, "You may not delete this flag's variations.")
+        return denied(request, "You may not delete this flag's variations.")
     try:
         services.variation_delete(variation=variation, actor=request.user)
     except ValidationError as exc:
@@ -301,7 +301,7 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
 
 
 def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpResponse:
-    return _denied(
+    return denied(
         request,
         f"{targeting.environment.name} is a governed environment: it is read-only in the console until "
         "changes there go through approvals.",
@@ -311,13 +311,13 @@ def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpRespons
 @login_required
 @require_http_methods(["GET", "POST"])
 def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
     if not can_edit_targeting(request.user, targeting.environment, flag):
-        return _denied(request, "You may not edit this flag's targeting.")
+        return denied(request, "You may not edit this flag's targeting.")
     variations = list(flag.variations.all())
     form = TargetingForm(request.POST or None, targeting=targeting, variations=variations,
                          initial=TargetingForm.initial_for(targeting, variations))
@@ -340,36 +340,36 @@ def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, enviro
 @login_required
 @require_POST
 def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
     if not can_edit_targeting(request.user, targeting.environment, flag):
-        return _denied(request, "You may not turn this flag on or off.")
+        return denied(request, "You may not turn this flag on or off.")
+    # The version the page showed: the service refuses the flip if the targeting moved since.
     version = request.POST.get("version", "")
+    status = 200
     if not (version.isascii() and version.isdigit() and len(version) < 10):
         messages.error(request, "This page is out of date. Reload it and try again.")
-        return _with_messages(request, render(request, "flags/flag_detail.html#targeting-card", {
-            "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting)}, status=409)) \
-            if request.htmx else redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
-    expected = int(version)
-    try:
-        targeting = services.targeting_update(
-            targeting=targeting, actor=request.user, expected_version=expected, enabled=not targeting.enabled
-        )
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        targeting.refresh_from_db()
+        status = 409
     else:
-        state = "on" if targeting.enabled else "off"
-        messages.success(request, f"“{flag.key}” is now {state} in {targeting.environment.name}.")
+        try:
+            targeting = services.targeting_update(
+                targeting=targeting, actor=request.user, expected_version=int(version), enabled=not targeting.enabled
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            targeting.refresh_from_db()
+        else:
+            state = "on" if targeting.enabled else "off"
+            messages.success(request, f"“{flag.key}” is now {state} in {targeting.environment.name}.")
     if not request.htmx:
         url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
         return redirect(url + f"#env-{targeting.environment.key}")
     response = render(request, "flags/flag_detail.html#targeting-card", {
         "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting),
-    })
+    }, status=status)
     return _with_messages(request, response)
 
 
@@ -379,7 +379,7 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
 @login_required
 @require_GET
 def segment_list(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     return render(request, "flags/segment_list.html", {
         "project": project, "segments": selectors.segment_list(project),
         "can_edit": can_edit_catalog(request.user, project),
@@ -388,7 +388,7 @@ def segment_list(request: HttpRequest, project_key: str) -> HttpResponse:
 
 def _segment_form_view(request: HttpRequest, project: Project, segment: Segment | None) -> HttpResponse:
     if not can_edit_catalog(request.user, project):
-        return _denied(request, "You need the flag owner or editor role in this project to edit segments.")
+        return denied(request, "You need the flag owner or editor role in this project to edit segments.")
     initial = {}
     if segment is not None:
         initial = {
@@ -399,7 +399,7 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
         }
     governed = services.segment_governed_usages(segment) if segment is not None else []
     if request.method == "POST" and governed:
-        return _denied(request, _governed_segment_message(segment, governed))
+        return denied(request, _governed_segment_message(segment, governed))
     form = SegmentForm(request.POST or None, editing=segment is not None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -430,13 +430,13 @@ def _governed_segment_message(segment: Segment, usages: list[str]) -> str:
 @login_required
 @require_http_methods(["GET", "POST"])
 def segment_create(request: HttpRequest, project_key: str) -> HttpResponse:
-    return _segment_form_view(request, _project_for(request, project_key), None)
+    return _segment_form_view(request, project_for(request, project_key), None)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def segment_edit(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     segment = get_object_or_404(Segment, project=project, key=segment_key)
     return _segment_form_view(request, project, segment)
 
@@ -444,13 +444,13 @@ def segment_edit(request: HttpRequest, project_key: str, segment_key: str) -> Ht
 @login_required
 @require_POST
 def segment_delete(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
-    project = _project_for(request, project_key)
+    project = project_for(request, project_key)
     segment = get_object_or_404(Segment, project=project, key=segment_key)
     if not can_edit_catalog(request.user, project):
-        return _denied(request, "You may not delete segments in this project.")
+        return denied(request, "You may not delete segments in this project.")
     governed = services.segment_governed_usages(segment)
     if governed:
-        return _denied(request, _governed_segment_message(segment, governed))
+        return denied(request, _governed_segment_message(segment, governed))
     try:
         services.segment_delete(segment=segment, actor=request.user)
     except ValidationError as exc:
