@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "audit",
     "flags",
     "rollouts",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -91,6 +92,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "flags.context_processors.navigation",
+                "notifications.context_processors.unread",
+                "rollouts.context_processors.approvals",
             ],
             "loaders": [
                 (
@@ -172,6 +175,8 @@ EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "featureops@localhost")
+# Where people reach the console: emails link to CONSOLE_BASE_URL + a console path.
+CONSOLE_BASE_URL = os.environ.get("CONSOLE_BASE_URL", "http://127.0.0.1:8000")
 
 # Celery: Redis in production and CI; kombu's filesystem transport by default, so that
 # `make run` really runs scheduled jobs with no broker server.
@@ -210,6 +215,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-undecided-changes": {
         "task": "rollouts.tasks.expire_undecided_changes",
         "schedule": timedelta(hours=1),
+    },
+    "send-pending-notification-emails": {
+        "task": "notifications.tasks.send_pending_notification_emails",
+        "schedule": timedelta(seconds=60),
     },
 }
 

@@ -30,6 +30,7 @@ class DemoUser:
 
 DEMO_USERS = (
     DemoUser("pm", "Priya", "Manager", (Role.APPROVER, Role.VIEWER), "product manager (approver)"),
+    DemoUser("lead", "Lee", "Lead", (Role.APPROVER, Role.EDITOR), "engineering lead (editor and second approver)"),
     DemoUser("operator", "Omar", "Oncall", (Role.OPERATOR, Role.VIEWER), "operator (on call)"),
     DemoUser("owner", "Fatima", "Owner", (Role.EDITOR,), "flag owner (engineer)"),
     DemoUser("auditor", "Aiden", "Auditor", (Role.AUDITOR,), "auditor"),

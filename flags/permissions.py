@@ -8,6 +8,7 @@ treat superusers specially: superusers administer the site, the console follows 
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
@@ -95,3 +96,12 @@ def audit_project_ids(user: User, codename: str = "view_audit") -> frozenset[int
 
 def role_labels(user: User, project: Project) -> list[str]:
     return [Role(role).label for role in sorted(roles_in(user, project))]
+
+
+def holders_of(project: Project, codename: str) -> QuerySet:
+    """The active users who hold a permission on a project (e.g. every approver, to notify)."""
+    return get_user_model().objects.filter(
+        is_active=True,
+        pk__in=ProjectUserObjectPermission.objects.filter(content_object=project, permission__codename=codename)
+        .values("user_id"),
+    )

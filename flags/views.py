@@ -37,6 +37,7 @@ from flags.permissions import (
     can_manage_members,
     can_manage_sdk_keys,
     can_view_project,
+    has_project_permission,
     role_labels,
 )
 from flags.selectors import FlagFilters
@@ -147,10 +148,12 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
     variations = list(flag.variations.all())
     targetings = list(flag.targetings.all())
     can_edit = can_edit_catalog(request.user, project, flag)
+    governed = services.governed_served_variations(flag)
     return render(request, "flags/flag_detail.html", {
         "project": project,
         "flag": flag,
-        "variations": [_variation_view(flag, v) for v in variations],
+        "variations": [_variation_view(flag, v, governed) for v in variations],
+        "governed_contract": bool(governed),
         "targetings": [_targeting_view(request, flag, t) for t in targetings],
         "can_edit": can_edit,
         "variation_form": VariationForm(flag=flag, auto_id="id_new_%s") if can_edit else None,
@@ -167,6 +170,10 @@ def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResp
         return denied(request, "You may not edit this flag's contract.")
     form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
+        fallback_moves = form.cleaned_data["fallback_variation"] != flag.fallback_variation.key
+        schema_moves = "json_schema" in form.cleaned_data and form.cleaned_data["json_schema"] != flag.json_schema
+        if (fallback_moves or schema_moves) and services.governed_served_variations(flag):
+            return denied(request, GOVERNED_EDIT.format(key=flag.key, what="a new fallback or JSON Schema"))
         try:
             services.flag_update(
                 flag=flag, actor=request.user, expected_version=form.cleaned_data["version"],
@@ -185,12 +192,18 @@ def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResp
 # --- variations (inline, htmx) -------------------------------------------------------------
 
 
-def _variation_view(flag: Flag, variation: Variation) -> dict[str, Any]:
+def _variation_view(flag: Flag, variation: Variation, governed: set[str]) -> dict[str, Any]:
     return {
         "variation": variation,
         "display_value": format_value(flag.value_type, variation.value),
         "is_fallback": flag.fallback_variation_id == variation.pk,
+        # served in a governed environment: a new value is proposed (a change request), not saved
+        "governed": variation.key in governed,
     }
+
+
+GOVERNED_EDIT = ("“{key}” is served in a governed environment: {what} needs approval. Use Edit on the flag page, "
+                 "which submits a change request for it.")
 
 
 def _variation_for(flag: Flag, variation_key: str) -> Variation:
@@ -207,9 +220,22 @@ def variation_row(request: HttpRequest, project_key: str, flag_key: str, variati
     flag = _flag_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     return render(request, "flags/flag_detail.html#variation-row", {
-        "project": project, "flag": flag, "row": _variation_view(flag, variation),
+        "project": project, "flag": flag,
+        "row": _variation_view(flag, variation, services.governed_served_variations(flag)),
         "can_edit": can_edit_catalog(request.user, project, flag),
     })
+
+
+def variation_saved_response(request: HttpRequest, project: Project, flag: Flag, variation: Variation) -> HttpResponse:
+    """After an inline save: the row, marked saved, with the messages (htmx); the page otherwise."""
+    if not request.htmx:
+        return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
+    flag.refresh_from_db(fields=["fallback_variation"])
+    response = render(request, "flags/flag_detail.html#variation-row", {
+        "project": project, "flag": flag, "can_edit": True, "just_saved": True,
+        "row": _variation_view(flag, variation, services.governed_served_variations(flag)),
+    })
+    return _with_messages(request, response)
 
 
 @login_required
@@ -224,19 +250,16 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
     form = VariationForm(request.POST or None, flag=flag, variation=variation,
                          initial=VariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
     if request.method == "POST" and form.is_valid():
+        if (form.cleaned_data.get("value", variation.value) != variation.value
+                and variation.key in services.governed_served_variations(flag)):
+            return denied(request, GOVERNED_EDIT.format(key=variation.key, what="a new value"))
         try:
             variation = services.variation_update(variation=variation, actor=request.user, **form.cleaned_data)
         except ValidationError as exc:
             add_service_errors(form, exc)
         else:
             messages.success(request, f"Variation “{variation.key}” saved.")
-            flag.refresh_from_db(fields=["fallback_variation"])
-            response = render(request, "flags/flag_detail.html#variation-row", {
-                "project": project, "flag": flag, "row": _variation_view(flag, variation), "can_edit": True,
-                "just_saved": True,
-            })
-            return _with_messages(request, response) if request.htmx else redirect(
-                "flags:flag_detail", project_key=project.key, flag_key=flag.key)
+            return variation_saved_response(request, project, flag, variation)
     template = "flags/flag_detail.html#variation-edit-row" if request.htmx else "flags/variation_form.html"
     return render(request, template, {"project": project, "flag": flag, "variation": variation, "form": form},
                   status=422 if form.errors else 200)
@@ -286,11 +309,22 @@ def variation_delete(request: HttpRequest, project_key: str, flag_key: str, vari
 
 
 def _targeting_view(request: HttpRequest, flag: Flag, targeting: Targeting) -> dict[str, Any]:
+    project = flag.project
+    governed = targeting.environment.is_governed
     return {
         "targeting": targeting,
         "environment": targeting.environment,
         "can_edit": can_edit_targeting(request.user, targeting.environment, flag),
+        # Governed environments take proposals (change requests); operators flip kill switches anywhere.
+        "can_propose": governed and (can_edit_catalog(request.user, project, flag)
+                                     or has_project_permission(request.user, project, "propose_change")),
+        "can_flip": has_project_permission(request.user, project, "flip_killswitch"),
     }
+
+
+def targeting_card_context(request: HttpRequest, project: Project, flag: Flag, targeting: Targeting) -> dict[str, Any]:
+    """What the flag page's card for one environment renders (also after htmx actions)."""
+    return {"project": project, "flag": flag, "t": _targeting_view(request, flag, targeting)}
 
 
 def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
@@ -303,8 +337,8 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
 def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpResponse:
     return denied(
         request,
-        f"{targeting.environment.name} is a governed environment: it is read-only in the console until "
-        "changes there go through approvals.",
+        f"{targeting.environment.name} is a governed environment: propose the change instead, and it applies "
+        "at once or waits for approval as the environment's policy says.",
     )
 
 
@@ -367,9 +401,8 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
     if not request.htmx:
         url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
         return redirect(url + f"#env-{targeting.environment.key}")
-    response = render(request, "flags/flag_detail.html#targeting-card", {
-        "project": project, "flag": flag, "t": _targeting_view(request, flag, targeting),
-    }, status=status)
+    response = render(request, "flags/flag_detail.html#targeting-card",
+                      targeting_card_context(request, project, flag, targeting), status=status)
     return _with_messages(request, response)
 
 

@@ -44,12 +44,23 @@ class ChangeRequestStatus(models.TextChoices):
 
 
 class ChangeRequest(models.Model):
+    """`kind` targeting: one environment's targeting, replaced whole (`base_state` →
+    `proposed`). `kind` flag: flag-wide parts that reach every environment at once (variation
+    values, the fallback, the JSON Schema); `environment` is empty and the states hold only
+    the parts that change."""
+
+    class Kind(models.TextChoices):
+        TARGETING = "targeting", "Targeting in one environment"
+        FLAG = "flag", "Flag-wide (values, fallback, schema)"
+
     Status = ChangeRequestStatus
     OPEN = (ChangeRequestStatus.PENDING, ChangeRequestStatus.APPROVED, ChangeRequestStatus.SCHEDULED)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="change_requests")
     flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="change_requests")
-    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="change_requests")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.TARGETING)
+    environment = models.ForeignKey(Environment, null=True, blank=True, on_delete=models.CASCADE,
+                                    related_name="change_requests")
     base_version = models.PositiveIntegerField()
     base_state = models.JSONField()
     proposed = models.JSONField()
@@ -77,10 +88,17 @@ class ChangeRequest(models.Model):
                                    name="change_request_status_known"),
             models.CheckConstraint(condition=~Q(status="scheduled") | Q(scheduled_for__isnull=False),
                                    name="change_request_scheduled_has_time"),
+            models.CheckConstraint(condition=Q(kind="flag") | Q(environment__isnull=False),
+                                   name="change_request_targeting_has_environment"),
         ]
 
     def __str__(self) -> str:
-        return f"CR-{self.pk} {self.flag_id}@{self.environment_id}"
+        return f"CR-{self.pk} {self.flag_id}@{self.environment_id or 'all environments'}"
+
+    @property
+    def where(self) -> str:
+        """Where the change lands, for people: an environment's name, or every environment."""
+        return self.environment.name if self.environment_id else "every environment"
 
 
 class Approval(models.Model):
@@ -103,3 +121,81 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} of CR-{self.change_request_id}"
+
+
+class ChangeRequestComment(models.Model):
+    change_request = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    author_label = models.CharField(max_length=200)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"comment on CR-{self.change_request_id}"
+
+
+class Incident(models.Model):
+    """Incident mode: every flag of an environment (or of chosen behavior surfaces) sent to its
+    fallback in one action. `affected` remembers which flags it turned off, and at which
+    version, so lifting turns back on exactly those nobody has touched since."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="incidents")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="incidents")
+    surfaces = models.JSONField(default=list, blank=True, help_text="Behavior surfaces; empty means every flag.")
+    reason = models.TextField()
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    started_by_label = models.CharField(max_length=200)
+    started_at = models.DateTimeField(auto_now_add=True)
+    affected = models.JSONField(default=list, blank=True)
+    lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lift_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["environment"], condition=Q(lifted_at__isnull=True),
+                                    name="one_active_incident_per_environment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"incident {self.pk} in {self.environment_id}"
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None
+
+
+class FollowUp(models.Model):
+    """A review item opened by every move to the fallback (kill switch, incident mode): it
+    stays open until someone acknowledges what happened and what comes next."""
+
+    class Kind(models.TextChoices):
+        KILLSWITCH = "killswitch", "Kill switch"
+        INCIDENT = "incident", "Incident mode"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="follow_ups")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="follow_ups")
+    flag = models.ForeignKey(Flag, null=True, blank=True, on_delete=models.CASCADE, related_name="follow_ups")
+    incident = models.ForeignKey(Incident, null=True, blank=True, on_delete=models.CASCADE, related_name="follow_ups")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    title = models.CharField(max_length=300)
+    reason = models.TextField()
+    opened_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    opened_by_label = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["project", "acknowledged_at"], name="follow_up_open")]
+
+    def __str__(self) -> str:
+        return self.title

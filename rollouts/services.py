@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from audit.chain import canonical_json
 from audit.constants import AuditAction
 from audit.services import Actor, SystemActor, record
 from flags import services as flag_services
-from flags.models import Environment, Targeting
-from flags.permissions import has_project_permission
+from flags.constants import BehaviorSurface
+from flags.models import Environment, Flag, Project, Targeting
+from flags.permissions import has_project_permission, holders_of
 from flags.snapshots import targeting_state
-from rollouts.models import Approval, ApprovalPolicy, ChangeRequest
-from rollouts.policy import Classification, classify_targeting_change
+from notifications.services import notify
+from rollouts.diff import DiffLine, describe_flag_change, describe_targeting_change
+from rollouts.models import Approval, ApprovalPolicy, ChangeRequest, ChangeRequestComment, FollowUp, Incident
+from rollouts.policy import Classification, PolicyReason, classify_flag_change, classify_targeting_change
 
 Status = ChangeRequest.Status
 SCHEDULER = SystemActor("change-scheduler")
@@ -50,6 +54,39 @@ def classify(targeting: Targeting, proposed: dict[str, Any]) -> Classification:
                                      fallback=flag.fallback_variation.key)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What submitting a proposal would do, shown before it is submitted."""
+
+    applies_now: bool
+    required_approvals: int
+    reasons: tuple[PolicyReason, ...]
+    lines: list[DiffLine]
+    governed: bool
+
+
+def describe(flag: Flag, base: dict[str, Any], proposed: dict[str, Any]) -> list[DiffLine]:
+    ranks = dict(flag.variations.values_list("key", "risk_rank"))
+    return describe_targeting_change(base=base, proposed=proposed, risk_ranks=ranks,
+                                     fallback=flag.fallback_variation.key, surface=flag.behavior_surface)
+
+
+def preview_targeting_change(*, targeting: Targeting, changes: dict[str, Any]) -> Preview:
+    """A read: validates the proposal (ValidationError as submit would raise it) and says
+    whether it applies at once or how many approvals it needs, and why."""
+    targeting = Targeting.objects.select_related("flag__fallback_variation", "environment__project").get(pk=targeting.pk)
+    proposed = flag_services.targeting_proposal(targeting=targeting, changes=changes)
+    lines = describe(targeting.flag, _state(targeting), proposed)
+    if not targeting.environment.is_governed:
+        return Preview(True, 0, (), lines, governed=False)
+    classification = classify(targeting, proposed)
+    if not classification.raises_risk:
+        return Preview(True, 0, (), lines, governed=True)
+    policy = policy_for(targeting.environment)
+    required = policy.approvals_for_escalation if classification.escalation else policy.approvals_otherwise
+    return Preview(False, required, classification.reasons, lines, governed=True)
+
+
 def _diff_hash(base_version: int, proposed: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({"base": base_version, "proposed": proposed}).encode()).hexdigest()
 
@@ -66,17 +103,22 @@ def _require_reason(reason: str) -> str:
 
 @transaction.atomic
 def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], reason: str = "",
-                            actor: Actor) -> Targeting | ChangeRequest:
+                            actor: Actor, expected_version: int | None = None) -> Targeting | ChangeRequest:
     """Apply now, or open a change request, as the environment's policy says. Outside a
-    governed environment, and for changes that raise no risk, the change applies at once."""
+    governed environment, and for changes that raise no risk, the change applies at once.
+    `expected_version` refuses a proposal made against a state that has since moved."""
     targeting = Targeting.objects.select_related("flag__fallback_variation", "environment__project").get(pk=targeting.pk)
+    if expected_version is not None and targeting.version != expected_version:
+        raise flag_services.ConflictError(
+            f"This targeting changed since you opened it (now version {targeting.version}). Reload and try again.")
     proposed = flag_services.targeting_proposal(targeting=targeting, changes=changes)
     if not targeting.environment.is_governed:
-        return flag_services.targeting_update(targeting=targeting, actor=actor, reason=reason, **changes)
+        return flag_services.targeting_update(targeting=targeting, actor=actor, reason=reason,
+                                              expected_version=expected_version, **changes)
     classification = classify(targeting, proposed)
     if not classification.raises_risk:
         return flag_services.targeting_update(targeting=targeting, actor=actor, reason=_require_reason(reason),
-                                              **changes)
+                                              expected_version=expected_version, **changes)
     return _change_request_open(targeting=targeting, proposed=proposed, classification=classification,
                                 reason=_require_reason(reason), actor=actor)
 
@@ -101,6 +143,221 @@ def _change_request_open(*, targeting: Targeting, proposed: dict[str, Any], clas
            reason=reason, change_request_id=change_request.pk,
            summary=f"Requested a change to {targeting.flag.key} in {targeting.environment.name}: "
                    f"{required} approval{'s' if required > 1 else ''} needed")
+    _notify_approvers(change_request, f"Approval needed: {_label(change_request)}",
+                      f"{change_request.requester_label} asks: {reason}\n"
+                      + "\n".join(f"- {r['text']}" for r in change_request.reasons))
+    return change_request
+
+
+def change_request_url(change_request: ChangeRequest) -> str:
+    return reverse("rollouts:change_request", kwargs={"project_key": change_request.project.key,
+                                                      "pk": change_request.pk})
+
+
+def _label(change_request: ChangeRequest) -> str:
+    return f"CR-{change_request.pk} {change_request.flag.key} in {change_request.where}"
+
+
+def _notify_approvers(change_request: ChangeRequest, title: str, body: str) -> None:
+    approvers = [u for u in holders_of(change_request.project, "approve_change") if u.pk != change_request.requester_id]
+    notify(recipients=approvers, kind="change_request.waiting", title=title, body=body, url=change_request_url(change_request))
+
+
+def _notify_requester(change_request: ChangeRequest, title: str, body: str = "") -> None:
+    notify(recipients=[change_request.requester], kind="change_request.decided", title=title,
+           body=body or change_request.reason, url=change_request_url(change_request))
+
+
+# --- flag-wide changes: variation values, the fallback, the JSON Schema ----------------------
+
+
+def _governed_policy(project: Project) -> ApprovalPolicy:
+    """Flag-wide changes reach every environment: the strictest governed policy applies."""
+    policies = [policy_for(env) for env in project.environments.filter(is_governed=True)]
+    if not policies:
+        return ApprovalPolicy()
+    return max(policies, key=lambda p: (p.approvals_for_escalation, p.approvals_otherwise))
+
+
+def _flag_state(flag: Flag, parts: dict[str, Any]) -> dict[str, Any]:
+    """The current values of the parts a flag-wide proposal touches."""
+    state: dict[str, Any] = {}
+    if "variations" in parts:
+        values = dict(flag.variations.filter(key__in=list(parts["variations"])).values_list("key", "value"))
+        state["variations"] = {key: values.get(key) for key in parts["variations"]}
+    if "fallback_variation" in parts:
+        state["fallback_variation"] = flag.fallback_variation.key
+    if "json_schema" in parts:
+        state["json_schema"] = flag.json_schema
+    return state
+
+
+def _classify_flag(flag: Flag, proposed: dict[str, Any], served: set[str]) -> Classification:
+    current = _flag_state(flag, proposed)
+    value_changes = {key: (current["variations"].get(key), value)
+                     for key, value in proposed.get("variations", {}).items()}
+    fallback = proposed.get("fallback_variation")
+    return classify_flag_change(
+        value_changes=value_changes, served_variations=served,
+        fallback_change=(current["fallback_variation"], fallback) if fallback else None,
+        schema_changed="json_schema" in proposed and proposed["json_schema"] != current["json_schema"],
+        value_type_changed=False,  # the value type is not editable (flags.services.flag_update)
+    )
+
+
+def describe_flag(flag: Flag, base: dict[str, Any], proposed: dict[str, Any]) -> list[DiffLine]:
+    ranks = dict(flag.variations.values_list("key", "risk_rank"))
+    governed = [t.environment.name for t in flag.targetings.select_related("environment")
+                .filter(environment__is_governed=True)]
+    return describe_flag_change(base=base, proposed=proposed, risk_ranks=ranks,
+                                served=flag_services.governed_served_variations(flag), governed_names=governed)
+
+
+def describe_request(change_request: ChangeRequest) -> list[DiffLine]:
+    """The request's proposal in words, for its page."""
+    if change_request.kind == ChangeRequest.Kind.FLAG:
+        return describe_flag(change_request.flag, change_request.base_state, change_request.proposed)
+    return describe(change_request.flag, change_request.base_state, change_request.proposed)
+
+
+def describe_conflict(change_request: ChangeRequest) -> list[DiffLine]:
+    """What changed between the request's base and the state that refused it."""
+    conflict = change_request.conflict
+    if not conflict:
+        return []
+    if change_request.kind == ChangeRequest.Kind.FLAG:
+        return describe_flag(change_request.flag, conflict["base"], conflict["current"])
+    return describe(change_request.flag, conflict["base"], conflict["current"])
+
+
+@transaction.atomic
+def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
+                       variation_values: dict[str, Any] | None = None, fallback_variation_key: str | None = None,
+                       json_schema: Any = None, change_schema: bool = False) -> ChangeRequest | None:
+    """The flag-wide parts of an edit. When the flag serves in a governed environment and the
+    edit changes the value of a variation served there, the fallback, or the schema, it
+    becomes one change request; otherwise nothing is held and the caller applies it (returns
+    None). Validated as the flags services would validate it, before anything is held."""
+    flag = Flag.objects.select_for_update(of=("self",)).select_related("fallback_variation", "project").get(pk=flag.pk)
+    proposed: dict[str, Any] = {}
+    if variation_values:
+        proposed["variations"] = dict(variation_values)
+    if fallback_variation_key is not None and fallback_variation_key != flag.fallback_variation.key:
+        proposed["fallback_variation"] = fallback_variation_key
+    if change_schema and json_schema != flag.json_schema:
+        proposed["json_schema"] = json_schema
+    served = flag_services.governed_served_variations(flag)
+    if not proposed or not served:
+        return None
+    flag_services.flag_change_validate(flag=flag, **proposed)
+    classification = _classify_flag(flag, proposed, served)
+    if not classification.raises_risk:
+        return None
+    policy = _governed_policy(flag.project)
+    required = policy.approvals_for_escalation if classification.escalation else policy.approvals_otherwise
+    reason = _require_reason(reason)
+    base_state = _flag_state(flag, proposed)
+    change_request = ChangeRequest(
+        project=flag.project, flag=flag, kind=ChangeRequest.Kind.FLAG, environment=None,
+        base_version=flag.version, base_state=base_state, proposed=proposed,
+        diff_hash=_diff_hash(flag.version, proposed), reasons=[asdict(r) for r in classification.reasons],
+        escalation=classification.escalation, required_approvals=required, requester=actor,
+        requester_label=actor.get_username(), reason=reason,
+    )
+    change_request.full_clean()
+    change_request.save()
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_CREATED, target=change_request, project=flag.project,
+           flag=flag, after={"proposed": proposed, "reasons": change_request.reasons, "required_approvals": required},
+           reason=reason, change_request_id=change_request.pk,
+           summary=f"Requested a flag-wide change to {flag.key}: {required} approval{'s' if required > 1 else ''} needed")
+    _notify_approvers(change_request, f"Approval needed: {_label(change_request)}",
+                      f"{change_request.requester_label} asks: {reason}\n"
+                      + "\n".join(f"- {r['text']}" for r in change_request.reasons))
+    return change_request
+
+
+@transaction.atomic
+def variation_change_submit(*, variation: Any, actor: AbstractBaseUser, reason: str = "",
+                            **changes: Any) -> tuple[Any, ChangeRequest | None]:
+    """A variation edit. A new value for a variation served in a governed environment waits
+    in a change request; the name, description and risk rank save at once."""
+    flag = variation.flag
+    change_request = None
+    if "value" in changes and changes["value"] != variation.value:
+        change_request = flag_change_submit(flag=flag, actor=actor, reason=reason,
+                                            variation_values={variation.key: changes["value"]})
+    rest = {k: v for k, v in changes.items() if not (k == "value" and change_request is not None)}
+    variation = flag_services.variation_update(variation=variation, actor=actor, reason=reason, **rest)
+    return variation, change_request
+
+
+@transaction.atomic
+def contract_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "", expected_version: int | None = None,
+                           fallback_variation_key: str | None = None, tags: Any = None,
+                           **changes: Any) -> tuple[Flag, ChangeRequest | None]:
+    """A contract edit. A new fallback or JSON Schema for a flag served in a governed
+    environment waits in a change request; the rest of the contract saves at once."""
+    current = Flag.objects.get(pk=flag.pk)
+    if expected_version is not None and current.version != expected_version:
+        raise flag_services.ConflictError("Someone changed this flag since you opened it. Reload and try again.")
+    change_request = flag_change_submit(flag=flag, actor=actor, reason=reason,
+                                        fallback_variation_key=fallback_variation_key,
+                                        json_schema=changes.get("json_schema"), change_schema="json_schema" in changes)
+    if change_request is not None:
+        if "fallback_variation" in change_request.proposed:
+            fallback_variation_key = None
+        if "json_schema" in change_request.proposed:
+            changes.pop("json_schema")
+    flag = flag_services.flag_update(flag=flag, actor=actor, expected_version=expected_version,
+                                     fallback_variation_key=fallback_variation_key, tags=tags, reason=reason, **changes)
+    return flag, change_request
+
+
+def _apply_flag_change(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeRequest:
+    flag = (Flag.objects.select_for_update(of=("self",)).select_related("fallback_variation", "project")
+            .get(pk=change_request.flag_id))
+    current = _flag_state(flag, change_request.proposed)
+    if current != change_request.base_state:
+        return _conflicted(change_request, actor, base=change_request.base_state, current=current,
+                           current_version=flag.version,
+                           summary="Not applied: what the request changes was changed since it was made")
+    reason = f"CR-{change_request.pk}: {change_request.reason}"
+    proposed = change_request.proposed
+    for key, value in proposed.get("variations", {}).items():
+        flag_services.variation_update(variation=flag.variations.get(key=key), actor=actor, value=value,
+                                       reason=reason, change_request_id=change_request.pk)
+    contract = {"json_schema": proposed["json_schema"]} if "json_schema" in proposed else {}
+    if contract or "fallback_variation" in proposed:
+        flag_services.flag_update(flag=flag, actor=actor, fallback_variation_key=proposed.get("fallback_variation"),
+                                  reason=reason, change_request_id=change_request.pk, **contract)
+    return _applied(change_request, actor, count)
+
+
+def _conflicted(change_request: ChangeRequest, actor: Actor, *, base: Any, current: Any, current_version: int,
+                summary: str) -> ChangeRequest:
+    change_request.status = Status.CONFLICTED
+    change_request.conflict = {"base_version": change_request.base_version, "current_version": current_version,
+                               "base": base, "current": current}
+    change_request.save(update_fields=["status", "conflict", "updated_at"])
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_CONFLICTED, target=change_request,
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           after=change_request.conflict, change_request_id=change_request.pk, summary=summary)
+    _notify_requester(change_request, f"Conflicted: {_label(change_request)}",
+                      "What the request changes was changed since it was made; nothing was applied. "
+                      "Open a new request from the current state.")
+    return change_request
+
+
+def _applied(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeRequest:
+    change_request.status = Status.APPLIED
+    change_request.applied_at = timezone.now()
+    change_request.save(update_fields=["status", "applied_at", "updated_at"])
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_APPLIED, target=change_request,
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           after={"status": Status.APPLIED, "approvals": count}, change_request_id=change_request.pk)
+    if not isinstance(actor, AbstractBaseUser) or actor.pk != change_request.requester_id:
+        _notify_requester(change_request, f"Applied: {_label(change_request)}",
+                          f"Applied by {actor.get_username() if isinstance(actor, AbstractBaseUser) else actor}.")
     return change_request
 
 
@@ -143,6 +400,9 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"approvals": count, "required": change_request.required_approvals, "status": change_request.status},
            reason=comment, change_request_id=change_request.pk)
+    if change_request.status == Status.APPROVED:
+        _notify_requester(change_request, f"Approved: {_label(change_request)}",
+                          f"{count} of {change_request.required_approvals} approvals. Apply it or schedule it.")
     return change_request
 
 
@@ -164,6 +424,8 @@ def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseU
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_REJECTED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.REJECTED}, reason=comment, change_request_id=change_request.pk)
+    _notify_requester(change_request, f"Rejected: {_label(change_request)}",
+                      f"Rejected by {actor.get_username()}: {comment or 'no comment'}")
     return change_request
 
 
@@ -175,6 +437,8 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     change_request = _locked(change_request)
     if change_request.requester_id != actor.pk:
         raise ValidationError("Only the requester can edit a request.")
+    if change_request.kind == ChangeRequest.Kind.FLAG:
+        raise ValidationError("A flag-wide request cannot be edited: cancel it and make the edit again.")
     if change_request.status not in ChangeRequest.OPEN:
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be edited.")
     base = Targeting(flag=change_request.flag, environment=change_request.environment,
@@ -202,6 +466,8 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
            project=change_request.project, environment=change_request.environment, flag=flag,
            before=before, after={"proposed": proposed, "status": Status.PENDING}, reason=reason,
            change_request_id=change_request.pk, summary="Edited the request: earlier approvals no longer count")
+    _notify_approvers(change_request, f"Edited, approval needed again: {_label(change_request)}",
+                      f"{change_request.requester_label} revised the request: {change_request.reason}")
     return change_request
 
 
@@ -223,31 +489,21 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
     if count < change_request.required_approvals:
         raise ValidationError(f"{count} of {change_request.required_approvals} approvals are still valid "
                               "(an approver may have lost the role).")
+    if change_request.kind == ChangeRequest.Kind.FLAG:
+        return _apply_flag_change(change_request, actor, count)
     targeting = Targeting.objects.select_for_update().get(flag=change_request.flag,
                                                           environment=change_request.environment)
     if targeting.version != change_request.base_version:
-        change_request.status = Status.CONFLICTED
-        change_request.conflict = {"base_version": change_request.base_version, "current_version": targeting.version,
-                                   "base": change_request.base_state, "current": _state(targeting)}
-        change_request.save(update_fields=["status", "conflict", "updated_at"])
-        record(actor=actor, action=AuditAction.CHANGE_REQUEST_CONFLICTED, target=change_request,
-               project=change_request.project, environment=change_request.environment, flag=change_request.flag,
-               after=change_request.conflict, change_request_id=change_request.pk,
-               summary=f"Not applied: the targeting moved from version {change_request.base_version} "
-                       f"to {targeting.version} since the request was made")
-        return change_request
+        return _conflicted(change_request, actor, base=change_request.base_state, current=_state(targeting),
+                           current_version=targeting.version,
+                           summary=f"Not applied: the targeting moved from version {change_request.base_version} "
+                                   f"to {targeting.version} since the request was made")
     flag_services.targeting_update(
         targeting=targeting, actor=actor, expected_version=change_request.base_version,
         reason=f"CR-{change_request.pk}: {change_request.reason}", change_request_id=change_request.pk,
         **change_request.proposed,
     )
-    change_request.status = Status.APPLIED
-    change_request.applied_at = timezone.now()
-    change_request.save(update_fields=["status", "applied_at", "updated_at"])
-    record(actor=actor, action=AuditAction.CHANGE_REQUEST_APPLIED, target=change_request,
-           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
-           after={"status": Status.APPLIED, "approvals": count}, change_request_id=change_request.pk)
-    return change_request
+    return _applied(change_request, actor, count)
 
 
 @transaction.atomic
@@ -300,8 +556,10 @@ def expire_undecided_change_requests() -> int:
     """Pending requests older than their environment's expiry become expired."""
     expired = 0
     now = timezone.now()
-    for change_request in ChangeRequest.objects.filter(status=Status.PENDING).select_related("environment"):
-        days = policy_for(change_request.environment).expire_after_days
+    for change_request in ChangeRequest.objects.filter(status=Status.PENDING).select_related("environment", "project"):
+        policy = (policy_for(change_request.environment) if change_request.environment_id
+                  else _governed_policy(change_request.project))
+        days = policy.expire_after_days
         if change_request.created_at <= now - datetime.timedelta(days=days):
             expired += _expire(change_request, days)
     return expired
@@ -318,22 +576,233 @@ def _expire(change_request: ChangeRequest, days: int) -> int:
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.EXPIRED}, change_request_id=change_request.pk,
            summary=f"Expired after {days} days without a decision")
+    _notify_requester(change_request, f"Expired: {_label(change_request)}",
+                      f"No decision within {days} days. Submit it again if it is still wanted.")
     return 1
+
+
+@transaction.atomic
+def change_request_comment(*, change_request: ChangeRequest, body: str, actor: AbstractBaseUser) -> ChangeRequestComment:
+    """Requester, approvers, editors and operators discuss a request; comments never change it."""
+    change_request = _locked(change_request)
+    project = change_request.project
+    if not (actor.pk == change_request.requester_id
+            or participation(actor, project)):
+        raise ValidationError("Commenting needs a role that takes part in changes (editor, approver or operator).")
+    body = (body or "").strip()
+    if not body:
+        raise ValidationError({"body": "Write a comment first."})
+    if len(body) > 5000:
+        raise ValidationError({"body": "Keep comments under 5,000 characters."})
+    comment = ChangeRequestComment.objects.create(change_request=change_request, author=actor,
+                                                  author_label=actor.get_username(), body=body)
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_COMMENTED, target=change_request, project=project,
+           environment=change_request.environment, flag=change_request.flag, after={"comment": body},
+           change_request_id=change_request.pk)
+    if actor.pk != change_request.requester_id:
+        _notify_requester(change_request, f"New comment on {_label(change_request)}", f"{actor.get_username()}: {body}")
+    return comment
+
+
+PARTICIPANT_PERMISSIONS = ("approve_change", "propose_change", "flip_killswitch")
+
+
+def participation(user: AbstractBaseUser, project: Project) -> set[str]:
+    """The permissions by which someone takes part in changes (not viewers, not auditors)."""
+    return {c for c in PARTICIPANT_PERMISSIONS if has_project_permission(user, project, c)}
+
+
+# --- the de-escalation path: kill switch, incident mode, follow-ups ------------------------
+
+
+def _flag_url(flag: Flag) -> str:
+    return reverse("flags:flag_detail", kwargs={"project_key": flag.project.key, "flag_key": flag.key})
+
+
+def _owners_and_approvers(project: Project, flags: list[Flag]) -> list[AbstractBaseUser]:
+    owners = [flag.owner_user for flag in flags if flag.owner_user_id]
+    return [*owners, *holders_of(project, "approve_change")]
+
+
+def _open_follow_up(*, project: Project, environment: Environment, kind: str, title: str, reason: str,
+                    actor: AbstractBaseUser, flag: Flag | None = None, incident: Incident | None = None) -> FollowUp:
+    return FollowUp.objects.create(project=project, environment=environment, flag=flag, incident=incident, kind=kind,
+                                   title=title, reason=reason, opened_by=actor, opened_by_label=actor.get_username())
 
 
 @transaction.atomic
 def killswitch_flip(*, targeting: Targeting, reason: str, actor: AbstractBaseUser) -> Targeting:
     """Operators send a flag in one environment to its fallback at once, with a reason:
-    making things safer never waits for an approval."""
-    targeting = Targeting.objects.select_related("flag", "environment__project").get(pk=targeting.pk)
+    making things safer never waits for an approval. The flag's owner and the approvers hear
+    of it, and a follow-up review item stays open until someone acknowledges it."""
+    targeting = Targeting.objects.select_related("flag__owner_user", "flag__fallback_variation",
+                                                 "environment__project").get(pk=targeting.pk)
     project = targeting.environment.project
+    flag = targeting.flag
     if not has_project_permission(actor, project, "flip_killswitch"):
         raise ValidationError("Flipping a kill switch needs the operator role in this project.")
     reason = _require_reason(reason)
+    if not targeting.enabled:
+        raise ValidationError(f"{flag.key} is already off in {targeting.environment.name}: everyone gets the "
+                              f"fallback {flag.fallback_variation.key}.")
     updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
                                              reason=f"Kill switch: {reason}")
-    record(actor=actor, action=AuditAction.KILLSWITCH_FLIPPED, target=targeting.flag, project=project,
-           environment=targeting.environment, flag=targeting.flag, after={"enabled": False},
-           reason=reason, summary=f"Kill switch: {targeting.flag.key} sent to its fallback in "
-                                  f"{targeting.environment.name}")
+    record(actor=actor, action=AuditAction.KILLSWITCH_FLIPPED, target=flag, project=project,
+           environment=targeting.environment, flag=flag, after={"enabled": False},
+           reason=reason, summary=f"Kill switch: {flag.key} sent to its fallback in {targeting.environment.name}")
+    title = f"Kill switch: {flag.key} sent to {flag.fallback_variation.key} in {targeting.environment.name}"
+    _open_follow_up(project=project, environment=targeting.environment, kind=FollowUp.Kind.KILLSWITCH, title=title,
+                    reason=reason, actor=actor, flag=flag)
+    notify(recipients=[u for u in _owners_and_approvers(project, [flag]) if u.pk != actor.pk], kind="killswitch.flipped",
+           title=title, body=f"{actor.get_username()}: {reason}", url=_flag_url(flag))
     return updated
+
+
+def _incident_targetings(environment: Environment, surfaces: list[str]) -> list[Targeting]:
+    targetings = (Targeting.objects.select_for_update(of=("self",))
+                  .select_related("flag__owner_user", "flag__project", "environment")
+                  .filter(environment=environment, enabled=True).order_by("flag__key"))
+    if surfaces:
+        targetings = targetings.filter(flag__behavior_surface__in=surfaces)
+    return list(targetings)
+
+
+@transaction.atomic
+def incident_start(*, environment: Environment, surfaces: list[str], reason: str, actor: AbstractBaseUser) -> Incident:
+    """Incident mode: every flag that is on in the environment (or only those of the chosen
+    behavior surfaces) goes to its fallback in one transaction."""
+    project = environment.project
+    if not has_project_permission(actor, project, "flip_killswitch"):
+        raise ValidationError("Incident mode needs the operator role in this project.")
+    reason = _require_reason(reason)
+    unknown = set(surfaces) - set(BehaviorSurface.values)
+    if unknown:
+        raise ValidationError({"surfaces": f"Unknown behavior surface(s): {', '.join(sorted(unknown))}."})
+    Environment.objects.select_for_update().get(pk=environment.pk)  # one incident start at a time per environment
+    if Incident.objects.filter(environment=environment, lifted_at__isnull=True).exists():
+        raise ValidationError(f"Incident mode is already on in {environment.name}: lift it first.")
+    targetings = _incident_targetings(environment, surfaces)
+    if not targetings:
+        raise ValidationError({"surfaces": f"No flag of those surfaces is on in {environment.name}: nothing to send "
+                                           "to a fallback."})
+    affected = []
+    for targeting in targetings:
+        updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
+                                                 reason=f"Incident mode: {reason}")
+        affected.append({"targeting": targeting.pk, "flag": targeting.flag.key, "version": updated.version})
+    scope = ", ".join(BehaviorSurface(s).label for s in sorted(surfaces)) if surfaces else "every flag"
+    incident = Incident.objects.create(project=project, environment=environment, surfaces=sorted(surfaces),
+                                       reason=reason, started_by=actor, started_by_label=actor.get_username(),
+                                       affected=affected)
+    title = f"Incident mode in {environment.name}: {len(affected)} flag(s) sent to their fallbacks ({scope})"
+    record(actor=actor, action=AuditAction.INCIDENT_STARTED, target=incident, project=project,
+           environment=environment, after={"surfaces": sorted(surfaces), "flags": [a["flag"] for a in affected]},
+           reason=reason, summary=title)
+    _open_follow_up(project=project, environment=environment, kind=FollowUp.Kind.INCIDENT, title=title,
+                    reason=reason, actor=actor, incident=incident)
+    flags = [t.flag for t in targetings]
+    notify(recipients=[u for u in _owners_and_approvers(project, flags) if u.pk != actor.pk], kind="incident.started",
+           title=title, body=f"{actor.get_username()}: {reason}",
+           url=reverse("rollouts:incidents", kwargs={"project_key": project.key}))
+    return incident
+
+
+@transaction.atomic
+def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -> Incident:
+    """Turn back on the flags incident mode turned off, unless someone changed them since
+    (their targeting moved past the version incident mode left): those stay as they are and
+    are listed. Restoring the approved state that was serving needs no new approval."""
+    incident = Incident.objects.select_for_update(of=("self",)).select_related("project", "environment").get(pk=incident.pk)
+    project = incident.project
+    if not has_project_permission(actor, project, "flip_killswitch"):
+        raise ValidationError("Lifting incident mode needs the operator role in this project.")
+    if incident.lifted_at is not None:
+        raise ValidationError("This incident was lifted already.")
+    reason = _require_reason(reason)
+    by_id = {t.pk: t for t in Targeting.objects.select_for_update(of=("self",)).select_related("flag", "environment")
+             .filter(pk__in=[a["targeting"] for a in incident.affected])}
+    restored, left = [], []
+    for entry in incident.affected:
+        targeting = by_id.get(entry["targeting"])
+        if targeting is None or targeting.version != entry["version"] or targeting.enabled:
+            left.append(entry["flag"])
+            continue
+        flag_services.targeting_update(targeting=targeting, actor=actor, enabled=True,
+                                       expected_version=entry["version"], reason=f"Incident lifted: {reason}")
+        restored.append(entry["flag"])
+    incident.lifted_at = timezone.now()
+    incident.lifted_by = actor
+    incident.lift_reason = reason
+    incident.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])
+    summary = f"Incident mode lifted in {incident.environment.name}: {len(restored)} flag(s) back on"
+    if left:
+        summary += f"; left as they are (changed since): {', '.join(left)}"
+    record(actor=actor, action=AuditAction.INCIDENT_LIFTED, target=incident, project=project,
+           environment=incident.environment, after={"restored": restored, "left": left}, reason=reason,
+           summary=summary)
+    incident.restored, incident.left = restored, left
+    return incident
+
+
+@transaction.atomic
+def follow_up_acknowledge(*, follow_up: FollowUp, note: str, actor: AbstractBaseUser) -> FollowUp:
+    """A second person reviews a move to the fallback: what happened, what comes next."""
+    follow_up = FollowUp.objects.select_for_update(of=("self",)).select_related("project", "environment", "flag").get(
+        pk=follow_up.pk)
+    if not participation(actor, follow_up.project):
+        raise ValidationError("Acknowledging needs the editor, approver or operator role in this project.")
+    if follow_up.acknowledged_at is not None:
+        raise ValidationError("This follow-up was acknowledged already.")
+    if follow_up.opened_by_id == actor.pk:
+        raise ValidationError("A second person reviews what was done: someone else must acknowledge this.")
+    note = (note or "").strip()
+    if not note:
+        raise ValidationError({"note": "Say what was found and what happens next."})
+    follow_up.acknowledged_at = timezone.now()
+    follow_up.acknowledged_by = actor
+    follow_up.note = note
+    follow_up.save(update_fields=["acknowledged_at", "acknowledged_by", "note"])
+    record(actor=actor, action=AuditAction.FOLLOW_UP_ACKNOWLEDGED, target=follow_up, project=follow_up.project,
+           environment=follow_up.environment, flag=follow_up.flag, after={"note": note}, reason=note,
+           summary=f"Acknowledged: {follow_up.title}")
+    return follow_up
+
+
+# --- approval policy -----------------------------------------------------------------------
+
+POLICY_LIMITS = {"approvals_for_escalation": (1, 10), "approvals_otherwise": (1, 10), "expire_after_days": (1, 90)}
+
+
+@transaction.atomic
+def approval_policy_update(*, environment: Environment, actor: AbstractBaseUser, **values: Any) -> ApprovalPolicy:
+    """Project admins set how many approvals an environment needs and when requests expire.
+    Requests already open keep the number they were opened with."""
+    if not has_project_permission(actor, environment.project, "manage_approval_policy"):
+        raise ValidationError("Changing approval policies needs the project admin role.")
+    unknown = set(values) - set(POLICY_LIMITS)
+    if unknown:
+        raise ValidationError({name: "Unknown policy field." for name in sorted(unknown)})
+    errors = {}
+    for name, value in values.items():
+        low, high = POLICY_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            errors[name] = f"A whole number from {low} to {high}."
+    if errors:
+        raise ValidationError(errors)
+    Environment.objects.select_for_update().get(pk=environment.pk)
+    policy = policy_for(environment)
+    before = {name: getattr(policy, name) for name in POLICY_LIMITS}
+    for name, value in values.items():
+        setattr(policy, name, value)
+    if policy.approvals_otherwise > policy.approvals_for_escalation:
+        raise ValidationError({"approvals_otherwise": "Risk escalations need at least as many approvals as other "
+                                                      "changes."})
+    after = {name: getattr(policy, name) for name in POLICY_LIMITS}
+    if after == before and policy.pk:
+        return policy
+    policy.save()
+    record(actor=actor, action=AuditAction.APPROVAL_POLICY_UPDATED, target=environment, project=environment.project,
+           environment=environment, before=before, after=after,
+           summary=f"Approval policy of {environment.name}: {after['approvals_for_escalation']} for risk escalations, "
+                   f"{after['approvals_otherwise']} otherwise, expiry after {after['expire_after_days']} days")
+    return policy

@@ -2,8 +2,8 @@
 actor, validates before saving, and writes its audit row in the same transaction.
 
 Services apply changes; deciding *whether* a change may be applied directly (governed
-environments, approvals) belongs to the callers: the console refuses governed edits, and the
-approval workflow will call these same services when a request is applied.
+environments, approvals) belongs to the callers: rollouts.services routes governed changes
+through change requests and calls these same services when a request is applied.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from flags.services._common import ConflictError
 from flags.services.catalog import (
     FLAG_EDITABLE_FIELDS,
     environment_create,
+    flag_change_validate,
     flag_create,
     flag_update,
+    governed_served_variations,
     project_create,
     variation_create,
     variation_delete,
@@ -34,7 +36,7 @@ from flags.services.targeting import targeting_proposal, targeting_update
 
 __all__ = [
     "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
-    "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_update", "hash_sdk_key",
+    "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_change_validate", "flag_update", "governed_served_variations", "hash_sdk_key",
     "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "sdk_key_create", "sdk_key_revoke", "segment_create",
     "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",

@@ -188,6 +188,7 @@ def flag_update(
     tags: Iterable[str] | None = None,
     expected_version: int | None = None,
     reason: str = "",
+    change_request_id: int | None = None,
     **changes: Any,
 ) -> Flag:
     """Edit a flag's contract. The key and value type are not editable: the key is the
@@ -235,7 +236,7 @@ def flag_update(
     record(
         actor=actor, action=AuditAction.FLAG_UPDATED, target=flag, project=flag.project, flag=flag,
         before={k: before[k] for k in changed}, after={k: after[k] for k in changed},
-        summary=f"Changed {', '.join(changed)} of {flag.key}", reason=reason,
+        summary=f"Changed {', '.join(changed)} of {flag.key}", reason=reason, change_request_id=change_request_id,
     )
     return flag
 
@@ -277,7 +278,7 @@ def variation_create(
 
 @transaction.atomic
 def variation_update(
-    *, variation: Variation, actor: Actor, reason: str = "", **changes: Any
+    *, variation: Variation, actor: Actor, reason: str = "", change_request_id: int | None = None, **changes: Any
 ) -> Variation:
     """Change a variation's name, value, description or risk rank; its key is immutable
     because targeting refers to it."""
@@ -305,8 +306,48 @@ def variation_update(
     changed = sorted(k for k in after if after[k] != before[k])
     record(actor=actor, action=AuditAction.VARIATION_UPDATED, target=variation, project=flag.project, flag=flag,
            before={k: before[k] for k in changed}, after={k: after[k] for k in changed},
-           summary=f"Changed {', '.join(changed)} of variation {variation.key}", reason=reason)
+           summary=f"Changed {', '.join(changed)} of variation {variation.key}", reason=reason,
+           change_request_id=change_request_id)
     return variation
+
+
+def flag_change_validate(*, flag: Flag, variations: dict[str, Any] | None = None,
+                         fallback_variation: str | None = None, **contract: Any) -> None:
+    """Check flag-wide changes as flag_update and variation_update would, without saving:
+    values against the (new) schema, the fallback among the variations. Errors name the field."""
+    if set(contract) - {"json_schema"}:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(set(contract) - {"json_schema"})})
+    schema = contract.get("json_schema", flag.json_schema)
+    if "json_schema" in contract:
+        _check_schema(flag.value_type, schema)
+    values = dict(flag.variations.values_list("key", "value"))
+    unknown = set(variations or {}) - set(values)
+    if unknown:
+        raise ValidationError({"value": f"No such variation: {', '.join(sorted(unknown))}."})
+    if fallback_variation is not None and fallback_variation not in values:
+        raise ValidationError({"fallback_variation": f"“{fallback_variation}” is not a variation of this flag."})
+    values.update(variations or {})
+    for key, value in values.items():
+        try:
+            validate_variation_value(value_type=flag.value_type, json_schema=schema, value=value)
+        except ValidationError as exc:
+            field = "value" if key in (variations or {}) else "json_schema"
+            raise ValidationError({field: f"Variation “{key}” does not match: {exc.messages[0]}"}) from exc
+
+
+def governed_served_variations(flag: Flag) -> set[str]:
+    """The variations people can get in the flag's governed environments: the fallback (served
+    whenever the flag is off) and, where it is on, every target, rule and default. Changing
+    the value of one of these, or the fallback, reaches production at once."""
+    served: set[str] = set()
+    for targeting in flag.targetings.filter(environment__is_governed=True):
+        served.add(flag.fallback_variation.key)
+        if targeting.enabled:
+            served |= served_variations(targeting.default_serve)
+            for rule in targeting.rules:
+                served |= served_variations(rule.get("serve"))
+            served |= {t["variation"] for t in targeting.targets}
+    return served
 
 
 def variation_usages(variation: Variation) -> list[str]:

@@ -124,10 +124,11 @@ def test_flag_owner_walk__filters_reads_and_edits_variation_inline__saved_withou
         pretty = json.dumps(variation(PROFILE_FLAG, key).value, indent=2)
         assert value.inner_text().strip() == pretty
 
-    # And production is governed: a notice, and neither toggle nor targeting editor
+    # And production is governed: a notice, a proposal instead of the toggle and the editor
     production = page.get_by_test_id("targeting-production")
     expect(production).to_contain_text("governed")
-    expect(production.locator(".notice")).to_contain_text("Governed environment: read-only in the console")
+    expect(production.locator(".notice")).to_contain_text("changes that raise risk wait for approval")
+    expect(production.get_by_role("link", name="Propose a change")).to_be_visible()
     expect(production.get_by_role("button", name=re.compile(r"Turn (on|off)"))).to_have_count(0)
     expect(production.get_by_role("link", name="Edit targeting")).to_have_count(0)
     # (staging, not governed, does offer them: the absence above is not an empty page)

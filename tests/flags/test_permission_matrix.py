@@ -14,6 +14,8 @@ from flags import services
 from flags.constants import Role
 from flags.demo import seed_demo
 from flags.models import Environment, Flag, Membership, Project, SdkKey
+from rollouts.services import incident_start
+from rollouts.services import targeting_change_submit as submit_change
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 
 ROLES = [Role.VIEWER, Role.EDITOR, Role.APPROVER, Role.OPERATOR, Role.AUDITOR, Role.ADMIN]
@@ -21,10 +23,17 @@ ANY_MEMBER = frozenset(ROLES)
 EDITORS = frozenset({Role.EDITOR})
 ADMINS = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.AUDITOR})
+APPROVERS = frozenset({Role.APPROVER})
+OPERATORS = frozenset({Role.OPERATOR})
+PARTICIPANTS = frozenset({Role.EDITOR, Role.APPROVER, Role.OPERATOR})
 
 
 def _flag_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {"project_key": p["project"].key, "flag_key": p["flag"].key}
+
+
+def _change_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    return {"project_key": p["project"].key, "pk": p["change_request"].pk}
 
 
 # url name -> (method, who may, kwargs builder, POST data builder). "who may" is the set of
@@ -65,16 +74,53 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "audit_explorer": ("GET", AUDITORS, lambda p: {}, lambda p: {}),
     "audit_export": ("GET", AUDITORS, lambda p: {"fmt": "csv"}, lambda p: {}),
     "audit_event_detail": ("GET", ANY_MEMBER, lambda p: {"event_id": p["flag_event"].pk}, lambda p: {}),
+    # rollouts: change control (the change request was opened by the editor)
+    "rollouts:inbox": ("GET", None, lambda p: {}, lambda p: {}),
+    "rollouts:targeting_propose": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
+                                   lambda p: {"assignment_unit": "accountId", "default_variation": "none",
+                                              "version": "1", "reason": "matrix"}),
+    "rollouts:targeting_preview": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
+                                   lambda p: {"assignment_unit": "accountId", "default_variation": "none",
+                                              "version": "1"}),
+    "rollouts:killswitch": ("GET", OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"},
+                            lambda p: {}),
+    "rollouts:flag_control": ("GET", ANY_MEMBER, _flag_kwargs, lambda p: {}),
+    "rollouts:contract_change": ("POST", EDITORS, _flag_kwargs,
+                                 lambda p: {"name": "renamed", "behavior_surface": "agent_tools", "lifetime": "release",
+                                            "fallback_variation": "none", "version": "1"}),
+    "rollouts:variation_change": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "variation_key": "write"},
+                                  lambda p: {"value": "write", "risk_rank": "4", "name": "Write"}),
+    "rollouts:change_request": ("GET", ANY_MEMBER, _change_kwargs, lambda p: {}),
+    "rollouts:change_request_approve": ("POST", APPROVERS, _change_kwargs, lambda p: {}),
+    "rollouts:change_request_reject": ("POST", APPROVERS, _change_kwargs, lambda p: {"comment": "no"}),
+    "rollouts:change_request_comment": ("POST", PARTICIPANTS, _change_kwargs, lambda p: {"body": "hello"}),
+    "rollouts:change_request_apply": ("POST", EDITORS, _change_kwargs, lambda p: {}),
+    "rollouts:change_request_schedule": ("POST", EDITORS, _change_kwargs,
+                                         lambda p: {"scheduled_for": "2999-01-01T10:00"}),
+    "rollouts:change_request_cancel": ("POST", EDITORS, _change_kwargs, lambda p: {}),
+    "rollouts:incidents": ("POST", OPERATORS, lambda p: {"project_key": p["project"].key},
+                           lambda p: {"environment": "production", "reason": "matrix"}),
+    "rollouts:incident_lift": ("POST", OPERATORS, lambda p: {"project_key": p["project"].key,
+                                                             "pk": p["incident"].pk}, lambda p: {"reason": "over"}),
+    "rollouts:follow_up_acknowledge": ("POST", PARTICIPANTS, lambda p: {"project_key": p["project"].key,
+                                                                        "pk": p["follow_up"].pk},
+                                       lambda p: {"note": "seen"}),
+    "rollouts:approval_policies": ("POST", ADMINS, lambda p: {"project_key": p["project"].key},
+                                   lambda p: {"environment": "production", "production-approvals_for_escalation": "2",
+                                              "production-approvals_otherwise": "1",
+                                              "production-expire_after_days": "5"}),
 }
 # Endpoints that are not project-scoped: "another project" cannot apply.
-GLOBAL = {"project_list", "audit_explorer", "audit_export"}
+GLOBAL = {"project_list", "audit_explorer", "audit_export", "rollouts:inbox"}
 
 
 def _console_url_names() -> set[str]:
+    """flags' names bare, rollouts' with their namespace."""
     names: set[str] = set()
     for entry in get_resolver().url_patterns:
-        if isinstance(entry, URLResolver) and entry.namespace == "flags":
-            names |= {p.name for p in entry.url_patterns if isinstance(p, URLPattern)}
+        if isinstance(entry, URLResolver) and entry.namespace in ("flags", "rollouts"):
+            prefix = "" if entry.namespace == "flags" else f"{entry.namespace}:"
+            names |= {prefix + p.name for p in entry.url_patterns if isinstance(p, URLPattern)}
     return names
 
 
@@ -83,6 +129,17 @@ def test_rules__cover_every_console_endpoint() -> None:
     assert names, "no console URLs found"
     assert names - set(RULES) == set(), "declare who may use these new endpoints in RULES"
     assert set(RULES) - names == set()
+
+
+def _change_control(project: Project, flag: Flag, editor: Any, operator: Any) -> dict[str, Any]:
+    """A change request by the editor (turning the flag on in production), and an incident in
+    development with its follow-up, opened by the operator."""
+    production = flag.targetings.get(environment__key="production")
+    change_request = submit_change(targeting=production, changes={"enabled": True}, reason="on", actor=editor)
+    development = flag.targetings.get(environment__key="development")
+    services.targeting_update(targeting=development, actor=TEST_ACTOR, enabled=True)
+    incident = incident_start(environment=development.environment, surfaces=[], reason="matrix", actor=operator)
+    return {"change_request": change_request, "incident": incident, "follow_up": incident.follow_ups.get()}
 
 
 def _world(make_user: Callable[..., Any]) -> dict[str, Any]:
@@ -102,14 +159,20 @@ def _world(make_user: Callable[..., Any]) -> dict[str, Any]:
                                            actor=TEST_ACTOR)
     theirs_viewer = make_user("their_viewer")
     services.membership_grant(project=theirs, user=theirs_viewer, role=Role.VIEWER, actor=TEST_ACTOR)
+    their_people = {role: make_user(f"their_{role}") for role in (Role.EDITOR, Role.OPERATOR)}
+    for role, person in their_people.items():
+        services.membership_grant(project=theirs, user=person, role=role, actor=TEST_ACTOR)
+    mine_control = _change_control(mine, flag, users[Role.EDITOR], users[Role.OPERATOR])
+    theirs_control = _change_control(theirs, their_flag, their_people[Role.EDITOR], their_people[Role.OPERATOR])
     return {
         "users": users, "outsider": make_user("outsider"),
         "mine": {"project": mine, "flag": flag, "sdk_key": sdk_key, "newcomer": make_user("newcomer"),
                  "viewer": users[Role.VIEWER],
-                 "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=flag.pk)},
+                 "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=flag.pk), **mine_control},
         "theirs": {"project": theirs, "flag": their_flag, "sdk_key": their_key, "newcomer": users[Role.VIEWER],
                    "viewer": theirs_viewer,
-                   "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=their_flag.pk)},
+                   "flag_event": AuditEvent.objects.get(action="flag.created", flag_id=their_flag.pk),
+                   **theirs_control},
     }
 
 
@@ -117,7 +180,7 @@ def _call(client: Any, name: str, objects: dict[str, Any], htmx: bool = False) -
     from django.urls import reverse
 
     method, _, kwargs, data = RULES[name]
-    url = reverse(f"flags:{name}", kwargs=kwargs(objects))
+    url = reverse(name if ":" in name else f"flags:{name}", kwargs=kwargs(objects))
     headers = {"HX-Request": "true"} if htmx else {}
     return client.post(url, data(objects), headers=headers) if method == "POST" else client.get(url, headers=headers)
 

@@ -478,17 +478,19 @@ def _card(content: str, environment: str) -> str:
 
 
 @pytest.mark.django_db
-def test_flag_detail__production_card__says_governed_read_only_and_has_no_toggle(
+def test_flag_detail__production_card__says_governed_and_offers_a_proposal_not_a_toggle(
     client: Any, login: Callable[[str], Any]
 ) -> None:
     # Given an editor viewing a flag that serves in production
     login("owner")
     # When the flag page is opened
     content = client.get(_url("flag_detail", flag_key=TOOL_MODE)).content.decode()
-    # Then the production card says governed and read-only and offers neither toggle nor edit
+    # Then the production card says governed, offers a proposal (a change request when risky),
+    # and neither the direct toggle nor the direct editor
     production = _card(content, "production")
     assert "governed" in production
-    assert "read-only in the console" in production
+    assert "changes that raise risk wait for approval" in production
+    assert f"/p/{PROJECT}/flags/{TOOL_MODE}/propose/production/" in production
     assert "Turn off" not in production and "Turn on" not in production
     assert _url("targeting_toggle", flag_key=TOOL_MODE, environment_key="production") not in content
     assert _url("targeting_edit", flag_key=TOOL_MODE, environment_key="production") not in content
@@ -802,13 +804,14 @@ def test_variation_edit__htmx_post_valid__returns_row_partial_with_new_value_and
 def test_variation_edit__htmx_post_invalid__answers_422_with_error_and_saves_nothing(
     client: Any, login: Callable[[str], Any], value: str, error: str
 ) -> None:
-    # Given an editor and a variation of the schema-checked JSON flag
+    # Given an editor and a variation of the schema-checked JSON flag that production does not
+    # serve (a served one's value goes through a change request: tests/rollouts)
     login("owner")
     before = _catalog_state()
     # When the inline form is posted with a bad value
     response = client.post(
-        _url("variation_edit", flag_key=PROFILE, variation_key="citation_first_v4"),
-        {"name": "Citation first v4", "value": value, "description": "", "risk_rank": "1"},
+        _url("variation_edit", flag_key=PROFILE, variation_key="fallback_human_review"),
+        {"name": "Fallback: human review", "value": value, "description": "", "risk_rank": "0"},
         headers=HTMX,
     )
     # Then the inline form comes back as 422 with the error beside the value, and nothing changed
@@ -1065,9 +1068,9 @@ def test_targeting_edit__governed_production__answers_403_read_only_and_changes_
         response = client.get(url)
     else:
         response = client.post(url, _targeting_data(targeting, enabled=False, rules=[]))
-    # Then it is refused as governed and read-only
+    # Then it is refused as governed: changes there are proposed instead
     assert response.status_code == 403
-    assert "Production is a governed environment: it is read-only in the console" in response.content.decode()
+    assert "Production is a governed environment: propose the change instead" in response.content.decode()
     assert _catalog_state() == before
 
 
@@ -1083,10 +1086,10 @@ def test_targeting_toggle__governed_production_via_htmx__answers_403_into_messag
     # When the editor tries to turn it off through htmx
     response = client.post(_url("targeting_toggle", flag_key=TOOL_MODE, environment_key="production"),
                            {"version": str(targeting.version)}, headers=HTMX)
-    # Then it is refused with the read-only message, swapped into the message area
+    # Then it is refused with the governed message, swapped into the message area
     assert response.status_code == 403
     assert response["HX-Retarget"] == "#messages"
-    assert "read-only in the console" in response.content.decode()
+    assert "propose the change instead" in response.content.decode()
     assert "<html" not in response.content.decode()
     targeting.refresh_from_db()
     assert targeting.enabled is True

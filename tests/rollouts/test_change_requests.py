@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
@@ -23,35 +22,10 @@ from flags.snapshot_builder import build_environment_snapshot
 from rollouts import services
 from rollouts.models import ChangeRequest
 from tests.factories import TEST_ACTOR
+from tests.rollouts.support import BETA_WRITE, TOOL_MODE, escalate, production, user
 
 pytestmark = pytest.mark.django_db
-TOOL_MODE = "support_agent_tool_mode"
-BETA_WRITE = {"id": "beta", "description": "beta_accounts", "clauses": [{"op": "in_segment", "values": ["beta_accounts"]}],
-              "serve": {"variation": "write"}}
 
-
-def user(name: str) -> Any:
-    return get_user_model().objects.get(username=name)
-
-
-def production(flag_key: str = TOOL_MODE) -> Targeting:
-    return Targeting.objects.select_related("flag", "environment").get(flag__key=flag_key,
-                                                                       environment__key="production")
-
-
-@pytest.fixture
-def demo() -> Any:
-    project, _ = seed_demo()
-    # a second approver, so two distinct people can approve
-    second = get_user_model().objects.create_user("pm2", password="x", first_name="Pat")
-    flag_services.membership_grant(project=project, user=second, role=Role.APPROVER, actor=TEST_ACTOR)
-    return project
-
-
-def escalate(requester: str = "owner") -> ChangeRequest:
-    targeting = production()
-    return services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
-                                            reason="Let beta accounts write tickets", actor=user(requester))
 
 
 def test_submit__tool_mode_escalation_in_production__change_request_needing_two(demo) -> None:
@@ -103,7 +77,7 @@ def test_two_approvals_then_apply__served_by_the_engine(demo) -> None:
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "pending"
     with pytest.raises(ValidationError, match="already decided"):
         services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("pm2"))
+    services.change_request_approve(change_request=change_request, actor=user("lead"))
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "approved"
     applied = services.change_request_apply(change_request=change_request, actor=user("owner"))
     assert applied.status == "applied"
@@ -117,7 +91,7 @@ def test_two_approvals_then_apply__served_by_the_engine(demo) -> None:
 def test_edit__discards_earlier_approvals(demo) -> None:
     change_request = escalate()
     services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("pm2"))
+    services.change_request_approve(change_request=change_request, actor=user("lead"))
     edited = services.change_request_edit(
         change_request=change_request, actor=user("owner"), reason="only beta ones",
         changes={"rules": [*production().rules, {**BETA_WRITE, "clauses": [{"attribute": "plan", "op": "in",
@@ -130,7 +104,7 @@ def test_edit__discards_earlier_approvals(demo) -> None:
 def test_apply__base_version_moved__conflicted_and_nothing_applied(demo) -> None:
     change_request = escalate()
     services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("pm2"))
+    services.change_request_approve(change_request=change_request, actor=user("lead"))
     # meanwhile a de-escalation lands
     services.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="incident",
                                      actor=user("owner"))
@@ -143,8 +117,8 @@ def test_apply__base_version_moved__conflicted_and_nothing_applied(demo) -> None
 def test_apply__approver_lost_the_role__refused(demo) -> None:
     change_request = escalate()
     services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("pm2"))
-    flag_services.membership_revoke(project=demo, user=user("pm2"), role=Role.APPROVER, actor=TEST_ACTOR)
+    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    flag_services.membership_revoke(project=demo, user=user("lead"), role=Role.APPROVER, actor=TEST_ACTOR)
     with pytest.raises(ValidationError, match="1 of 2 approvals"):
         services.change_request_apply(change_request=change_request, actor=user("owner"))
 
@@ -154,13 +128,13 @@ def test_reject__closes_the_request(demo) -> None:
     services.change_request_reject(change_request=change_request, actor=user("pm"), comment="too risky")
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "rejected"
     with pytest.raises(ValidationError):
-        services.change_request_approve(change_request=change_request, actor=user("pm2"))
+        services.change_request_approve(change_request=change_request, actor=user("lead"))
 
 
 def test_schedule__sweep_applies_once(demo) -> None:
     change_request = escalate()
     services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("pm2"))
+    services.change_request_approve(change_request=change_request, actor=user("lead"))
     services.change_request_schedule(change_request=change_request, actor=user("owner"),
                                      when=timezone.now() + datetime.timedelta(minutes=5))
     assert services.apply_due_change_requests() == 0
@@ -194,9 +168,6 @@ def test_killswitch__operator_with_reason__off_at_once_and_audited(demo) -> None
 @pytest.mark.django_db(transaction=True)
 def test_races__double_apply_and_concurrent_approvals__one_outcome_each() -> None:
     seed_demo()
-    project = Environment.objects.get(key="production").project
-    second = get_user_model().objects.create_user("pm2", password="x")
-    flag_services.membership_grant(project=project, user=second, role=Role.APPROVER, actor=TEST_ACTOR)
     change_request = escalate()
 
     def in_threads(*calls: Any) -> list[str]:
@@ -222,7 +193,7 @@ def test_races__double_apply_and_concurrent_approvals__one_outcome_each() -> Non
 
     # Two approvers at once: both count, the request ends approved exactly once
     assert in_threads(lambda: services.change_request_approve(change_request=change_request, actor=user("pm")),
-                      lambda: services.change_request_approve(change_request=change_request, actor=user("pm2"))) == ["ok", "ok"]
+                      lambda: services.change_request_approve(change_request=change_request, actor=user("lead"))) == ["ok", "ok"]
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "approved"
     # Apply twice at once: one applies, the other is refused
     assert in_threads(lambda: services.change_request_apply(change_request=change_request, actor=user("owner")),

@@ -1,0 +1,101 @@
+"""Contract and variation edits of a flag served in a governed environment. The parts that
+reach production at once (a served variation's value, the fallback, the JSON Schema) are
+submitted as one change request; the rest saves at once. Flags served nowhere governed keep
+the plain editors in flags.views."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
+
+from flags import services as flag_services
+from flags.forms import add_service_errors
+from flags.models import Flag, Variation
+from flags.permissions import can_edit_catalog
+from flags.views import denied, project_for, variation_saved_response
+from rollouts import services
+from rollouts.forms import GovernedFlagEditForm, GovernedVariationForm
+
+
+def _flag_for(project_key: str, flag_key: str, request: HttpRequest) -> Flag:
+    project = project_for(request, project_key)
+    flag = Flag.objects.filter(project=project, key=flag_key).select_related("project", "fallback_variation").first()
+    if flag is None:
+        raise Http404("No such flag.")
+    return flag
+
+
+def _after_request(request: HttpRequest, flag: Flag, change_request: object | None, saved_what: str) -> str:
+    """Say what happened; answer where to go next."""
+    if change_request is None:
+        messages.success(request, f"{saved_what} saved.")
+        return reverse("flags:flag_detail", kwargs={"project_key": flag.project.key, "flag_key": flag.key})
+    messages.success(request, f"{saved_what}: the parts that reach a governed environment wait for approval in "
+                              f"CR-{change_request.pk}; anything else was saved.")
+    return reverse("rollouts:change_request", kwargs={"project_key": flag.project.key, "pk": change_request.pk})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def variation_change(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
+    flag = _flag_for(project_key, flag_key, request)
+    project = flag.project
+    variation = Variation.objects.filter(flag=flag, key=variation_key).select_related("flag").first()
+    if variation is None:
+        raise Http404("No such variation.")
+    if not can_edit_catalog(request.user, project, flag):
+        return denied(request, "You may not edit this flag's variations.")
+    form = GovernedVariationForm(request.POST or None, flag=flag, variation=variation,
+                                 initial=GovernedVariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
+    if request.method == "POST" and form.is_valid():
+        changes = dict(form.cleaned_data)
+        reason = changes.pop("reason")
+        try:
+            saved, change_request = services.variation_change_submit(variation=variation, actor=request.user,
+                                                                     reason=reason, **changes)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            url = _after_request(request, flag, change_request, f"Variation “{variation.key}”")
+            if change_request is None:  # nothing held: the row, saved, in place
+                return variation_saved_response(request, project, flag, saved)
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    template = "flags/flag_detail.html#variation-edit-row" if request.htmx else "flags/variation_form.html"
+    save_url = reverse("rollouts:variation_change", kwargs={"project_key": project.key, "flag_key": flag.key,
+                                                            "variation_key": variation.key})
+    return render(request, template, {"project": project, "flag": flag, "variation": variation, "form": form,
+                                      "save_url": save_url}, status=422 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def contract_change(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    flag = _flag_for(project_key, flag_key, request)
+    project = flag.project
+    if not can_edit_catalog(request.user, project, flag):
+        return denied(request, "You may not edit this flag's contract.")
+    form = GovernedFlagEditForm(request.POST or None, flag=flag, initial=GovernedFlagEditForm.initial_for(flag))
+    if request.method == "POST" and form.is_valid():
+        try:
+            _, change_request = services.contract_change_submit(
+                flag=flag, actor=request.user, reason=form.cleaned_data["reason"],
+                expected_version=form.cleaned_data["version"],
+                fallback_variation_key=form.cleaned_data["fallback_variation"], tags=form.cleaned_data["tags"],
+                **form.contract())
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            return redirect(_after_request(request, flag, change_request, f"Contract of “{flag.key}”"))
+    served = sorted(flag_services.governed_served_variations(flag))
+    notice = (f"{flag.key} serves in a governed environment ({', '.join(served)} reachable there): a new fallback "
+              "or JSON Schema waits for approval, with your reason. The rest of the contract saves at once.")
+    return render(request, "flags/flag_form.html", {
+        "project": project, "flag": flag, "form": form, "governed_notice": notice,
+        "save_url": reverse("rollouts:contract_change", kwargs={"project_key": project.key, "flag_key": flag.key}),
+    }, status=422 if form.errors else 200)

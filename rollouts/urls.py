@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from rollouts import flag_change_views, views
+
+app_name = "rollouts"
+
+_flag = "p/<slug:project_key>/flags/<slug:flag_key>/"
+_change = "p/<slug:project_key>/changes/<int:pk>/"
+
+urlpatterns = [
+    path("changes/", views.inbox, name="inbox"),
+    path(_flag + "propose/<slug:environment_key>/", views.targeting_propose, name="targeting_propose"),
+    path(_flag + "propose/<slug:environment_key>/preview/", views.targeting_preview, name="targeting_preview"),
+    path(_flag + "killswitch/<slug:environment_key>/", views.killswitch, name="killswitch"),
+    path(_flag + "change-control/", views.flag_control, name="flag_control"),
+    path(_flag + "change-contract/", flag_change_views.contract_change, name="contract_change"),
+    path(_flag + "variations/<slug:variation_key>/change/", flag_change_views.variation_change,
+         name="variation_change"),
+    path(_change, views.change_request_detail, name="change_request"),
+    path(_change + "approve/", views.change_request_approve, name="change_request_approve"),
+    path(_change + "reject/", views.change_request_reject, name="change_request_reject"),
+    path(_change + "comment/", views.change_request_comment, name="change_request_comment"),
+    path(_change + "apply/", views.change_request_apply, name="change_request_apply"),
+    path(_change + "schedule/", views.change_request_schedule, name="change_request_schedule"),
+    path(_change + "cancel/", views.change_request_cancel, name="change_request_cancel"),
+    path("p/<slug:project_key>/incidents/", views.incidents, name="incidents"),
+    path("p/<slug:project_key>/incidents/<int:pk>/lift/", views.incident_lift, name="incident_lift"),
+    path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", views.follow_up_acknowledge,
+         name="follow_up_acknowledge"),
+    path("p/<slug:project_key>/approval-policy/", views.approval_policies, name="approval_policies"),
+]
