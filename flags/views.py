@@ -311,14 +311,18 @@ def variation_delete(request: HttpRequest, project_key: str, flag_key: str, vari
 def _targeting_view(request: HttpRequest, flag: Flag, targeting: Targeting) -> dict[str, Any]:
     project = flag.project
     governed = targeting.environment.is_governed
+    can_propose = (can_edit_catalog(request.user, project, flag)
+                   or has_project_permission(request.user, project, "propose_change"))
+    can_flip = has_project_permission(request.user, project, "flip_killswitch")
     return {
         "targeting": targeting,
         "environment": targeting.environment,
         "can_edit": can_edit_targeting(request.user, targeting.environment, flag),
         # Governed environments take proposals (change requests); operators flip kill switches anywhere.
-        "can_propose": governed and (can_edit_catalog(request.user, project, flag)
-                                     or has_project_permission(request.user, project, "propose_change")),
-        "can_flip": has_project_permission(request.user, project, "flip_killswitch"),
+        "can_propose": governed and can_propose,
+        "can_flip": can_flip,
+        # operators reduce exposure (a split back to the baseline) on the same page, at once
+        "can_roll_back": governed and can_flip and not can_propose,
     }
 
 

@@ -177,6 +177,7 @@ class FollowUp(models.Model):
     class Kind(models.TextChoices):
         KILLSWITCH = "killswitch", "Kill switch"
         INCIDENT = "incident", "Incident mode"
+        ROLLBACK = "rollback", "Roll-back by an operator"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="follow_ups")
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="follow_ups")

@@ -24,7 +24,7 @@ from audit.services import Actor, SystemActor, record
 from flags import services as flag_services
 from flags.constants import BehaviorSurface
 from flags.models import Environment, Flag, Project, Targeting
-from flags.permissions import has_project_permission, holders_of
+from flags.permissions import can_edit_catalog, has_project_permission, holders_of
 from flags.snapshots import targeting_state
 from notifications.services import notify
 from rollouts.diff import DiffLine, describe_flag_change, describe_targeting_change
@@ -116,11 +116,35 @@ def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], re
         return flag_services.targeting_update(targeting=targeting, actor=actor, reason=reason,
                                               expected_version=expected_version, **changes)
     classification = classify(targeting, proposed)
+    operator_only = isinstance(actor, AbstractBaseUser) and not may_propose(actor, targeting.flag)
     if not classification.raises_risk:
-        return flag_services.targeting_update(targeting=targeting, actor=actor, reason=_require_reason(reason),
-                                              expected_version=expected_version, **changes)
+        updated = flag_services.targeting_update(targeting=targeting, actor=actor, reason=_require_reason(reason),
+                                                 expected_version=expected_version, **changes)
+        if operator_only and updated.version != targeting.version:
+            _operator_rollback_follow_up(targeting, reason, actor)
+        return updated
+    if operator_only:
+        raise ValidationError("Operators move traffic towards the fallback only; this change raises risk "
+                              f"({classification.reasons[0].text}). The flag's owner or an editor can propose it.")
     return _change_request_open(targeting=targeting, proposed=proposed, classification=classification,
                                 reason=_require_reason(reason), actor=actor)
+
+
+def may_propose(user: AbstractBaseUser, flag: Flag) -> bool:
+    """Flag owners and editors propose any change; operators only move traffic to the fallback."""
+    return (has_project_permission(user, flag.project, "propose_change")
+            or can_edit_catalog(user, flag.project, flag))
+
+
+def _operator_rollback_follow_up(targeting: Targeting, reason: str, actor: AbstractBaseUser) -> None:
+    """An operator's roll-back (a split back to the baseline, a rule removed) applies at once;
+    like the kill switch it tells the owner and approvers and leaves a follow-up."""
+    flag, environment = targeting.flag, targeting.environment
+    title = f"Rolled back: {flag.key} moved towards its fallback in {environment.name}"
+    _open_follow_up(project=environment.project, environment=environment, kind=FollowUp.Kind.ROLLBACK, title=title,
+                    reason=reason.strip(), actor=actor, flag=flag)
+    notify(recipients=[u for u in _owners_and_approvers(environment.project, [flag]) if u.pk != actor.pk],
+           kind="rollback.applied", title=title, body=f"{actor.get_username()}: {reason.strip()}", url=_flag_url(flag))
 
 
 def _change_request_open(*, targeting: Targeting, proposed: dict[str, Any], classification: Classification,

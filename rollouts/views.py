@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from flags.forms import add_service_errors
 from flags.models import Flag, Project, Targeting
-from flags.permissions import can_edit_catalog, has_project_permission
+from flags.permissions import has_project_permission
 from flags.views import denied, project_for, targeting_card_context
 from rollouts import selectors, services
 from rollouts.forms import (
@@ -61,8 +61,9 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
 
 
 def can_propose(user: Any, project: Project, flag: Flag) -> bool:
-    """Flag owners and editors propose changes to governed environments."""
-    return has_project_permission(user, project, "propose_change") or can_edit_catalog(user, project, flag)
+    """Flag owners and editors propose any change to a governed environment; operators use the
+    same page to move traffic towards the fallback (the service refuses them anything riskier)."""
+    return services.may_propose(user, flag) or has_project_permission(user, project, "flip_killswitch")
 
 
 def _flag_url(project: Project, flag: Flag, anchor: str = "") -> str:
@@ -86,7 +87,7 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if not can_propose(request.user, project, flag):
-        return denied(request, "Proposing changes needs the flag owner or editor role in this project.")
+        return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
     form = _propose_form(request, targeting)
     if request.method == "POST" and form.is_valid():
         try:
@@ -106,6 +107,7 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
         "project": project, "flag": flag, "targeting": targeting, "form": form,
         "segments": list(project.segments.values_list("key", flat=True)),
         "policy": services.policy_for(targeting.environment),
+        "operator_only": not services.may_propose(request.user, flag),
     }, status=422 if form.errors else 200)
 
 
@@ -117,7 +119,7 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if not can_propose(request.user, project, flag):
-        return denied(request, "Proposing changes needs the flag owner or editor role in this project.")
+        return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
     form = _propose_form(request, targeting)
     form.fields["reason"].required = False  # the preview does not need the reason yet
     preview, problems = None, []

@@ -76,10 +76,10 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "audit_event_detail": ("GET", ANY_MEMBER, lambda p: {"event_id": p["flag_event"].pk}, lambda p: {}),
     # rollouts: change control (the change request was opened by the editor)
     "rollouts:inbox": ("GET", None, lambda p: {}, lambda p: {}),
-    "rollouts:targeting_propose": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
+    "rollouts:targeting_propose": ("POST", EDITORS | OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
                                    lambda p: {"assignment_unit": "accountId", "default_variation": "none",
                                               "version": "1", "reason": "matrix"}),
-    "rollouts:targeting_preview": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
+    "rollouts:targeting_preview": ("POST", EDITORS | OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
                                    lambda p: {"assignment_unit": "accountId", "default_variation": "none",
                                               "version": "1"}),
     "rollouts:killswitch": ("GET", OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"},

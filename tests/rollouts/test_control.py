@@ -174,3 +174,26 @@ def test_submit__stale_expected_version__refused(demo) -> None:
     with pytest.raises(ValidationError, match="changed since"):
         services.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="x",
                                          expected_version=targeting.version - 1, actor=user("owner"))
+
+
+def test_operator_roll_back__split_to_baseline_applies_at_once_with_follow_up(demo) -> None:
+    targeting = production(PROFILE)
+    rules = [dict(rule) for rule in targeting.rules]
+    rules[1]["serve"] = {"variation": "baseline_v3"}  # the 5 % split back to the baseline
+    result = services.targeting_change_submit(targeting=targeting, changes={"rules": rules},
+                                              reason="candidate cites stale docs", actor=user("operator"))
+    assert isinstance(result, Targeting) and production(PROFILE).rules[1]["serve"] == {"variation": "baseline_v3"}
+    follow_up = FollowUp.objects.get()
+    assert follow_up.kind == "rollback" and follow_up.opened_by == user("operator")
+    assert inbox("owner") == ["Rolled back: support_assistant_profile moved towards its fallback in Production"]
+
+
+def test_operator__cannot_raise_risk_editor_de_escalation_leaves_no_follow_up(demo) -> None:
+    targeting = production()
+    with pytest.raises(ValidationError, match="Operators move traffic towards the fallback only"):
+        services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
+                                         reason="x", actor=user("operator"))
+    assert not ChangeRequest.objects.exists()
+    services.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="internal trial over",
+                                     actor=user("owner"))
+    assert not FollowUp.objects.exists()

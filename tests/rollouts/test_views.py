@@ -38,7 +38,7 @@ def test_flag_page__governed_card_offers_proposal_to_owner_and_kill_switch_to_op
     page = as_user(client, "owner").get(FLAG).content.decode()
     assert f"{FLAG}propose/production/" in page and "Kill switch…" not in page
     page = as_user(client, "operator").get(FLAG).content.decode()
-    assert f"{FLAG}killswitch/production/" in page and "propose/production" not in page
+    assert f"{FLAG}killswitch/production/" in page and "Propose a change" not in page and "Roll back…" in page
     page = as_user(client, "auditor").get(FLAG).content.decode()
     assert "propose/production" not in page and "killswitch/" not in page
 
@@ -300,3 +300,20 @@ def test_follow_up__its_opener_sees_no_acknowledge_form(client, demo) -> None:
     assert "Opened by you: someone else reviews it." in panel and "Acknowledge</button>" not in panel
     assert "Acknowledge</button>" in as_user(client, "lead").get(f"{PROFILE}change-control/").content.decode()
     assert "Acknowledge</button>" not in as_user(client, "auditor").get(f"{PROFILE}change-control/").content.decode()
+
+
+def test_operator__rolls_back_from_the_proposal_page(client, demo) -> None:
+    page = as_user(client, "operator").get(PROFILE).content.decode()
+    assert "Roll back…" in page and f"{PROFILE}propose/production/" in page
+    form = client.get(f"{PROFILE}propose/production/").content.decode()
+    assert "As an operator you can move traffic towards the fallback" in form
+    targeting = production("support_assistant_profile")
+    rules = [dict(rule) for rule in targeting.rules]
+    rules[1]["serve"] = {"variation": "baseline_v3"}
+    data = {"enabled": "on", "assignment_unit": "accountId", "default_variation": "baseline_v3",
+            "rules": json.dumps(rules), "version": str(targeting.version), "reason": "stale citations"}
+    assert client.post(f"{PROFILE}propose/production/", data).status_code == 302
+    assert production("support_assistant_profile").rules[1]["serve"] == {"variation": "baseline_v3"}
+    escalation = propose_data(reason="more tools")
+    response = client.post(f"{FLAG}propose/production/", escalation)
+    assert response.status_code == 422 and "Operators move traffic towards the fallback only" in response.content.decode()
