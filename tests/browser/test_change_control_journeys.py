@@ -226,7 +226,7 @@ def propose_beta_write(page: Page, reason: str, *, screenshot: str | None = None
     production_card(page).get_by_role("link", name="Propose a change").click()
     expect(page.get_by_role("heading", name=f"Propose a change to {TOOL_FLAG} in Production", level=1)).to_be_visible()
     verdict = page.get_by_test_id("preview-verdict")
-    expect(verdict).to_have_text("No change yet: edit the fields below.")  # the preview loaded with the page
+    expect(verdict).to_have_text("No change yet: edit the targeting.")  # the preview loaded with the page
 
     # The user appends the rule to the list already in the textarea
     rules = page.get_by_label("Rules (JSON)")
