@@ -13,6 +13,7 @@ class ActorKind(models.TextChoices):
 
 class AuditAction(models.TextChoices):
     PROJECT_CREATED = "project.created", "Project created"
+    PROJECT_UPDATED = "project.updated", "Project settings changed"
     ENVIRONMENT_CREATED = "environment.created", "Environment created"
     LOGIN_SUCCEEDED = "auth.login", "Signed in"
     LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
@@ -25,6 +26,10 @@ class AuditAction(models.TextChoices):
     FLAG_CREATED = "flag.created", "Flag created"
     FLAG_UPDATED = "flag.updated", "Flag updated"
     FLAG_STAGE_CHANGED = "flag.stage_changed", "Flag lifecycle stage changed"
+    CONTRACTS_IMPORTED = "contracts.imported", "Flag contracts imported"
+    FLAG_ARCHIVED = "flag.archived", "Flag archived"
+    FLAG_RESTORED = "flag.restored", "Flag restored from the archive"
+    FLAG_RETIRED = "flag.retired", "Archived flag no longer served"
     VARIATION_CREATED = "variation.created", "Variation created"
     VARIATION_UPDATED = "variation.updated", "Variation updated"
     VARIATION_DELETED = "variation.deleted", "Variation deleted"
@@ -48,3 +53,6 @@ class AuditAction(models.TextChoices):
     FOLLOW_UP_ACKNOWLEDGED = "follow_up.acknowledged", "Follow-up acknowledged"
     SDK_KEY_CREATED = "sdk_key.created", "SDK key created"
     SDK_KEY_REVOKED = "sdk_key.revoked", "SDK key revoked"
+    WEBHOOK_CREATED = "webhook.created", "Webhook created"
+    WEBHOOK_UPDATED = "webhook.updated", "Webhook changed"
+    WEBHOOK_DELETED = "webhook.deleted", "Webhook deleted"

@@ -1,23 +1,37 @@
 """The one way into the audit trail: `record(...)`, called inside the transaction of the
 change it records, so a change never commits without its row and a rolled-back change
-leaves none."""
+leaves none.
+
+Extension point: `settings.AUDIT_COMMIT_OBSERVERS` lists dotted paths of callables that
+receive each new `AuditEvent` after its transaction commits (never for a rolled-back one).
+That is how webhooks fire on flag changes while `audit` imports no other app. Observers run
+outside any transaction, must not raise (a failure is logged and the next observer still
+runs), and cost `record()` no query: it only schedules them.
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
+from django.utils.module_loading import import_string
 
 from audit.chain import ADVISORY_LOCK_KEY, GENESIS, HASHED_FIELDS, canonical_json, row_hash
 from audit.constants import ActorKind, AuditAction
 from audit.context import current_context
 from audit.models import AuditEvent
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,27 @@ def record(
     event.prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS
     event.hash = row_hash({name: getattr(event, name) for name in HASHED_FIELDS}, event.prev_hash)
     event.save()
+    observers = getattr(settings, "AUDIT_COMMIT_OBSERVERS", ())
+    if observers:
+        _observe_after_commit(tuple(observers), event)
     return event
+
+
+def _observe_after_commit(paths: tuple[str, ...], event: AuditEvent) -> None:
+    transaction.on_commit(lambda: _run_observers(paths, event), robust=True)
+
+
+@functools.cache
+def _resolve_observer(path: str) -> Callable[[AuditEvent], object]:
+    return import_string(path)
+
+
+def _run_observers(paths: tuple[str, ...], event: AuditEvent) -> None:
+    for path in paths:
+        try:
+            _resolve_observer(path)(event)
+        except Exception:
+            logger.exception("Audit observer %s failed on audit event %s.", path, event.pk)
 
 
 def _lock_chain() -> None:

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "flags",
     "rollouts",
     "notifications",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -197,6 +198,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 CELERY_TASK_ACKS_LATE = True
+# The queue tasks go to when nothing routes them elsewhere (tests give a worker a queue of its own).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
@@ -220,11 +223,38 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.send_pending_notification_emails",
         "schedule": timedelta(seconds=60),
     },
+    "retry-due-webhooks": {
+        "task": "webhooks.tasks.retry_due_webhooks",
+        "schedule": timedelta(seconds=30),
+    },
+    "send-reminders": {
+        "task": "rollouts.tasks.send_reminders",
+        "schedule": timedelta(seconds=env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),
+    },
 }
+
+# Webhooks: each attempt's network timeout (seconds), and how many attempts before a delivery
+# fails (retries wait 30 s, 2 min, 8 min… in between).
+WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 5)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+# Dotted paths called after commit with each new audit row (audit.services.record): webhooks
+# hear of flag changes and change-request decisions this way, without audit importing anyone.
+AUDIT_COMMIT_OBSERVERS = ["flags.webhook_events.audit_event_committed"]
 
 # Lifecycle: a temporary flag that has served one variation to everyone in a governed
 # environment for this many days counts as released.
 FEATUREOPS_RELEASED_AFTER_DAYS = env_int("FEATUREOPS_RELEASED_AFTER_DAYS", 14)
+# ...and once released this many days more, it is due for cleanup (remove the branch).
+FEATUREOPS_CLEANUP_AFTER_RELEASED_DAYS = env_int("FEATUREOPS_CLEANUP_AFTER_RELEASED_DAYS", 30)
+# A flag not evaluated for this many days is stale (a cleanup hint).
+FEATUREOPS_STALE_AFTER_DAYS = env_int("FEATUREOPS_STALE_AFTER_DAYS", 30)
+# An archived flag is still served this long, then answers FLAG_NOT_FOUND.
+FEATUREOPS_ARCHIVE_GRACE_HOURS = env_int("FEATUREOPS_ARCHIVE_GRACE_HOURS", 24)
+# Reminders: overdue reviews go to the project admins too after this many days; change
+# requests waiting longer than this many hours remind the approvers; the sweep's period.
+FEATUREOPS_OVERDUE_ADMIN_DAYS = env_int("FEATUREOPS_OVERDUE_ADMIN_DAYS", 14)
+FEATUREOPS_CHANGE_REQUEST_REMINDER_HOURS = env_int("FEATUREOPS_CHANGE_REQUEST_REMINDER_HOURS", 24)
+FEATUREOPS_REMINDER_SWEEP_SECONDS = env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)
 
 # OFREP evaluation (flags/ofrep.py): how often each process polls environment versions,
 # the largest accepted body, and the origins browser clients may call from ("*" for any).

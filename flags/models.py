@@ -6,9 +6,12 @@ Models hold data and constraints only; every write goes through flags.services.
 
 from __future__ import annotations
 
+import datetime
 import secrets
+import zoneinfo
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -42,10 +45,19 @@ def _key_check(name: str) -> models.CheckConstraint:
     return models.CheckConstraint(condition=Q(key__regex=KEY_PATTERN), name=name)
 
 
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"“{value}” is not a time zone name such as Europe/Paris or UTC.") from exc
+
+
 class Project(models.Model):
     key = _key_field(unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone],
+                                 help_text="Review dates and reminder days are dates in this time zone.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -56,6 +68,14 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+    def today(self, now: datetime.datetime | None = None) -> datetime.date:
+        """Today in the project's time zone."""
+        return (now or timezone.now()).astimezone(self.tz).date()
 
 
 class Membership(models.Model):
@@ -147,6 +167,11 @@ class Flag(models.Model):
     first_audience = models.CharField(max_length=200, blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="flags")
     stage = models.CharField(max_length=16, choices=LifecycleStage.choices, default=LifecycleStage.DRAFT)
+    # Archived flags keep being served until `served_until` (a grace period), then answer
+    # FLAG_NOT_FOUND; `retired_at` records when the lifecycle job rebuilt snapshots without it.
+    archived_at = models.DateTimeField(null=True, blank=True)
+    served_until = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
     version = models.PositiveIntegerField(default=1)
     # Mixed into percentage bucketing so two flags never split the same units the same way.
     # Never changes: changing it would reshuffle every unit's bucket.
@@ -316,3 +341,53 @@ class FlagUserObjectPermission(UserObjectPermissionBase):
 
 class FlagGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Flag, on_delete=models.CASCADE)
+
+
+class EvaluationRecord(models.Model):
+    """When a flag was last evaluated in an environment. Written in batches by the evaluation
+    service (flags.snapshot_store), never once per evaluation."""
+
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="evaluation_records")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    last_evaluated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["flag", "environment"], name="one_evaluation_record")]
+
+    def __str__(self) -> str:
+        return f"{self.flag_id}@{self.environment_id}: {self.last_evaluated_at}"
+
+
+class Reminder(models.Model):
+    """One reminder about one subject, of one kind, for one period. The unique constraint is
+    what makes overlapping sweeps and retried tasks harmless: the run whose row lands owns
+    the delivery (`run`), every other run's insert is a no-op."""
+
+    class Kind(models.TextChoices):
+        REVIEW_IN_7_DAYS = "review_in_7_days", "Review date in 7 days"
+        REVIEW_IN_1_DAY = "review_in_1_day", "Review date tomorrow"
+        REVIEW_OVERDUE = "review_overdue", "Review overdue"
+        REVIEW_OVERDUE_ADMINS = "review_overdue_admins", "Review overdue by more than 14 days (admins)"
+        CLEANUP_CANDIDATE = "cleanup_candidate", "Cleanup candidate"
+        STALE = "stale", "Stale flag (not evaluated)"
+        CHANGE_REQUEST_WAITING = "change_request_waiting", "Change request waiting for approval"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reminders")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    subject_type = models.CharField(max_length=16)  # "flag" or "change_request"
+    subject_id = models.PositiveIntegerField()
+    period = models.CharField(max_length=32)
+    run = models.CharField(max_length=32, help_text="The sweep that created the row, and so delivers it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["subject_type", "subject_id", "kind", "period"],
+                                    name="one_reminder_per_subject_kind_period"),
+        ]
+        indexes = [models.Index(fields=["run"], name="reminder_run")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject_type}:{self.subject_id} ({self.period})"

@@ -133,6 +133,7 @@ def _evaluate_single(environ: dict[str, Any], flag_key: str) -> tuple[int, dict[
     result = evaluate(snapshot, flag_key, context)
     if result.error_code == ErrorCode.FLAG_NOT_FOUND:
         return 404, _failure_body(result), []
+    get_store().record_evaluation(snapshot.environment_id, flag_key)
     if result.is_error:
         return 400, _failure_body(result), []
     return 200, _success_body(result), [("Cache-Control", "no-store")]
@@ -141,6 +142,7 @@ def _evaluate_single(environ: dict[str, Any], flag_key: str) -> tuple[int, dict[
 def _evaluate_bulk(environ: dict[str, Any]) -> tuple[int, bytes, list[tuple[str, str]]]:
     snapshot = _authenticate(environ)
     context = _read_context(environ)
+    get_store().record_bulk_evaluation(snapshot.environment_id)
     flags = []
     for key in snapshot.flags:
         result = evaluate(snapshot, key, context)

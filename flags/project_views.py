@@ -60,6 +60,24 @@ def members(request: HttpRequest, project_key: str) -> HttpResponse:
 
 @login_required
 @require_POST
+def project_time_zone(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = project_for(request, project_key)
+    if not can_manage_members(request.user, project):
+        return denied(request, "Project settings are changed by the project's admins.")
+    try:
+        services.project_time_zone_set(project=project, time_zone=request.POST.get("time_zone", "")[:64],
+                                       actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return render(request, "flags/members.html",
+                      {**_members_context(project, GrantRoleForm()), "time_zone_error": " ".join(exc.messages)},
+                      status=422)
+    messages.success(request, f"Time zone of {project.name}: {project.time_zone}. Review dates are dates there.")
+    return redirect("flags:members", project_key=project.key)
+
+
+@login_required
+@require_POST
 def member_grant(request: HttpRequest, project_key: str) -> HttpResponse:
     project = project_for(request, project_key)
     if not can_manage_members(request.user, project):

@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
+from django.utils import timezone
 
 from flags.constants import LifecycleStage
 from flags.models import Environment, Flag, SdkKey, Segment, Targeting, Variation
@@ -37,9 +38,11 @@ def build_environment_snapshot(environment_id: int) -> dict[str, Any]:
 def _build(environment_id: int) -> dict[str, Any]:
     environment = Environment.objects.select_related("project").get(pk=environment_id)
     targetings = {t.flag_id: t for t in Targeting.objects.filter(environment_id=environment_id)}
+    # Archived flags are served through their grace period, then answer FLAG_NOT_FOUND.
+    retired = Q(stage=LifecycleStage.ARCHIVED) & (Q(served_until__isnull=True) | Q(served_until__lte=timezone.now()))
     flags = (
         Flag.objects.filter(project_id=environment.project_id)
-        .exclude(stage=LifecycleStage.ARCHIVED)
+        .exclude(retired)
         .select_related("fallback_variation")
         .prefetch_related(Prefetch("variations", queryset=Variation.objects.order_by("sort_order", "id")))
     )

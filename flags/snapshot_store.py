@@ -28,7 +28,7 @@ from django.db import connection
 from django.db.models import Q
 
 from flags.evaluation.engine import Snapshot, SnapshotError, compile_snapshot
-from flags.models import SdkKey
+from flags.models import EvaluationRecord, Flag, SdkKey
 from flags.snapshot_builder import build_environment_snapshot, read_environment_versions
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class SnapshotStore:
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._key_use: dict[str, float] = {}
+        # (environment id, flag key) -> when; environment id -> when all its flags were evaluated (bulk)
+        self._flag_use: dict[tuple[int, str], float] = {}
+        self._bulk_use: dict[int, float] = {}
         self._last_use_flush = time.monotonic()
         self.last_success: float = 0.0
         self.last_error: str = ""
@@ -77,6 +80,13 @@ class SnapshotStore:
             return KeyLookup("revoked")
         self._key_use[key_hash] = time.time()  # flushed to SdkKey.last_used_at in batches, off the request path
         return KeyLookup("ok", snapshots.get(environment_id))
+
+    def record_evaluation(self, environment_id: int, flag_key: str) -> None:
+        """A flag was evaluated: remembered in memory, written in batches (stale-flag tracking)."""
+        self._flag_use[(environment_id, flag_key)] = time.time()
+
+    def record_bulk_evaluation(self, environment_id: int) -> None:
+        self._bulk_use[environment_id] = time.time()
 
     def snapshot(self, environment_id: int) -> Snapshot | None:
         if self._pid != os.getpid():
@@ -148,6 +158,32 @@ class SnapshotStore:
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)).update(last_used_at=when)
         return len(used)
 
+    def flush_evaluations(self) -> int:
+        """Write when each flag was last evaluated per environment: one query per environment
+        to find the flags, one upsert for all rows. Returns how many rows were written."""
+        used, self._flag_use = self._flag_use, {}
+        bulk, self._bulk_use = self._bulk_use, {}
+        snapshots = self._state[0]
+        by_environment: dict[int, dict[str, float]] = {}
+        for environment_id, when in bulk.items():
+            snapshot = snapshots.get(environment_id)
+            if snapshot is not None:
+                by_environment.setdefault(environment_id, {}).update(dict.fromkeys(snapshot.flags, when))
+        for (environment_id, key), when in used.items():
+            seen = by_environment.setdefault(environment_id, {})
+            seen[key] = max(when, seen.get(key, 0.0))
+        rows = []
+        for environment_id, keys in by_environment.items():
+            ids = dict(Flag.objects.filter(project__environments=environment_id, key__in=list(keys))
+                       .values_list("key", "pk"))
+            rows += [EvaluationRecord(flag_id=ids[key], environment_id=environment_id,
+                                      last_evaluated_at=datetime.datetime.fromtimestamp(when, tz=datetime.UTC))
+                     for key, when in keys.items() if key in ids]
+        if rows:
+            EvaluationRecord.objects.bulk_create(rows, update_conflicts=True, unique_fields=["flag", "environment"],
+                                                 update_fields=["last_evaluated_at"])
+        return len(rows)
+
     def _poll(self) -> None:
         # The thread keeps one database connection open across ticks (reconnecting only
         # after an error), rather than paying a new connection five times a second.
@@ -156,8 +192,9 @@ class SnapshotStore:
             if time.monotonic() - self._last_use_flush >= KEY_USE_FLUSH_SECONDS:
                 try:
                     self.flush_key_use()
+                    self.flush_evaluations()
                 except Exception:  # noqa: BLE001 - last-use times are best effort
-                    logger.warning("could not record SDK key use", exc_info=True)
+                    logger.warning("could not record SDK key use or flag evaluations", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()

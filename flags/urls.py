@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from flags import audit_views, project_views, views
+from flags import audit_views, project_views, views, webhook_views
 
 app_name = "flags"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("p/<slug:project_key>/flags/new/", views.flag_create, name="flag_create"),
     path(_flag, views.flag_detail, name="flag_detail"),
     path(_flag + "edit/", views.flag_edit, name="flag_edit"),
+    path(_flag + "archive/", views.flag_archive, name="flag_archive"),
     path(_flag + "variations/new/", views.variation_create, name="variation_create"),
     path(_flag + "variations/<slug:variation_key>/", views.variation_row, name="variation_row"),
     path(_flag + "variations/<slug:variation_key>/edit/", views.variation_edit, name="variation_edit"),
@@ -26,6 +27,7 @@ urlpatterns = [
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit_export"),
     path("p/<slug:project_key>/members/", project_views.members, name="members"),
     path("p/<slug:project_key>/members/grant/", project_views.member_grant, name="member_grant"),
+    path("p/<slug:project_key>/time-zone/", project_views.project_time_zone, name="project_time_zone"),
     path("p/<slug:project_key>/members/revoke/", project_views.member_revoke, name="member_revoke"),
     path("p/<slug:project_key>/sdk-keys/", project_views.sdk_keys, name="sdk_keys"),
     path("p/<slug:project_key>/sdk-keys/<int:key_id>/revoke/", project_views.sdk_key_revoke, name="sdk_key_revoke"),
@@ -33,4 +35,9 @@ urlpatterns = [
     path("p/<slug:project_key>/segments/new/", views.segment_create, name="segment_create"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/", views.segment_edit, name="segment_edit"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/delete/", views.segment_delete, name="segment_delete"),
+    path("p/<slug:project_key>/webhooks/", webhook_views.webhooks, name="webhooks"),
+    path("p/<slug:project_key>/webhooks/<int:webhook_id>/active/", webhook_views.webhook_set_active,
+         name="webhook_set_active"),
+    path("p/<slug:project_key>/webhooks/<int:webhook_id>/delete/", webhook_views.webhook_delete, name="webhook_delete"),
+    path("p/<slug:project_key>/webhooks/<int:webhook_id>/test/", webhook_views.webhook_test, name="webhook_test"),
 ]

@@ -15,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
@@ -149,12 +150,17 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
     targetings = list(flag.targetings.all())
     can_edit = can_edit_catalog(request.user, project, flag)
     governed = services.governed_served_variations(flag)
+    last_evaluated = dict(flag.evaluation_records.values_list("environment_id", "last_evaluated_at"))
+    missing = services.turn_on_problems(flag)
     return render(request, "flags/flag_detail.html", {
         "project": project,
         "flag": flag,
         "variations": [_variation_view(flag, v, governed) for v in variations],
         "governed_contract": bool(governed),
-        "targetings": [_targeting_view(request, flag, t) for t in targetings],
+        "targetings": [{**_targeting_view(request, flag, t), "last_evaluated": last_evaluated.get(t.environment_id),
+                        "turn_on_missing": missing if t.environment.is_governed and not t.enabled else []}
+                       for t in targetings],
+        "archive_problem": services.archive_problem(flag, targetings),
         "can_edit": can_edit,
         "variation_form": VariationForm(flag=flag, auto_id="id_new_%s") if can_edit else None,
         "tab": "history" if request.GET.get("tab") == "history" else "overview",
@@ -187,6 +193,31 @@ def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResp
             return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
     return render(request, "flags/flag_form.html", {"project": project, "flag": flag, "form": form},
                   status=422 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def flag_archive(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    """Archive (or, with `restore`, bring back) a flag, with a reason."""
+    project = project_for(request, project_key)
+    flag = _flag_for(project, flag_key)
+    if not can_edit_catalog(request.user, project, flag):
+        return denied(request, "Archiving needs the flag owner or editor role in this project.")
+    restoring = request.POST.get("action") == "restore"
+    reason = request.POST.get("reason", "")[:2000]
+    try:
+        if restoring:
+            services.flag_restore(flag=flag, actor=request.user, reason=reason)
+            messages.success(request, f"“{flag.key}” restored: it is served again.")
+        else:
+            flag = services.flag_archive(flag=flag, actor=request.user, reason=reason)
+            messages.success(request, f"“{flag.key}” archived. It is served until "
+                                      f"{timezone.localtime(flag.served_until):%d %b %Y %H:%M}, then answers "
+                                      "FLAG_NOT_FOUND.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 # --- variations (inline, htmx) -------------------------------------------------------------

@@ -11,6 +11,7 @@ from django.utils import timezone
 from flags.constants import BehaviorSurface
 from flags.forms import FlagEditForm, TargetingForm, VariationForm
 from flags.models import Environment
+from rollouts.contracts.document import MAX_IMPORT_CHARS
 
 REASON_WIDGET = forms.Textarea(attrs={"rows": 2, "maxlength": 2000})
 
@@ -90,3 +91,33 @@ class GovernedVariationForm(VariationForm):
 class GovernedFlagEditForm(FlagEditForm):
     reason = forms.CharField(max_length=2000, required=False, widget=REASON_WIDGET,
                              help_text="Needed when the fallback or the JSON Schema changes: approvers read it.")
+
+
+class ContractImportForm(forms.Form):
+    """Contracts pasted or uploaded, and the reason every change carries. `fingerprint` names
+    the diff a preview showed: the Apply post carries it back."""
+
+    text = forms.CharField(required=False, label="Contracts (YAML)",
+                           widget=forms.Textarea(attrs={"rows": 16, "class": "mono", "spellcheck": "false"}),
+                           help_text="One ai_featureops_contract, or a YAML list of them, as the export writes.")
+    upload = forms.FileField(required=False, label="Or upload a file",
+                             help_text="A .yaml file; it replaces what is pasted above.")
+    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET,
+                             help_text="Why: it stays with every change in the audit trail and goes to approvers.")
+    fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        upload = cleaned.get("upload")
+        if upload:
+            if upload.size > MAX_IMPORT_CHARS:
+                self.add_error("upload", f"The file is larger than {MAX_IMPORT_CHARS:,} bytes.")
+                return cleaned
+            try:
+                cleaned["text"] = upload.read().decode("utf-8")
+            except UnicodeDecodeError:
+                self.add_error("upload", "The file is not UTF-8 text.")
+                return cleaned
+        if not (cleaned.get("text") or "").strip():
+            self.add_error("text", "Paste contracts or choose a file.")
+        return cleaned

@@ -15,3 +15,22 @@ def apply_scheduled_changes() -> int:
 def expire_undecided_changes() -> int:
     """Beat: requests left undecided past their environment's expiry are closed."""
     return expire_undecided_change_requests()
+
+
+@shared_task(name="rollouts.tasks.send_reminders")
+def send_reminders() -> int:
+    """Beat: decide and claim due reminders, enqueue their delivery; deliver any claimed rows
+    a lost task left behind. Returns how many this run claimed."""
+    from rollouts.reminders import deliver_pending, sweep
+
+    claimed = len(sweep())
+    deliver_pending()
+    return claimed
+
+
+@shared_task(name="rollouts.tasks.deliver_reminders", acks_late=True)
+def deliver_reminders(ids: list[int]) -> int:
+    """Deliver a batch of claimed reminders (idempotent: each row is claimed before sending)."""
+    from rollouts.reminders import deliver
+
+    return deliver(ids)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+import rollouts.contract_views as contract_views
 from rollouts import flag_change_views, views
 
 app_name = "rollouts"
@@ -30,4 +31,11 @@ urlpatterns = [
     path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", views.follow_up_acknowledge,
          name="follow_up_acknowledge"),
     path("p/<slug:project_key>/approval-policy/", views.approval_policies, name="approval_policies"),
+]
+
+# Flags as code
+urlpatterns += [
+    path(_flag + "contract.yaml", contract_views.contract_export, name="contract_export"),
+    path("p/<slug:project_key>/contracts.yaml", contract_views.contracts_export, name="contracts_export"),
+    path("p/<slug:project_key>/contracts/import/", contract_views.contracts_import, name="contracts_import"),
 ]

@@ -11,6 +11,9 @@ mkdir -p var
 
 "$PY" manage.py migrate --no-input
 "$PY" manage.py seed_demo
+# Reminders due today (the demo has an overdue review and one due within a week) land in the
+# inbox now; their emails go out through the worker below. Beat repeats the sweep hourly.
+"$PY" manage.py send_reminders
 
 "$PY" -m celery -A featureops_site worker --beat --loglevel=INFO --concurrency=1 \
   --schedule=var/celerybeat-schedule >var/celery.log 2>&1 &

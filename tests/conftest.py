@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from django.db import connection
 
+from featureops_site.celery import app as celery_app
+
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
@@ -85,3 +87,13 @@ def _audit_trigger_active_but_flushable(request: pytest.FixtureRequest) -> Itera
     if _is_transactional(request):  # only these end with a flush; the others roll back
         with connection.cursor() as cursor:
             cursor.execute("SET session_replication_role = replica")
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Tasks sent with .delay() run inline, errors raised; the previous configuration comes back after."""
+    previous = celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    yield
+    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous

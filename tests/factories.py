@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
+
+from django.utils import timezone
 
 from audit.services import SystemActor
 from flags import services
@@ -33,6 +36,10 @@ def make_string_flag(project: Project, key: str = "tool_mode", **extra: Any) -> 
             {"key": "write", "value": "write", "risk_rank": 4},
         ],
         "fallback_variation_key": "none",
+        # a complete contract, so the flag may be turned on in a governed environment
+        "owner_team": "platform",
+        "review_date": timezone.localdate() + datetime.timedelta(days=60),
+        "cleanup_rule": "Remove the branch once released.",
     }
     spec.update(extra)
     actor = spec.pop("actor", TEST_ACTOR)

@@ -17,12 +17,22 @@ from flags.services.catalog import (
     flag_update,
     governed_served_variations,
     project_create,
+    project_time_zone_set,
     variation_create,
     variation_delete,
     variation_update,
     variation_usages,
 )
-from flags.services.lifecycle import LIFECYCLE_JOB, compute_stage, flag_lifecycle_recompute
+from flags.services.lifecycle import (
+    LIFECYCLE_JOB,
+    archive_problem,
+    compute_stage,
+    flag_archive,
+    flag_lifecycle_recompute,
+    flag_restore,
+    retire_archived_flags,
+    turn_on_problems,
+)
 from flags.services.members import flag_owner_permission_sync, membership_grant, membership_revoke
 from flags.services.sdk_keys import SDK_KEY_PREFIX, hash_sdk_key, sdk_key_create, sdk_key_revoke
 from flags.services.segments import (
@@ -35,9 +45,10 @@ from flags.services.segments import (
 from flags.services.targeting import targeting_proposal, targeting_update
 
 __all__ = [
-    "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
+    "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "archive_problem", "flag_archive", "flag_restore",
+    "retire_archived_flags", "turn_on_problems", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
     "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_change_validate", "flag_update", "governed_served_variations", "hash_sdk_key",
-    "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "sdk_key_create", "sdk_key_revoke", "segment_create",
+    "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "project_time_zone_set", "sdk_key_create", "sdk_key_revoke", "segment_create",
     "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",
 ]

@@ -50,6 +50,25 @@ def project_create(*, key: str, name: str, description: str = "", actor: Actor) 
 
 
 @transaction.atomic
+def project_time_zone_set(*, project: Project, time_zone: str, actor: Actor) -> Project:
+    """Review dates and reminder days are dates in the project's time zone."""
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    before = project.time_zone
+    project.time_zone = (time_zone or "").strip()
+    try:
+        project.full_clean(validate_unique=False)
+    except ValidationError as exc:
+        raise ValidationError({"time_zone": exc.message_dict.get("time_zone", exc.messages)}) from exc
+    if project.time_zone == before:
+        return project
+    project.save(update_fields=["time_zone"])
+    record(actor=actor, action=AuditAction.PROJECT_UPDATED, target=project, project=project,
+           before={"time_zone": before}, after={"time_zone": project.time_zone},
+           summary=f"Time zone of {project.name}: {before} → {project.time_zone}")
+    return project
+
+
+@transaction.atomic
 def environment_create(
     *, project: Project, key: str, name: str, is_governed: bool = False, sort_order: int = 0, actor: Actor
 ) -> Environment:

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
+from flags.constants import LifecycleStage
 from flags.evaluation.targeting_schema import (
     Problem,
     referenced_segments,
@@ -25,6 +26,7 @@ from flags.services._common import (
     _bump_environments,
     _user_or_none,
 )
+from flags.services.lifecycle import turn_on_problems
 from flags.snapshots import targeting_state
 
 # --- targeting -----------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def targeting_update(
     before = targeting_state(targeting)
     for name, value in changes.items():
         setattr(targeting, name, value)
-    _validate_targeting(targeting)
+    _validate_targeting(targeting, turning_on=targeting.enabled is True and not before["enabled"])
     after = targeting_state(targeting)
     if after == before:
         return targeting
@@ -91,17 +93,22 @@ def targeting_proposal(*, targeting: Targeting, changes: dict[str, Any]) -> dict
                       **{name: getattr(targeting, name) for name in TARGETING_FIELDS})
     for name, value in changes.items():
         setattr(draft, name, value)
-    _validate_targeting(draft)
+    _validate_targeting(draft, turning_on=draft.enabled is True and not targeting.enabled)
     return {name: getattr(draft, name) for name in TARGETING_FIELDS}
 
 
-def _validate_targeting(targeting: Targeting) -> None:
+def _validate_targeting(targeting: Targeting, *, turning_on: bool = False) -> None:
     flag = targeting.flag
     variation_keys = set(flag.variations.values_list("key", flat=True))
     segment_keys = set(Segment.objects.filter(project_id=flag.project_id).values_list("key", flat=True))
     errors: dict[str, list[str]] = {}
     if not isinstance(targeting.enabled, bool):
         errors["enabled"] = ["Must be on or off."]
+    elif turning_on and flag.stage == LifecycleStage.ARCHIVED:
+        errors["enabled"] = ["This flag is archived: restore it before turning it on."]
+    elif turning_on and targeting.environment.is_governed and turn_on_problems(flag):
+        errors["enabled"] = [f"A temporary flag needs {', '.join(turn_on_problems(flag))} before it can be turned "
+                             f"on in {targeting.environment.name}. Add them to the contract first."]
     problems = validate_targets(targeting.targets, variation_keys)
     if problems:
         errors["targets"] = [str(p) for p in problems]

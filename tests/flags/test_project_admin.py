@@ -11,7 +11,7 @@ from audit.models import AuditEvent
 from flags import services
 from flags.constants import ROLE_PERMISSIONS, Role
 from flags.demo import seed_demo
-from flags.models import Membership, ProjectUserObjectPermission, SdkKey
+from flags.models import Membership, Project, ProjectUserObjectPermission, SdkKey
 from flags.permissions import project_permissions
 from flags.snapshot_store import get_store, reset_store
 from tests.factories import TEST_ACTOR
@@ -148,3 +148,15 @@ def test_role_grant__via_service__is_idempotent_and_audited_once(demo) -> None:
     services.membership_grant(project=demo, user=viewer, role=Role.VIEWER, actor=TEST_ACTOR)
     services.membership_grant(project=demo, user=viewer, role=Role.VIEWER, actor=TEST_ACTOR)
     assert AuditEvent.objects.filter(action="role.granted", target_label__contains="v2").count() == 1
+
+
+@pytest.mark.django_db
+def test_time_zone__admin_sets_it_bad_name_refused_beside_the_field(client: Any) -> None:
+    seed_demo()
+    client.force_login(get_user_model().objects.get(username="admin"))
+    bad = client.post("/p/support-assistant/time-zone/", {"time_zone": "Mars/Olympus"})
+    assert bad.status_code == 422 and "is not a time zone name" in bad.content.decode()
+    assert Project.objects.get(key="support-assistant").time_zone == "UTC"
+    assert client.post("/p/support-assistant/time-zone/", {"time_zone": "Asia/Tokyo"}).status_code == 302
+    assert Project.objects.get(key="support-assistant").time_zone == "Asia/Tokyo"
+    assert AuditEvent.objects.get(action="project.updated").after == {"time_zone": "Asia/Tokyo"}

@@ -130,7 +130,7 @@ def test_flag_update__contract_fields__audited_with_before_and_after() -> None:
     assert flag.owner_team == "support-ai" and flag.version == 2
     assert sorted(t.name for t in flag.tags.all()) == ["agent", "support"]
     event = AuditEvent.objects.get(action="flag.updated")
-    assert event.before == {"owner_team": "", "primary_metric": "", "tags": []}
+    assert event.before == {"owner_team": "platform", "primary_metric": "", "tags": []}
     assert event.after == {"owner_team": "support-ai", "primary_metric": "approval_rate", "tags": ["agent", "support"]}
 
 
@@ -430,5 +430,5 @@ def test_flag_update__transaction_rolls_back__leaves_neither_change_nor_audit_ro
         services.flag_update(flag=flag, actor=TEST_ACTOR, owner_team="will-roll-back")
         raise Boom
     flag.refresh_from_db()
-    assert flag.owner_team == ""
+    assert flag.owner_team == "platform"
     assert not AuditEvent.objects.filter(action="flag.updated").exists()
