@@ -237,6 +237,8 @@ CELERY_BEAT_SCHEDULE = {
 # fails (retries wait 30 s, 2 min, 8 min… in between).
 WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 5)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+# Deliveries to loopback/private/link-local addresses are refused unless this is on (it is with DEBUG).
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", DEBUG)
 # Dotted paths called after commit with each new audit row (audit.services.record): webhooks
 # hear of flag changes and change-request decisions this way, without audit importing anyone.
 AUDIT_COMMIT_OBSERVERS = ["flags.webhook_events.audit_event_committed"]

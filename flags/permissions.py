@@ -76,8 +76,8 @@ def can_edit_catalog(user: User, project: Project, flag: Flag | None = None) -> 
 
 
 def can_edit_targeting(user: User, environment: Environment, flag: Flag) -> bool:
-    """Governed environments are read-only in the console until the approval workflow
-    routes their changes through change requests."""
+    """The plain targeting editor: non-governed environments only. Governed ones take
+    proposals (rollouts), which apply at once or become change requests."""
     return not environment.is_governed and can_edit_catalog(user, environment.project, flag)
 
 

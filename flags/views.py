@@ -228,8 +228,9 @@ def _variation_view(flag: Flag, variation: Variation, governed: set[str]) -> dic
         "variation": variation,
         "display_value": format_value(flag.value_type, variation.value),
         "is_fallback": flag.fallback_variation_id == variation.pk,
-        # served in a governed environment: a new value is proposed (a change request), not saved
-        "governed": variation.key in governed,
+        # the flag serves in a governed environment: edits go through the governed editor, where
+        # a served variation's new value or a lowered risk rank becomes a change request
+        "governed": bool(governed),
     }
 
 
@@ -281,9 +282,11 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
     form = VariationForm(request.POST or None, flag=flag, variation=variation,
                          initial=VariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
     if request.method == "POST" and form.is_valid():
-        if (form.cleaned_data.get("value", variation.value) != variation.value
-                and variation.key in services.governed_served_variations(flag)):
+        governed = services.governed_served_variations(flag)
+        if (form.cleaned_data.get("value", variation.value) != variation.value and variation.key in governed):
             return denied(request, GOVERNED_EDIT.format(key=variation.key, what="a new value"))
+        if governed and form.cleaned_data.get("risk_rank", variation.risk_rank) < variation.risk_rank:
+            return denied(request, GOVERNED_EDIT.format(key=flag.key, what="a lower risk rank"))
         try:
             variation = services.variation_update(variation=variation, actor=request.user, **form.cleaned_data)
         except ValidationError as exc:

@@ -171,6 +171,9 @@ def describe_flag_change(*, base: Mapping[str, Any], proposed: Mapping[str, Any]
             f"Fallback (served to everyone when the flag is off, in {where} too): {old} (risk {risk_ranks.get(old, 0)}) "
             f"→ {new} (risk {risk_ranks.get(new, 0)})",
             escalates=int(risk_ranks.get(new, 0)) > int(risk_ranks.get(old, 0))))
+    for key, rank in sorted(proposed.get("risk_ranks", {}).items()):
+        lines.append(DiffLine(f"Risk rank of {key}: {base.get('risk_ranks', {}).get(key)} → {rank} "
+                              "(approvals are counted by risk)", escalates=True))
     if "json_schema" in proposed:
         changes = diff(base.get("json_schema") or {}, proposed.get("json_schema") or {})
         lines.append(DiffLine(f"JSON Schema: {len(changes)} change(s): "

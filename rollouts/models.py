@@ -64,6 +64,9 @@ class ChangeRequest(models.Model):
     base_version = models.PositiveIntegerField()
     base_state = models.JSONField()
     proposed = models.JSONField()
+    # The value and risk rank of every variation when the request was made: part of what is
+    # approved (in the diff hash); a later change to any of them conflicts the request.
+    variations_at_request = models.JSONField(default=dict, blank=True)
     diff_hash = models.CharField(max_length=64)
     reasons = models.JSONField(default=list)
     escalation = models.BooleanField(default=False)

@@ -203,10 +203,15 @@ def _insert_point(old_order: list[str], index: int, new_order: list[str]) -> int
 
 def classify_flag_change(
     *, value_changes: Mapping[str, tuple[Any, Any]], served_variations: set[str], fallback_change: tuple[str, str] | None,
-    schema_changed: bool, value_type_changed: bool,
+    schema_changed: bool, value_type_changed: bool, rank_changes: Mapping[str, tuple[int, int]] | None = None,
 ) -> Classification:
-    """Flag-wide changes, which reach every environment at once."""
+    """Flag-wide changes, which reach every environment at once. Lowering a risk rank is one
+    too: approvals are counted by risk, so a lowered rank would let a later escalation pass
+    with fewer of them."""
     reasons = []
+    for variation, (old_rank, new_rank) in sorted((rank_changes or {}).items()):
+        if new_rank < old_rank:
+            reasons.append(PolicyReason("risk_lowered", f"the risk rank of {variation} is lowered: {old_rank} → {new_rank}"))
     for variation, (old, new) in sorted(value_changes.items()):
         if variation in served_variations and old != new:
             reasons.append(PolicyReason("value_changed", f"the value of {variation}, which is served, changes"))

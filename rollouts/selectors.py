@@ -72,7 +72,8 @@ def change_request_page(project: Project, pk: int) -> ChangeRequest:
 @dataclass(frozen=True)
 class FlagControl:
     """What the flag page shows of change control: open requests, recent ones, open
-    follow-ups and any incident mode that holds one of its environments."""
+    follow-ups and any incident mode that holds one of its environments. A fixed number of
+    queries (tests/rollouts/test_views.py counts them)."""
 
     open_requests: list[ChangeRequest]
     recent_requests: list[ChangeRequest]
@@ -86,7 +87,7 @@ def flag_control(flag: Flag) -> FlagControl:
         open_requests=[r for r in requests if r.status in ChangeRequest.OPEN],
         recent_requests=[r for r in requests if r.status not in ChangeRequest.OPEN][:5],
         follow_ups=list(FollowUp.objects.filter(flag=flag, acknowledged_at__isnull=True)
-                        .select_related("environment").order_by("created_at")),
+                        .select_related("environment", "project", "flag", "acknowledged_by").order_by("created_at")),
         incidents=list(Incident.objects.filter(project_id=flag.project_id, lifted_at__isnull=True)
                        .select_related("environment")),
     )

@@ -87,8 +87,15 @@ def preview_targeting_change(*, targeting: Targeting, changes: dict[str, Any]) -
     return Preview(False, required, classification.reasons, lines, governed=True)
 
 
-def _diff_hash(base_version: int, proposed: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json({"base": base_version, "proposed": proposed}).encode()).hexdigest()
+def _diff_hash(base_version: int, proposed: dict[str, Any], variations: dict[str, Any] | None = None) -> str:
+    payload = {"base": base_version, "proposed": proposed, "variations": variations or {}}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _variations_now(flag: Flag) -> dict[str, list[Any]]:
+    """Every variation's value and risk rank: what an approver of a targeting change approves
+    people will get."""
+    return {key: [value, rank] for key, value, rank in flag.variations.values_list("key", "value", "risk_rank")}
 
 
 def _user(actor: Actor) -> AbstractBaseUser | None:
@@ -112,11 +119,14 @@ def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], re
         raise flag_services.ConflictError(
             f"This targeting changed since you opened it (now version {targeting.version}). Reload and try again.")
     proposed = flag_services.targeting_proposal(targeting=targeting, changes=changes)
+    operator_only = isinstance(actor, AbstractBaseUser) and not may_propose(actor, targeting.flag)
     if not targeting.environment.is_governed:
+        if operator_only:
+            raise ValidationError(f"In {targeting.environment.name} targeting is edited by the flag's owner or an "
+                                  "editor; operators use the kill switch.")
         return flag_services.targeting_update(targeting=targeting, actor=actor, reason=reason,
                                               expected_version=expected_version, **changes)
     classification = classify(targeting, proposed)
-    operator_only = isinstance(actor, AbstractBaseUser) and not may_propose(actor, targeting.flag)
     if not classification.raises_risk:
         updated = flag_services.targeting_update(targeting=targeting, actor=actor, reason=_require_reason(reason),
                                                  expected_version=expected_version, **changes)
@@ -154,7 +164,9 @@ def _change_request_open(*, targeting: Targeting, proposed: dict[str, Any], clas
     change_request = ChangeRequest(
         project=targeting.environment.project, flag=targeting.flag, environment=targeting.environment,
         base_version=targeting.version, base_state=_state(targeting), proposed=proposed,
-        diff_hash=_diff_hash(targeting.version, proposed), reasons=[asdict(r) for r in classification.reasons],
+        variations_at_request=(variations := _variations_now(targeting.flag)),
+        diff_hash=_diff_hash(targeting.version, proposed, variations),
+        reasons=[asdict(r) for r in classification.reasons],
         escalation=classification.escalation, required_approvals=required, requester=_user(actor),
         requester_label=str(actor if not isinstance(actor, AbstractBaseUser) else actor.get_username()),
         reason=reason,
@@ -213,6 +225,9 @@ def _flag_state(flag: Flag, parts: dict[str, Any]) -> dict[str, Any]:
         state["fallback_variation"] = flag.fallback_variation.key
     if "json_schema" in parts:
         state["json_schema"] = flag.json_schema
+    if "risk_ranks" in parts:
+        ranks = dict(flag.variations.filter(key__in=list(parts["risk_ranks"])).values_list("key", "risk_rank"))
+        state["risk_ranks"] = {key: ranks.get(key) for key in parts["risk_ranks"]}
     return state
 
 
@@ -221,11 +236,13 @@ def _classify_flag(flag: Flag, proposed: dict[str, Any], served: set[str]) -> Cl
     value_changes = {key: (current["variations"].get(key), value)
                      for key, value in proposed.get("variations", {}).items()}
     fallback = proposed.get("fallback_variation")
+    rank_changes = {key: (current["risk_ranks"].get(key), rank) for key, rank in proposed.get("risk_ranks", {}).items()}
     return classify_flag_change(
         value_changes=value_changes, served_variations=served,
         fallback_change=(current["fallback_variation"], fallback) if fallback else None,
         schema_changed="json_schema" in proposed and proposed["json_schema"] != current["json_schema"],
         value_type_changed=False,  # the value type is not editable (flags.services.flag_update)
+        rank_changes=rank_changes,
     )
 
 
@@ -257,7 +274,8 @@ def describe_conflict(change_request: ChangeRequest) -> list[DiffLine]:
 @transaction.atomic
 def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
                        variation_values: dict[str, Any] | None = None, fallback_variation_key: str | None = None,
-                       json_schema: Any = None, change_schema: bool = False) -> ChangeRequest | None:
+                       json_schema: Any = None, change_schema: bool = False,
+                       risk_ranks: dict[str, int] | None = None) -> ChangeRequest | None:
     """The flag-wide parts of an edit. When the flag serves in a governed environment and the
     edit changes the value of a variation served there, the fallback, or the schema, it
     becomes one change request; otherwise nothing is held and the caller applies it (returns
@@ -270,10 +288,15 @@ def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
         proposed["fallback_variation"] = fallback_variation_key
     if change_schema and json_schema != flag.json_schema:
         proposed["json_schema"] = json_schema
+    if risk_ranks:
+        current = dict(flag.variations.values_list("key", "risk_rank"))
+        lowered = {key: rank for key, rank in risk_ranks.items() if key in current and rank < current[key]}
+        if lowered:
+            proposed["risk_ranks"] = lowered
     served = flag_services.governed_served_variations(flag)
     if not proposed or not served:
         return None
-    flag_services.flag_change_validate(flag=flag, **proposed)
+    flag_services.flag_change_validate(flag=flag, **{k: v for k, v in proposed.items() if k != "risk_ranks"})
     classification = _classify_flag(flag, proposed, served)
     if not classification.raises_risk:
         return None
@@ -306,11 +329,15 @@ def variation_change_submit(*, variation: Any, actor: AbstractBaseUser, reason: 
     """A variation edit. A new value for a variation served in a governed environment waits
     in a change request; the name, description and risk rank save at once."""
     flag = variation.flag
-    change_request = None
-    if "value" in changes and changes["value"] != variation.value:
-        change_request = flag_change_submit(flag=flag, actor=actor, reason=reason,
-                                            variation_values={variation.key: changes["value"]})
-    rest = {k: v for k, v in changes.items() if not (k == "value" and change_request is not None)}
+    values = {variation.key: changes["value"]} if "value" in changes and changes["value"] != variation.value else None
+    ranks = {variation.key: changes["risk_rank"]} if "risk_rank" in changes else None
+    change_request = flag_change_submit(flag=flag, actor=actor, reason=reason, variation_values=values,
+                                        risk_ranks=ranks) if values or ranks else None
+    held = set()
+    if change_request is not None:
+        held |= {"value"} if "variations" in change_request.proposed else set()
+        held |= {"risk_rank"} if "risk_ranks" in change_request.proposed else set()
+    rest = {k: v for k, v in changes.items() if k not in held}
     variation = flag_services.variation_update(variation=variation, actor=actor, reason=reason, **rest)
     return variation, change_request
 
@@ -349,6 +376,9 @@ def _apply_flag_change(change_request: ChangeRequest, actor: Actor, count: int) 
     proposed = change_request.proposed
     for key, value in proposed.get("variations", {}).items():
         flag_services.variation_update(variation=flag.variations.get(key=key), actor=actor, value=value,
+                                       reason=reason, change_request_id=change_request.pk)
+    for key, rank in proposed.get("risk_ranks", {}).items():
+        flag_services.variation_update(variation=flag.variations.get(key=key), actor=actor, risk_rank=rank,
                                        reason=reason, change_request_id=change_request.pk)
     contract = {"json_schema": proposed["json_schema"]} if "json_schema" in proposed else {}
     if contract or "fallback_variation" in proposed:
@@ -393,13 +423,11 @@ def _locked(change_request: ChangeRequest) -> ChangeRequest:
 def valid_approvals(change_request: ChangeRequest) -> int:
     """Approvals of the current version, by people other than the requester who still hold
     the approver role."""
-    approvers = {
-        approval.approver for approval in
-        change_request.approvals.filter(decision=Approval.Decision.APPROVE, diff_hash=change_request.diff_hash)
-        .select_related("approver")
-        if approval.approver_id != change_request.requester_id
-    }
-    return sum(1 for user in approvers if has_project_permission(user, change_request.project, "approve_change"))
+    approver_ids = set(
+        change_request.approvals.filter(decision=Approval.Decision.APPROVE, diff_hash=change_request.diff_hash,
+                                        approver__is_active=True)
+        .exclude(approver_id=change_request.requester_id).values_list("approver_id", flat=True))
+    return holders_of(change_request.project, "approve_change").filter(pk__in=approver_ids).count()
 
 
 @transaction.atomic
@@ -477,7 +505,8 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     policy = policy_for(change_request.environment)
     before = {"proposed": change_request.proposed, "status": change_request.status}
     change_request.proposed = proposed
-    change_request.diff_hash = _diff_hash(change_request.base_version, proposed)
+    change_request.variations_at_request = _variations_now(flag)
+    change_request.diff_hash = _diff_hash(change_request.base_version, proposed, change_request.variations_at_request)
     change_request.reasons = [asdict(r) for r in classification.reasons]
     change_request.escalation = classification.escalation
     change_request.required_approvals = (policy.approvals_for_escalation if classification.escalation
@@ -504,11 +533,8 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
     if change_request.status != Status.APPROVED and not due:
         raise ValidationError(f"Only an approved request can be applied; this one is "
                               f"{change_request.get_status_display().lower()}.")
-    if isinstance(actor, AbstractBaseUser) and not (
-        actor.pk == change_request.requester_id
-        or has_project_permission(actor, change_request.project, "propose_change")
-    ):
-        raise ValidationError("Applying needs the requester or the flag owner / editor role.")
+    if isinstance(actor, AbstractBaseUser) and not may_propose(actor, change_request.flag):
+        raise ValidationError("Applying needs the flag owner or editor role (a requester who lost it cannot).")
     count = valid_approvals(change_request)
     if count < change_request.required_approvals:
         raise ValidationError(f"{count} of {change_request.required_approvals} approvals are still valid "
@@ -522,6 +548,14 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
                            current_version=targeting.version,
                            summary=f"Not applied: the targeting moved from version {change_request.base_version} "
                                    f"to {targeting.version} since the request was made")
+    now = _variations_now(change_request.flag)
+    if change_request.variations_at_request and now != change_request.variations_at_request:
+        moved = sorted(k for k in set(now) | set(change_request.variations_at_request)
+                       if now.get(k) != change_request.variations_at_request.get(k))
+        return _conflicted(change_request, actor, base=change_request.base_state, current=_state(targeting),
+                           current_version=targeting.version,
+                           summary=f"Not applied: variation(s) {', '.join(moved)} changed value or risk rank since "
+                                   "the request was approved")
     flag_services.targeting_update(
         targeting=targeting, actor=actor, expected_version=change_request.base_version,
         reason=f"CR-{change_request.pk}: {change_request.reason}", change_request_id=change_request.pk,
@@ -534,6 +568,8 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
 def change_request_schedule(*, change_request: ChangeRequest, when: datetime.datetime,
                             actor: AbstractBaseUser) -> ChangeRequest:
     change_request = _locked(change_request)
+    if not may_propose(actor, change_request.flag):
+        raise ValidationError("Scheduling needs the flag owner or editor role.")
     if change_request.status != Status.APPROVED:
         raise ValidationError("Only an approved request can be scheduled.")
     if when <= timezone.now():
@@ -751,8 +787,13 @@ def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -
         if targeting is None or targeting.version != entry["version"] or targeting.enabled:
             left.append(entry["flag"])
             continue
-        flag_services.targeting_update(targeting=targeting, actor=actor, enabled=True,
-                                       expected_version=entry["version"], reason=f"Incident lifted: {reason}")
+        try:
+            with transaction.atomic():  # one flag that may no longer go on (archived, say) holds back no other
+                flag_services.targeting_update(targeting=targeting, actor=actor, enabled=True,
+                                               expected_version=entry["version"], reason=f"Incident lifted: {reason}")
+        except ValidationError:
+            left.append(entry["flag"])
+            continue
         restored.append(entry["flag"])
     incident.lifted_at = timezone.now()
     incident.lifted_by = actor
@@ -760,7 +801,7 @@ def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -
     incident.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])
     summary = f"Incident mode lifted in {incident.environment.name}: {len(restored)} flag(s) back on"
     if left:
-        summary += f"; left as they are (changed since): {', '.join(left)}"
+        summary += f"; left as they are (changed since, or no longer allowed on): {', '.join(left)}"
     record(actor=actor, action=AuditAction.INCIDENT_LIFTED, target=incident, project=project,
            environment=incident.environment, after={"restored": restored, "left": left}, reason=reason,
            summary=summary)

@@ -60,10 +60,12 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
     return targeting
 
 
-def can_propose(user: Any, project: Project, flag: Flag) -> bool:
-    """Flag owners and editors propose any change to a governed environment; operators use the
+def can_propose(user: Any, project: Project, flag: Flag, targeting: Targeting) -> bool:
+    """Flag owners and editors propose any change; in a governed environment operators use the
     same page to move traffic towards the fallback (the service refuses them anything riskier)."""
-    return services.may_propose(user, flag) or has_project_permission(user, project, "flip_killswitch")
+    if services.may_propose(user, flag):
+        return True
+    return targeting.environment.is_governed and has_project_permission(user, project, "flip_killswitch")
 
 
 def _flag_url(project: Project, flag: Flag, anchor: str = "") -> str:
@@ -86,7 +88,7 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
     project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
-    if not can_propose(request.user, project, flag):
+    if not can_propose(request.user, project, flag, targeting):
         return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
     form = _propose_form(request, targeting)
     if request.method == "POST" and form.is_valid():
@@ -118,7 +120,7 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
     project = project_for(request, project_key)
     flag = _flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
-    if not can_propose(request.user, project, flag):
+    if not can_propose(request.user, project, flag, targeting):
         return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
     form = _propose_form(request, targeting)
     form.fields["reason"].required = False  # the preview does not need the reason yet

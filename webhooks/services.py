@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import json
 import logging
 import re
 import secrets
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from http.client import HTTPException
@@ -263,8 +266,29 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirects)
 
 
+def _private_address(url: str) -> str:
+    """The address `url`'s host resolves to, if it is loopback, private, link-local or
+    reserved ("" otherwise): admins must not turn webhooks into a probe of the internal
+    network. Allowed with WEBHOOK_ALLOW_PRIVATE_ADDRESSES (DEBUG, tests)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError, ValueError):
+        return ""  # unresolvable: the connection attempt reports it
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
+                or address.is_multicast or address.is_unspecified):
+            return str(address)
+    return ""
+
+
 def _post(webhook: Webhook, delivery: WebhookDelivery) -> tuple[int | None, str]:
     """POST the signed envelope. Returns (HTTP status or None, error text or "")."""
+    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        private = _private_address(webhook.url)
+        if private:
+            return None, f"Refused: the host resolves to {private}, a private or loopback address."
     body = canonical_body(delivery.payload)
     timestamp = str(int(time.time()))
     request = urllib.request.Request(webhook.url, data=body, method="POST", headers={  # noqa: S310 - http(s) only, validated on the model
@@ -280,11 +304,8 @@ def _post(webhook: Webhook, delivery: WebhookDelivery) -> tuple[int | None, str]
             response.read(RESPONSE_SNIPPET_BYTES)
             return response.status, ""
     except urllib.error.HTTPError as exc:
-        try:
-            snippet = exc.read(RESPONSE_SNIPPET_BYTES).decode("utf-8", "replace").strip()
-        except Exception:  # noqa: BLE001 - the status is the answer; the body is a courtesy
-            snippet = ""
-        return exc.code, f"HTTP {exc.code} {exc.reason}" + (f": {snippet}" if snippet else "")
+        # The receiver's body is not kept: the delivery log must not become a way to read it.
+        return exc.code, f"HTTP {exc.code} {exc.reason}"
     except urllib.error.URLError as exc:
         return None, f"Could not connect: {exc.reason}"
     except (TimeoutError, OSError, HTTPException, ValueError) as exc:

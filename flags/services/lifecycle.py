@@ -149,6 +149,16 @@ def flag_restore(*, flag: Flag, actor: Actor, reason: str) -> Flag:
     if not reason or not reason.strip():
         raise ValidationError({"reason": "Say why: the reason stays with the flag in the audit trail."})
     now = timezone.now()
+    if flag.retired_at is not None:
+        # Retired means applications stopped getting it: coming back on in a governed
+        # environment is a turn-on, which goes through a change request, not a restore.
+        from flags.services.targeting import targeting_update
+
+        for targeting in flag.targetings.select_related("environment").filter(environment__is_governed=True,
+                                                                              enabled=True):
+            targeting_update(targeting=targeting, actor=actor, enabled=False,
+                             reason=f"Restored from the archive: off in {targeting.environment.name} until turned "
+                                    "on through a change request")
     flag.stage = LifecycleStage.DRAFT  # a placeholder, so compute_stage does not keep it archived
     stage = compute_stage(flag, list(flag.targetings.select_related("environment")), today=flag.project.today(now),
                           now=now)

@@ -384,3 +384,24 @@ def test_races__same_attempt_by_many_workers__sent_once(receiver: Receiver) -> N
     assert len(made) == 6 and made.count("succeeded") + made.count("1") == 1
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("succeeded", 1)
+
+
+def test_deliver__private_address_refused_unless_allowed_and_no_response_body_kept(
+    receiver: Receiver, fast_webhooks: Any
+) -> None:
+    # Given a webhook pointing at a loopback receiver that answers 403 with a body
+    receiver.script = [(403, 0.0)]
+    project = make_project()
+    _webhook(project, url=receiver.url)
+    (delivery,) = _dispatch(project)
+    # When private addresses are not allowed (production), nothing is sent
+    fast_webhooks.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = False
+    services.deliver(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert receiver.received == [] and "private or loopback" in delivery.last_error
+    # And when they are (development), the receiver's answer body never reaches the log
+    fast_webhooks.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    services.deliver(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert len(receiver.received) == 1 and delivery.last_error == "HTTP 403 Forbidden"
