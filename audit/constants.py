@@ -56,3 +56,5 @@ class AuditAction(models.TextChoices):
     WEBHOOK_CREATED = "webhook.created", "Webhook created"
     WEBHOOK_UPDATED = "webhook.updated", "Webhook changed"
     WEBHOOK_DELETED = "webhook.deleted", "Webhook deleted"
+    METRIC_CREATED = "metric.created", "Metric created"
+    METRIC_UPDATED = "metric.updated", "Metric changed"

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "rollouts",
     "notifications",
     "webhooks",
+    "telemetry",
 ]
 
 MIDDLEWARE = [
@@ -226,6 +227,10 @@ CELERY_BEAT_SCHEDULE = {
     "retry-due-webhooks": {
         "task": "webhooks.tasks.retry_due_webhooks",
         "schedule": timedelta(seconds=30),
+    },
+    "aggregate-telemetry": {
+        "task": "telemetry.tasks.aggregate_events",
+        "schedule": timedelta(seconds=env_int("TELEMETRY_AGGREGATE_SECONDS", 10)),
     },
     "send-reminders": {
         "task": "rollouts.tasks.send_reminders",

@@ -1,5 +1,5 @@
 """WSGI entry point: OFREP evaluation (`/ofrep/v1/...`) is served by a lean WSGI app that
-reads in-process snapshots; everything else is Django."""
+reads in-process snapshots; so is the events API (`/api/v1/events`); everything else is Django."""
 
 from __future__ import annotations
 
@@ -11,5 +11,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
 _django = get_wsgi_application()
 
 from flags.ofrep import with_ofrep  # noqa: E402 - needs Django set up first
+from telemetry.api import with_telemetry  # noqa: E402 - /api/v1/events, as lean as OFREP
 
-application = with_ofrep(_django)
+application = with_telemetry(with_ofrep(_django))

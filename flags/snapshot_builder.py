@@ -53,6 +53,7 @@ def _build(environment_id: int) -> dict[str, Any]:
             continue  # not yet complete (created in a transaction still being written)
         flag_data[flag.key] = {
             "key": flag.key,
+            "id": flag.pk,
             "value_type": flag.value_type,
             "version": flag.version,
             "salt": flag.salt,

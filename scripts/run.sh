@@ -11,6 +11,7 @@ mkdir -p var
 
 "$PY" manage.py migrate --no-input
 "$PY" manage.py seed_demo
+"$PY" manage.py seed_metrics   # the demo's metrics registry (telemetry)
 # Reminders due today (the demo has an overdue review and one due within a week) land in the
 # inbox now; their emails go out through the worker below. Beat repeats the sweep hourly.
 "$PY" manage.py send_reminders

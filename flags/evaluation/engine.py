@@ -131,6 +131,8 @@ class CompiledFlag:
     assignment_unit: str
     static: bool
     broken: str | None = None  # why the flag's configuration could not be compiled
+    id: int = 0  # the catalog row (telemetry stores it); 0 when the snapshot data has none
+    variation_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +327,8 @@ def _compile_flag(key: str, data: Mapping[str, Any], segments: Mapping[str, Matc
         raise SnapshotError(f"flag {key!r}: the fallback is not a variation")
     base = {"key": key, "salt": str(data.get("salt", "")), "enabled": bool(targeting["enabled"]),
             "disabled": result(data["fallback"], Reason.DISABLED),
-            "assignment_unit": str(targeting.get("assignment_unit") or "targetingKey")}
+            "assignment_unit": str(targeting.get("assignment_unit") or "targetingKey"),
+            "id": int(data.get("id") or 0), "variation_keys": frozenset(variations)}
     if problems or missing_segments:
         detail = "; ".join(str(p) for p in problems[:3]) or f"unknown segments {sorted(missing_segments)}"
         return CompiledFlag(targets={}, rules=(), default=CompiledServe(result=None), static=False, broken=detail,

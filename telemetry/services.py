@@ -1,0 +1,264 @@
+"""Writes of the telemetry app: the metrics registry (audited) and incremental aggregation."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from audit.constants import AuditAction
+from audit.services import Actor, record
+from flags.models import Project
+from telemetry import histogram
+from telemetry.constants import AGGREGATION_BUDGET_SECONDS, AGGREGATION_CHUNK, CURSOR_NAME, EventKind, MetricKind
+from telemetry.models import AggregationCursor, Event, ExposureBucket, Metric, OutcomeBucket, UnitExposure
+
+METRIC_FIELDS = ("name", "unit", "kind", "higher_is_better", "description")
+
+# --- metrics registry ----------------------------------------------------------------------
+
+
+def _metric_state(metric: Metric) -> dict[str, Any]:
+    return {"key": metric.key, **{name: getattr(metric, name) for name in METRIC_FIELDS}}
+
+
+@transaction.atomic
+def metric_create(*, project: Project, key: str, name: str, kind: str, higher_is_better: bool, unit: str = "",
+                  description: str = "", actor: Actor) -> Metric:
+    if Metric.objects.filter(project=project, key=key).exists():
+        raise ValidationError({"key": f"A metric with key “{key}” already exists in this project."})
+    metric = Metric(project=project, key=key, name=name, kind=kind, higher_is_better=higher_is_better, unit=unit,
+                    description=description)
+    metric.full_clean()
+    try:
+        with transaction.atomic():
+            metric.save()
+    except IntegrityError as exc:  # created meanwhile by someone else
+        raise ValidationError({"key": f"A metric with key “{key}” already exists in this project."}) from exc
+    record(actor=actor, action=AuditAction.METRIC_CREATED, target=metric, project=project, after=_metric_state(metric),
+           summary=f"Metric {key} created ({MetricKind(kind).label}, {'higher' if higher_is_better else 'lower'} is better)")
+    return metric
+
+
+@transaction.atomic
+def metric_update(*, metric: Metric, actor: Actor, **changes: Any) -> Metric:
+    """Change a metric's name, unit, kind, direction or description; the key never changes."""
+    unknown = set(changes) - set(METRIC_FIELDS)
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    metric = Metric.objects.select_for_update().select_related("project").get(pk=metric.pk)
+    before = _metric_state(metric)
+    for name, value in changes.items():
+        setattr(metric, name, value)
+    metric.full_clean()
+    after = _metric_state(metric)
+    if after == before:
+        return metric
+    metric.save()
+    changed = {name: after[name] for name in after if after[name] != before[name]}
+    record(actor=actor, action=AuditAction.METRIC_UPDATED, target=metric, project=metric.project,
+           before={name: before[name] for name in changed}, after=changed,
+           summary=f"Metric {metric.key}: {', '.join(sorted(changed))} changed")
+    return metric
+
+
+# --- aggregation ---------------------------------------------------------------------------
+
+
+def events_aggregate(*, chunk_size: int = AGGREGATION_CHUNK, budget_seconds: float = AGGREGATION_BUDGET_SECONDS) -> int:
+    """Fold new raw events into the aggregates, chunk by chunk, until caught up or out of time.
+
+    Each chunk is one transaction that holds the cursor row's lock, reads events past the
+    (txid, id) watermark, merges them into the aggregates and moves the watermark: a crash
+    loses nothing and counts nothing twice. A run that finds the lock taken returns at once
+    (the other run is doing the work). Returns the number of events folded in.
+    """
+    AggregationCursor.objects.get_or_create(name=CURSOR_NAME)
+    deadline = time.monotonic() + budget_seconds
+    total = 0
+    while True:
+        processed = _aggregate_chunk(chunk_size)
+        if processed is None:
+            break
+        total += processed
+        if processed < chunk_size or time.monotonic() >= deadline:
+            break
+    return total
+
+
+def _lock_cursor() -> AggregationCursor | None:
+    rows = AggregationCursor.objects.filter(name=CURSOR_NAME)
+    if connection.vendor == "postgresql":
+        return rows.select_for_update(skip_locked=True).first()
+    # SQLite: a write takes the database's write lock, so the reads below cannot interleave.
+    rows.update(updated_at=timezone.now())
+    return rows.first()
+
+
+def _visible_events(cursor_row: AggregationCursor, limit: int) -> list[tuple]:
+    events = (Event.objects.filter(txid__gte=cursor_row.last_txid)
+              .exclude(txid=cursor_row.last_txid, id__lte=cursor_row.last_id))
+    if connection.vendor == "postgresql":
+        # Only transactions older than every one still running: their rows are all visible
+        # now, and no later commit can add a row below this bound. (This transaction's own
+        # rows are visible too; that only happens in tests, where one transaction does both.)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+                           "pg_current_xact_id()::text::bigint")
+            horizon, own = cursor.fetchone()
+        events = events.filter(Q(txid__lt=horizon) | Q(txid=own))
+    return list(events.order_by("txid", "id").values_list(
+        "id", "txid", "environment_id", "kind", "flag_id", "variant", "served", "metric_id", "value", "unit",
+        "occurred_at")[:limit])
+
+
+def _minute(when: datetime.datetime) -> datetime.datetime:
+    return when.astimezone(datetime.UTC).replace(second=0, microsecond=0)
+
+
+def _slices(values: list[Any], size: int = 5_000) -> Iterable[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+@transaction.atomic
+def _aggregate_chunk(limit: int) -> int | None:
+    cursor_row = _lock_cursor()
+    if cursor_row is None:
+        return None
+    events = _visible_events(cursor_row, limit)
+    if not events:
+        return 0
+    exposures: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # (flag, env, variant, minute) -> [n, fallbacks]
+    seen: dict[tuple, list[datetime.datetime]] = {}  # (flag, env, variant, unit) -> [first, last]
+    outcomes = []
+    for _id, _txid, env, kind, flag, variant, served, metric, value, unit, when in events:
+        if kind == EventKind.EXPOSURE:
+            counts = exposures[(flag, env, variant, _minute(when))]
+            counts[0] += 1
+            counts[1] += served != variant
+            span = seen.get((flag, env, variant, unit))
+            if span is None:
+                seen[(flag, env, variant, unit)] = [when, when]
+            else:
+                span[0], span[1] = min(span[0], when), max(span[1], when)
+        else:
+            outcomes.append((env, flag, variant, metric, value, unit, when))
+
+    # Units: merge with what is stored, for first/last seen and for attributing outcomes.
+    environments = sorted({e[2] for e in events})
+    units = sorted({key[3] for key in seen} | {o[5] for o in outcomes if not o[2]})
+    stored: dict[tuple, tuple[datetime.datetime, datetime.datetime]] = {}
+    for part in _slices(units):
+        for flag, env, variant, unit, first, last in UnitExposure.objects.filter(
+                environment_id__in=environments, unit__in=part).values_list(
+                "flag_id", "environment_id", "variant", "unit", "first_seen", "last_seen"):
+            stored[(flag, env, variant, unit)] = (first, last)
+    changed = []
+    for key, (first, last) in seen.items():
+        old = stored.get(key)
+        merged = (first, last) if old is None else (min(first, old[0]), max(last, old[1]))
+        if merged != old:
+            changed.append(UnitExposure(flag_id=key[0], environment_id=key[1], variant=key[2], unit=key[3],
+                                        first_seen=merged[0], last_seen=merged[1]))
+        stored[key] = merged
+    if changed:
+        UnitExposure.objects.bulk_create(changed, batch_size=2_000, update_conflicts=True,
+                                         unique_fields=["flag_id", "environment_id", "variant", "unit"],
+                                         update_fields=["first_seen", "last_seen"])
+
+    assigned = _assignments(stored) if outcomes else {}
+    values: dict[tuple, list[Any]] = {}  # (flag, env, variant, metric, minute) -> [count, total, histogram]
+    for env, flag, variant, metric, value, unit, when in outcomes:
+        if flag and variant:
+            targets = [(flag, variant)]
+        else:
+            by_flag = assigned.get((env, unit), {})
+            flags = [flag] if flag else list(by_flag)
+            targets = [(f, v) for f in flags if (v := _variant_at(by_flag.get(f, ()), when))]
+        for target_flag, target_variant in targets:
+            slot = values.setdefault((target_flag, env, target_variant, metric, _minute(when)), [0, 0.0, {}])
+            slot[0] += 1
+            slot[1] += value
+            histogram.add(slot[2], value)
+
+    _merge_exposure_buckets(exposures)
+    _merge_outcome_buckets(values)
+    last = events[-1]
+    cursor_row.last_id, cursor_row.last_txid = last[0], last[1]
+    cursor_row.events_processed += len(events)
+    cursor_row.updated_at = timezone.now()
+    cursor_row.save()
+    return len(events)
+
+
+def _assignments(stored: dict[tuple, tuple]) -> dict[tuple, dict[int, list[tuple]]]:
+    """(env, unit) -> {flag: [(variant, first_seen, last_seen)]}"""
+    result: dict[tuple, dict[int, list[tuple]]] = {}
+    for (flag, env, variant, unit), (first, last) in stored.items():
+        result.setdefault((env, unit), {}).setdefault(flag, []).append((variant, first, last))
+    return result
+
+
+def _variant_at(spans: Iterable[tuple], when: datetime.datetime) -> str | None:
+    """The variant the unit was last exposed to at `when`: among variants first seen by then,
+    the one seen latest up to `when` (ties: the one first seen latest)."""
+    best = None
+    for variant, first, last in spans:
+        if first > when:
+            continue
+        rank = (min(last, when), first)
+        if best is None or rank > best[0]:
+            best = (rank, variant)
+    return best[1] if best else None
+
+
+def _merge_exposure_buckets(exposures: dict[tuple, list[int]]) -> None:
+    if not exposures:
+        return
+    keys = list(exposures)
+    existing = {
+        (flag, env, variant, bucket): (n, fallbacks)
+        for flag, env, variant, bucket, n, fallbacks in ExposureBucket.objects.filter(
+            flag_id__in={k[0] for k in keys}, environment_id__in={k[1] for k in keys},
+            bucket__in={k[3] for k in keys}).values_list(
+            "flag_id", "environment_id", "variant", "bucket", "exposures", "fallbacks")
+    }
+    rows = []
+    for key, (n, fallbacks) in exposures.items():
+        old_n, old_fallbacks = existing.get(key, (0, 0))
+        rows.append(ExposureBucket(flag_id=key[0], environment_id=key[1], variant=key[2], bucket=key[3],
+                                   exposures=old_n + n, fallbacks=old_fallbacks + fallbacks))
+    ExposureBucket.objects.bulk_create(rows, batch_size=2_000, update_conflicts=True,
+                                       unique_fields=["flag_id", "environment_id", "bucket", "variant"],
+                                       update_fields=["exposures", "fallbacks"])
+
+
+def _merge_outcome_buckets(values: dict[tuple, list[Any]]) -> None:
+    if not values:
+        return
+    keys = list(values)
+    existing = {
+        (flag, env, variant, metric, bucket): (count, total, hist)
+        for flag, env, variant, metric, bucket, count, total, hist in OutcomeBucket.objects.filter(
+            flag_id__in={k[0] for k in keys}, environment_id__in={k[1] for k in keys},
+            metric_id__in={k[3] for k in keys}, bucket__in={k[4] for k in keys}).values_list(
+            "flag_id", "environment_id", "variant", "metric_id", "bucket", "count", "total", "histogram")
+    }
+    rows = []
+    for key, (count, total, hist) in values.items():
+        old = existing.get(key)
+        if old is not None:
+            count, total, hist = count + old[0], total + old[1], histogram.merge((hist, old[2]))
+        rows.append(OutcomeBucket(flag_id=key[0], environment_id=key[1], variant=key[2], metric_id=key[3],
+                                  bucket=key[4], count=count, total=total, histogram=hist))
+    OutcomeBucket.objects.bulk_create(rows, batch_size=1_000, update_conflicts=True,
+                                      unique_fields=["flag_id", "environment_id", "metric_id", "bucket", "variant"],
+                                      update_fields=["count", "total", "histogram"])
