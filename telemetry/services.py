@@ -102,16 +102,32 @@ def _lock_cursor() -> AggregationCursor | None:
     return rows.first()
 
 
+# The next transaction id (xid8) and this transaction's; the oldest running writer of this
+# database (pg_stat_activity.backend_xid is a 32-bit xid: widened with the current epoch).
+HORIZON_SQL = """
+WITH now AS (SELECT pg_current_xact_id()::text::bigint AS own,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next),
+     writers AS (SELECT ((now.next >> 32) << 32) + a.backend_xid::text::bigint AS wide, now.next
+                 FROM pg_stat_activity a, now
+                 WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+                   AND a.pid <> pg_backend_pid())
+SELECT COALESCE((SELECT min(CASE WHEN wide > next THEN wide - 4294967296 ELSE wide END) FROM writers),
+                (SELECT next FROM now)),
+       (SELECT own FROM now)
+"""
+
+
 def _visible_events(cursor_row: AggregationCursor, limit: int) -> list[tuple]:
     events = (Event.objects.filter(txid__gte=cursor_row.last_txid)
               .exclude(txid=cursor_row.last_txid, id__lte=cursor_row.last_id))
     if connection.vendor == "postgresql":
-        # Only transactions older than every one still running: their rows are all visible
-        # now, and no later commit can add a row below this bound. (This transaction's own
+        # Only transactions older than every writing transaction still running in this
+        # database: their rows are all visible now, and no later commit can add a row below
+        # this bound. Other databases on the cluster do not hold it back (a cluster-wide
+        # snapshot xmin would stall on any long transaction anywhere). (This transaction's own
         # rows are visible too; that only happens in tests, where one transaction does both.)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
-                           "pg_current_xact_id()::text::bigint")
+            cursor.execute(HORIZON_SQL)
             horizon, own = cursor.fetchone()
         events = events.filter(Q(txid__lt=horizon) | Q(txid=own))
     return list(events.order_by("txid", "id").values_list(
