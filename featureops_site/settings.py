@@ -232,6 +232,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "telemetry.tasks.aggregate_events",
         "schedule": timedelta(seconds=env_int("TELEMETRY_AGGREGATE_SECONDS", 10)),
     },
+    "check-rollout-guardrails": {
+        "task": "rollouts.tasks.check_guardrails",
+        "schedule": timedelta(seconds=60),
+    },
     "send-reminders": {
         "task": "rollouts.tasks.send_reminders",
         "schedule": timedelta(seconds=env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),

@@ -203,3 +203,119 @@ class FollowUp(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+# --- rollout plans: staged exposure of a candidate variation, with guardrails --------------
+
+
+class RolloutPlanStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    COMPLETED = "completed", "Completed"
+
+
+class RolloutPlan(models.Model):
+    """One flag in one environment, moved from its baseline to a candidate variation through
+    ordered stages. `stage_index` is -1 until the first stage is entered. Traffic changes only
+    through `rollouts.services.targeting_change_submit`; a stage waiting for approval is
+    `pending_change_request`."""
+
+    class OnBreach(models.TextChoices):
+        PAUSE = "pause", "Pause the plan"
+        ROLLBACK = "rollback", "Roll back to the baseline"
+
+    Status = RolloutPlanStatus
+    OPEN = (RolloutPlanStatus.DRAFT, RolloutPlanStatus.RUNNING, RolloutPlanStatus.PAUSED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rollout_plans")
+    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="rollout_plans")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="rollout_plans")
+    baseline = models.CharField(max_length=100, help_text="Variation key everyone returns to on a roll-back.")
+    candidate = models.CharField(max_length=100, help_text="Variation key the plan exposes stage by stage.")
+    assignment_unit = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=RolloutPlanStatus.choices, default=RolloutPlanStatus.DRAFT)
+    stage_index = models.SmallIntegerField(default=-1)
+    stage_entered_at = models.DateTimeField(null=True, blank=True)
+    on_breach = models.CharField(max_length=8, choices=OnBreach.choices, default=OnBreach.PAUSE)
+    needs_attention = models.BooleanField(default=False)
+    pending_change_request = models.ForeignKey(ChangeRequest, null=True, blank=True, on_delete=models.SET_NULL,
+                                               related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["flag", "environment"],
+                                    condition=Q(status__in=["draft", "running", "paused"]),
+                                    name="one_open_rollout_plan_per_flag_environment"),
+            models.CheckConstraint(condition=Q(status__in=RolloutPlanStatus.values), name="rollout_plan_status_known"),
+            models.CheckConstraint(condition=~Q(baseline=models.F("candidate")),
+                                   name="rollout_plan_candidate_differs"),
+            models.CheckConstraint(condition=Q(stage_index__gte=-1), name="rollout_plan_stage_index_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"plan {self.pk}: {self.flag_id}@{self.environment_id} {self.baseline} → {self.candidate}"
+
+
+class RolloutStage(models.Model):
+    """An audience (segments, plus a percentage of everyone else in thousandths of a percent),
+    a minimum bake time, guardrails `[{metric, kind, threshold, min_samples}]`, and whether
+    entering it needs approval whatever the environment's policy says."""
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="stages")
+    order = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    segments = models.JSONField(default=list, blank=True)
+    percentage = models.PositiveIntegerField(default=0)
+    min_bake_minutes = models.PositiveIntegerField(default=0)
+    needs_approval = models.BooleanField(default=False)
+    guardrails = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["plan", "order"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "order"], name="one_rollout_stage_per_order"),
+            models.CheckConstraint(condition=Q(percentage__lte=100000), name="rollout_stage_percentage_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"stage {self.order} ({self.name}) of plan {self.plan_id}"
+
+
+class ReleaseDecision(models.Model):
+    """Who decided what about a plan, when, why, and the evidence at that moment. Written
+    once by the plan services and never updated."""
+
+    class Action(models.TextChoices):
+        START = "start", "Start"
+        ADVANCE = "advance", "Advance"
+        PAUSE = "pause", "Pause"
+        RESUME = "resume", "Resume"
+        ROLLBACK = "rollback", "Roll back"
+        PROMOTE = "promote", "Promote"
+        INVESTIGATE = "investigate", "Investigate"
+        BREACH = "breach", "Guardrail breach"
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="decisions")
+    action = models.CharField(max_length=12, choices=Action.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    actor_label = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    from_stage = models.SmallIntegerField()
+    to_stage = models.SmallIntegerField()
+    evidence = models.JSONField(default=dict, blank=True)
+    change_request = models.ForeignKey(ChangeRequest, null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of plan {self.plan_id}"

@@ -110,16 +110,27 @@ def _require_reason(reason: str) -> str:
 
 @transaction.atomic
 def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], reason: str = "",
-                            actor: Actor, expected_version: int | None = None) -> Targeting | ChangeRequest:
+                            actor: Actor, expected_version: int | None = None,
+                            force_request: bool = False) -> Targeting | ChangeRequest:
     """Apply now, or open a change request, as the environment's policy says. Outside a
     governed environment, and for changes that raise no risk, the change applies at once.
-    `expected_version` refuses a proposal made against a state that has since moved."""
+    `expected_version` refuses a proposal made against a state that has since moved.
+    `force_request` opens a change request whatever the policy says (a rollout stage that
+    needs approval, in any environment)."""
     targeting = Targeting.objects.select_related("flag__fallback_variation", "environment__project").get(pk=targeting.pk)
     if expected_version is not None and targeting.version != expected_version:
         raise flag_services.ConflictError(
             f"This targeting changed since you opened it (now version {targeting.version}). Reload and try again.")
     proposed = flag_services.targeting_proposal(targeting=targeting, changes=changes)
     operator_only = isinstance(actor, AbstractBaseUser) and not may_propose(actor, targeting.flag)
+    if force_request:
+        if operator_only:
+            raise ValidationError("A change that needs approval is proposed by the flag's owner or an editor.")
+        forced = PolicyReason("approval_required", "This rollout stage needs approval whatever the policy says.")
+        classification = classify(targeting, proposed)
+        return _change_request_open(targeting=targeting, proposed=proposed,
+                                    classification=Classification((*classification.reasons, forced)),
+                                    reason=_require_reason(reason), actor=actor)
     if not targeting.environment.is_governed:
         if operator_only:
             raise ValidationError(f"In {targeting.environment.name} targeting is edited by the flag's owner or an "

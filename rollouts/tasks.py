@@ -34,3 +34,12 @@ def deliver_reminders(ids: list[int]) -> int:
     from rollouts.reminders import deliver
 
     return deliver(ids)
+
+
+@shared_task(name="rollouts.tasks.check_guardrails")
+def check_guardrails() -> int:
+    """Beat: judge every running rollout plan's current stage; a red guardrail pauses (or
+    rolls back) the plan as the system. Returns how many breached."""
+    from rollouts.plans import check_guardrails as sweep
+
+    return sweep()
