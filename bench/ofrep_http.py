@@ -9,6 +9,7 @@ Goals: at least 3,000 single-flag requests/s with p99 under 20 ms; bulk of 50 fl
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -41,15 +42,21 @@ def prepare_database() -> str:
     actor = SystemActor("bench")
     project, _ = seed_demo()
     production = Environment.objects.get(project=project, key="production")
+    # A temporary flag needs an owner, a review date and a cleanup rule before it goes on in production.
+    contract = {"owner_team": "bench", "review_date": datetime.datetime.now(tz=datetime.UTC).date() + datetime.timedelta(days=90),
+                "cleanup_rule": "Benchmark data."}
     for n in range(project.flags.count(), 50):
-        flag = services.flag_create(
+        services.flag_create(
             project=project, key=f"bench_flag_{n:02d}", name=f"Bench flag {n}", value_type=ValueType.STRING,
             behavior_surface=BehaviorSurface.MODEL_ROUTE, lifetime=Lifetime.EXPERIMENT, fallback_variation_key="baseline",
             variations=[{"key": "baseline", "value": "baseline_route"}, {"key": "candidate", "value": "candidate_route"}],
-            actor=actor,
+            actor=actor, **contract,
         )
+    for targeting in Targeting.objects.filter(flag__project=project, flag__key__startswith="bench_flag_",
+                                              environment=production, enabled=False).select_related("flag"):
+        services.flag_update(flag=targeting.flag, actor=actor, **contract)
         services.targeting_update(
-            targeting=Targeting.objects.get(flag=flag, environment=production), actor=actor, enabled=True,
+            targeting=targeting, actor=actor, enabled=True,
             assignment_unit="accountId",
             rules=[{"id": "internal", "clauses": [{"op": "in_segment", "values": ["internal_users"]}],
                     "serve": {"variation": "candidate"}}],
