@@ -95,7 +95,7 @@ def deliver_pending(*, older_than: datetime.timedelta = datetime.timedelta(minut
 # --- delivery ------------------------------------------------------------------------------
 
 
-def _flag_words(kind: str, flag: Flag, reminder: Reminder) -> tuple[str, str]:
+def _flag_words(kind: str, flag: Flag) -> tuple[str, str]:
     review = flag.review_date.isoformat() if flag.review_date else "—"
     titles = {
         Kind.REVIEW_IN_7_DAYS: (f"Review {flag.key} within a week (review date {review})",
@@ -152,7 +152,7 @@ def _deliver_one(reminder: Reminder) -> int:
         flag = Flag.objects.filter(pk=reminder.subject_id).select_related("project", "owner_user").first()
         if flag is None:
             return 0
-        title, body = _flag_words(reminder.kind, flag, reminder)
+        title, body = _flag_words(reminder.kind, flag)
         url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
         recipients = _recipients_for_flag(reminder.kind, flag)
         subject = {"flag": flag.key, "review_date": flag.review_date.isoformat() if flag.review_date else None}

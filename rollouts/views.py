@@ -167,8 +167,7 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "is_approver": is_approver,
         "can_decide": is_approver and status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED),
         "already_decided": decided,
-        "can_apply": status == ChangeRequest.Status.APPROVED and (
-            is_requester or has_project_permission(user, project, "propose_change")),
+        "can_apply": services.may_propose(user, change_request.flag) and status == ChangeRequest.Status.APPROVED,
         "can_cancel": is_requester and status in (*ChangeRequest.OPEN, ChangeRequest.Status.CONFLICTED),
         "can_comment": is_requester or bool(services.participation(user, project)),
         "decision_form": DecisionForm(auto_id="id_decision_%s"),
@@ -223,43 +222,35 @@ def _approval_message(change_request: ChangeRequest) -> str:
     return f"Your approval is recorded ({count} of {required}): it still needs {required - count} more."
 
 
-def _refuse_unless(request: HttpRequest, project_key: str, allowed: Any, message: str) -> HttpResponse | None:
-    project = project_for(request, project_key)
-    if not allowed(project):
-        return denied(request, message)
-    return None
+def _decide(request: HttpRequest, project_key: str, pk: int, decide: Any, success: Any, refusal: str) -> HttpResponse:
+    """Approve or reject: approvers only (the service checks again, under the row lock)."""
+    if not has_project_permission(request.user, project_for(request, project_key), "approve_change"):
+        return denied(request, refusal)
+    return _change_request_action(
+        request, project_key, pk,
+        lambda cr, data: decide(change_request=cr, actor=request.user, comment=data.get("comment", "")),
+        success, DecisionForm)
 
 
 @login_required
 @require_POST
 def change_request_approve(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    refusal = _refuse_unless(request, project_key,
-                             lambda p: has_project_permission(request.user, p, "approve_change"),
-                             "Approving needs the approver role in this project.")
-    return refusal or _change_request_action(
-        request, project_key, pk,
-        lambda cr, data: services.change_request_approve(change_request=cr, actor=request.user,
-                                                         comment=data.get("comment", "")),
-        _approval_message, DecisionForm)
+    return _decide(request, project_key, pk, services.change_request_approve, _approval_message,
+                   "Approving needs the approver role in this project.")
 
 
 @login_required
 @require_POST
 def change_request_reject(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    refusal = _refuse_unless(request, project_key,
-                             lambda p: has_project_permission(request.user, p, "approve_change"),
-                             "Rejecting needs the approver role in this project.")
-    return refusal or _change_request_action(
-        request, project_key, pk,
-        lambda cr, data: services.change_request_reject(change_request=cr, actor=request.user,
-                                                        comment=data.get("comment", "")),
-        "Rejected: the request is closed.", DecisionForm)
+    return _decide(request, project_key, pk, services.change_request_reject, "Rejected: the request is closed.",
+                   "Rejecting needs the approver role in this project.")
 
 
-def _requester_or(codename: str, request: HttpRequest, project_key: str, pk: int) -> bool:
-    project = project_for(request, project_key)
-    change_request = _change_request_for(project, pk)
-    return change_request.requester_id == request.user.pk or has_project_permission(request.user, project, codename)
+def _may_carry_out(request: HttpRequest, project_key: str, pk: int) -> bool:
+    """Applying and scheduling: the flag's owner or an editor (a requester who lost the role
+    may not), as the services require."""
+    change_request = _change_request_for(project_for(request, project_key), pk)
+    return services.may_propose(request.user, change_request.flag)
 
 
 @login_required
@@ -278,8 +269,8 @@ def change_request_comment(request: HttpRequest, project_key: str, pk: int) -> H
 @login_required
 @require_POST
 def change_request_apply(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    if not _requester_or("propose_change", request, project_key, pk):
-        return denied(request, "Applying needs the requester or the flag owner / editor role.")
+    if not _may_carry_out(request, project_key, pk):
+        return denied(request, "Applying needs the flag owner or editor role.")
     def act(cr: ChangeRequest, data: dict) -> None:
         result = services.change_request_apply(change_request=cr, actor=request.user)
         if result.status == ChangeRequest.Status.CONFLICTED:
@@ -292,8 +283,8 @@ def change_request_apply(request: HttpRequest, project_key: str, pk: int) -> Htt
 @login_required
 @require_POST
 def change_request_schedule(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    if not _requester_or("propose_change", request, project_key, pk):
-        return denied(request, "Scheduling needs the requester or the flag owner / editor role.")
+    if not _may_carry_out(request, project_key, pk):
+        return denied(request, "Scheduling needs the flag owner or editor role.")
     return _change_request_action(
         request, project_key, pk,
         lambda cr, data: services.change_request_schedule(change_request=cr, actor=request.user,

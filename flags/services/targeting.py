@@ -106,8 +106,8 @@ def _validate_targeting(targeting: Targeting, *, turning_on: bool = False) -> No
         errors["enabled"] = ["Must be on or off."]
     elif turning_on and flag.stage == LifecycleStage.ARCHIVED:
         errors["enabled"] = ["This flag is archived: restore it before turning it on."]
-    elif turning_on and targeting.environment.is_governed and turn_on_problems(flag):
-        errors["enabled"] = [f"A temporary flag needs {', '.join(turn_on_problems(flag))} before it can be turned "
+    elif turning_on and targeting.environment.is_governed and (missing := turn_on_problems(flag)):
+        errors["enabled"] = [f"A temporary flag needs {', '.join(missing)} before it can be turned "
                              f"on in {targeting.environment.name}. Add them to the contract first."]
     problems = validate_targets(targeting.targets, variation_keys)
     if problems:
