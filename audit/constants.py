@@ -69,3 +69,5 @@ class AuditAction(models.TextChoices):
     PLAN_INVESTIGATED = "plan.investigated", "Rollout plan marked for investigation"
     PLAN_BREACHED = "plan.breached", "Rollout guardrail breached"
     PLAN_REQUEST_CLOSED = "plan.request_closed", "Rollout stage request closed without applying"
+    PLAN_ATTENTION_CLEARED = "plan.attention_cleared", "Rollout plan investigation closed"
+    PLAN_DISCARDED = "plan.discarded", "Draft rollout plan discarded"

@@ -234,7 +234,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "check-rollout-guardrails": {
         "task": "rollouts.tasks.check_guardrails",
-        "schedule": timedelta(seconds=60),
+        "schedule": timedelta(seconds=env_int("ROLLOUT_GUARDRAIL_CHECK_SECONDS", 60)),
     },
     "send-reminders": {
         "task": "rollouts.tasks.send_reminders",

@@ -121,3 +121,67 @@ class ContractImportForm(forms.Form):
         if not (cleaned.get("text") or "").strip():
             self.add_error("text", "Paste contracts or choose a file.")
         return cleaned
+
+
+# --- rollout plans ----------------------------------------------------------------------------
+
+
+class PlanForm(forms.Form):
+    """The plan as a whole: environment, variations, what a breach does, and why."""
+
+    environment = forms.ChoiceField(help_text="One plan per flag and environment at a time.")
+    baseline = forms.ChoiceField(help_text="What everyone gets back on a roll-back (usually the fallback).")
+    candidate = forms.ChoiceField(help_text="The variation the plan exposes stage by stage.")
+    on_breach = forms.ChoiceField(label="When a guardrail is breached", widget=forms.RadioSelect,
+                                  choices=(("pause", "Pause the plan (traffic stays as it is)"),
+                                           ("rollback", "Roll back: everyone to the baseline at once")),
+                                  initial="pause")
+    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET,
+                             help_text="Why this rollout: the decision log and the audit trail keep it.")
+
+    def __init__(self, *args: Any, environments: list[Environment], variations: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["environment"].choices = [(e.key, e.name + (" (governed)" if e.is_governed else ""))
+                                              for e in environments]
+        choices = [(key, key) for key in variations]
+        self.fields["baseline"].choices = choices
+        self.fields["candidate"].choices = choices
+
+
+class StageForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    segments = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
+                                         help_text="Segments that get the candidate (earlier stages' stay).")
+    percentage = forms.DecimalField(label="% of everyone else", min_value=0, max_value=100, decimal_places=3,
+                                    initial=0, widget=forms.NumberInput(attrs={"step": "0.001"}))
+    min_bake_minutes = forms.IntegerField(label="Bake (minutes)", min_value=0, max_value=60 * 24 * 90, initial=60)
+    needs_approval = forms.BooleanField(required=False, label="Entering it needs approval")
+
+    def __init__(self, *args: Any, segments: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["segments"].choices = [(key, key) for key in segments]
+
+    def stage(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {"name": data["name"], "segments": list(data["segments"]),
+                "percentage": int(round(data["percentage"] * 1000)), "min_bake_minutes": data["min_bake_minutes"],
+                "needs_approval": data["needs_approval"]}
+
+
+class GuardrailForm(forms.Form):
+    metric = forms.ChoiceField()
+    kind = forms.ChoiceField(initial="relative_max", choices=(("relative_max", "at most × baseline"), ("relative_min", "at least × baseline"),
+                                      ("absolute_max", "at most (absolute)"), ("absolute_min", "at least (absolute)")))
+    threshold = forms.FloatField(help_text="1.2 with “at most × baseline” allows 20 % worse than the baseline.")
+    min_samples = forms.IntegerField(label="Min. samples", min_value=1, max_value=10_000_000, initial=50)
+
+    def __init__(self, *args: Any, metrics: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["metric"].choices = [("", "— choose a metric —"), *metrics]
+
+    def guardrail(self) -> dict[str, Any]:
+        return {key: self.cleaned_data[key] for key in ("metric", "kind", "threshold", "min_samples")}
+
+
+StageFormSet = forms.formset_factory(StageForm, extra=1, max_num=20, absolute_max=20)
+GuardrailFormSet = forms.formset_factory(GuardrailForm, extra=1, max_num=10, absolute_max=10)

@@ -214,6 +214,7 @@ class RolloutPlanStatus(models.TextChoices):
     PAUSED = "paused", "Paused"
     ROLLED_BACK = "rolled_back", "Rolled back"
     COMPLETED = "completed", "Completed"
+    DISCARDED = "discarded", "Discarded"
 
 
 class RolloutPlan(models.Model):
@@ -300,6 +301,8 @@ class ReleaseDecision(models.Model):
         PROMOTE = "promote", "Promote"
         INVESTIGATE = "investigate", "Investigate"
         BREACH = "breach", "Guardrail breach"
+        RESOLVE = "resolve", "Investigation closed"
+        DISCARD = "discard", "Discard"
 
     plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="decisions")
     action = models.CharField(max_length=12, choices=Action.choices)

@@ -141,6 +141,13 @@ def plan_evidence(plan: RolloutPlan, *, stages: list[RolloutStage] | None = None
             "variants": variants, "guardrails": [r.as_dict() for r in results], "status": overall(results)}
 
 
+def plans_evidence(plan_list: list[RolloutPlan], *, stages_by_plan: dict[int, list[RolloutStage]],
+                   now: datetime.datetime | None = None) -> dict[int, dict[str, Any]]:
+    """`plan_evidence` of several plans (the board): {plan id: evidence}."""
+    now = now or timezone.now()
+    return {plan.pk: plan_evidence(plan, stages=stages_by_plan.get(plan.pk, []), now=now) for plan in plan_list}
+
+
 # --- creation -------------------------------------------------------------------------------
 
 
@@ -291,19 +298,39 @@ def _locked(plan: RolloutPlan) -> RolloutPlan:
             .get(pk=plan.pk))
 
 
+PERMISSION_REFUSALS = {
+    "propose": "needs the flag owner or editor role",
+    "stop": "needs the operator, flag owner or editor role",
+    "participate": "needs a role that takes part in changes",
+}
+
+
+def _permission_kind(action: str) -> str:
+    if action in (Action.START, Action.ADVANCE, Action.PROMOTE, Action.RESUME, Action.DISCARD):
+        return "propose"
+    if action in (Action.PAUSE, Action.ROLLBACK):
+        return "stop"
+    return "participate"  # investigate, resolve
+
+
+def may_act(user: Any, plan: RolloutPlan, action: str) -> bool:
+    """Whether `user`'s roles allow `action` on the plan (its state is judged separately):
+    owners and editors steer it, operators may also stop it, anyone taking part in changes
+    may mark it for investigation or close that investigation."""
+    kind = _permission_kind(action)
+    if kind == "propose":
+        return services.may_propose(user, plan.flag)
+    if kind == "stop":
+        return services.may_propose(user, plan.flag) or has_project_permission(user, plan.project, "flip_killswitch")
+    return bool(services.participation(user, plan.project))
+
+
 def _check_permission(plan: RolloutPlan, actor: Actor, action: str) -> None:
     if not isinstance(actor, AbstractBaseUser):
         return  # system jobs act through the same services
-    if action in (Action.START, Action.ADVANCE, Action.PROMOTE, Action.RESUME):
-        if not services.may_propose(actor, plan.flag):
-            raise ValidationError(f"To {action} a rollout plan needs the flag owner or editor role.")
-    elif action in (Action.PAUSE, Action.ROLLBACK):
-        if not (services.may_propose(actor, plan.flag)
-                or has_project_permission(actor, plan.project, "flip_killswitch")):
-            raise ValidationError(f"To {action.replace('rollback', 'roll back')} a rollout plan needs the operator, "
-                                  "flag owner or editor role.")
-    elif not services.participation(actor, plan.project):
-        raise ValidationError("Marking a plan for investigation needs a role that takes part in changes.")
+    if not may_act(actor, plan, action):
+        verb = {Action.ROLLBACK: "roll back", Action.RESOLVE: "close the investigation of"}.get(action, action)
+        raise ValidationError(f"To {verb} a rollout plan {PERMISSION_REFUSALS[_permission_kind(action)]}.")
 
 
 def _expect(plan: RolloutPlan, allowed: tuple[str, ...], verb: str) -> None:
@@ -438,6 +465,9 @@ def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: di
         raise ValidationError(f"Waiting for CR-{plan.pending_change_request_id} to be applied.")
     if plan.stage_index < 0:
         return
+    if not Targeting.objects.filter(flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists():
+        raise ValidationError(f"{plan.flag.key} is off in {plan.environment.name} (a kill switch or incident mode): "
+                              "turn it back on through a change first; a plan never turns a stopped flag back on.")
     stage = stages[plan.stage_index]
     baked_at = plan.stage_entered_at + datetime.timedelta(minutes=stage.min_bake_minutes)
     now = timezone.now()
@@ -610,6 +640,40 @@ def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> Rollout
 
 
 @transaction.atomic
+def plan_resolve(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
+    """Close an investigation: the plan no longer needs attention; traffic does not change."""
+    plan = _locked(plan)
+    _check_permission(plan, actor, Action.RESOLVE)
+    if not plan.needs_attention:
+        raise ValidationError("This plan is not marked for investigation.")
+    reason = _require_reason(reason)
+    before = _before(plan)
+    plan.needs_attention = False
+    plan.save(update_fields=["needs_attention", "updated_at"])
+    _decide(plan, Action.RESOLVE, actor, reason, evidence=plan_evidence(plan))
+    _audit(plan, AuditAction.PLAN_ATTENTION_CLEARED, actor, f"{plan.flag.key} in {plan.environment.name}: "
+                                                            "investigation closed", reason, before)
+    return plan
+
+
+@transaction.atomic
+def plan_discard(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
+    """Drop a draft that never started. It stays in the log as discarded, and the flag may
+    get a new plan in that environment."""
+    plan = _locked(plan)
+    _check_permission(plan, actor, Action.DISCARD)
+    _expect(plan, (Status.DRAFT,), "discarded (only a draft can be; roll back a started plan)")
+    reason = _require_reason(reason)
+    before = _before(plan)
+    plan.status = Status.DISCARDED
+    plan.save(update_fields=["status", "updated_at"])
+    _decide(plan, Action.DISCARD, actor, reason)
+    _audit(plan, AuditAction.PLAN_DISCARDED, actor, f"Discarded the draft plan for {plan.flag.key} in "
+                                                    f"{plan.environment.name}", reason, before)
+    return plan
+
+
+@transaction.atomic
 def plan_sync(plan: RolloutPlan) -> RolloutPlan:
     """Move a plan whose pending change request was applied (or forget one closed without
     applying). Idempotent: the status check runs under the plan's lock."""
@@ -618,11 +682,35 @@ def plan_sync(plan: RolloutPlan) -> RolloutPlan:
     return plan
 
 
+def pause_stopped_plans(*, flag_ids: list[int], environment_id: int, actor: Actor, reason: str) -> int:
+    """A kill switch or incident mode sent flags to their fallbacks: their running plans pause
+    in the same transaction, withdrawing a stage waiting for approval, so nothing expands
+    until a person resumes. Returns how many paused."""
+    paused = 0
+    for plan in RolloutPlan.objects.filter(flag_id__in=flag_ids, environment_id=environment_id,
+                                           status=Status.RUNNING).only("pk"):
+        plan = _locked(plan)
+        if plan.status == Status.RUNNING:
+            _pause_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan))
+            paused += 1
+    return paused
+
+
+def sync_plans_waiting_on(change_request_id: int) -> int:
+    """Called after a change request is applied or closed: the plans waiting on it follow at
+    once instead of at the next guardrail sweep. Returns how many plans changed."""
+    moved = 0
+    for plan in RolloutPlan.objects.filter(pending_change_request_id=change_request_id).only("pk"):
+        before = plan.pending_change_request_id
+        moved += plan_sync(plan).pending_change_request_id != before
+    return moved
+
+
 # --- guardrails on a schedule ---------------------------------------------------------------
 
 
 def _plan_url(plan: RolloutPlan) -> str:
-    return reverse("flags:flag_detail", kwargs={"project_key": plan.project.key, "flag_key": plan.flag.key})
+    return reverse("rollouts:plan_detail", kwargs={"project_key": plan.project.key, "pk": plan.pk})
 
 
 @transaction.atomic

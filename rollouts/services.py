@@ -398,6 +398,24 @@ def _apply_flag_change(change_request: ChangeRequest, actor: Actor, count: int) 
     return _applied(change_request, actor, count)
 
 
+def _plans_follow(change_request: ChangeRequest) -> None:
+    """A rollout plan waiting on this request moves (or forgets it) right after the commit,
+    not at the next guardrail sweep (which would also do it)."""
+    def follow() -> None:
+        from rollouts.plans import sync_plans_waiting_on  # plans build on this module
+
+        sync_plans_waiting_on(change_request.pk)
+
+    transaction.on_commit(follow, robust=True)
+
+
+def _pause_plans(flag_ids: list[int], environment: Environment, actor: Actor, reason: str) -> None:
+    """Stopping flags stops their rollouts too (in the same transaction)."""
+    from rollouts.plans import pause_stopped_plans  # plans build on this module
+
+    pause_stopped_plans(flag_ids=flag_ids, environment_id=environment.pk, actor=actor, reason=reason)
+
+
 def _conflicted(change_request: ChangeRequest, actor: Actor, *, base: Any, current: Any, current_version: int,
                 summary: str) -> ChangeRequest:
     change_request.status = Status.CONFLICTED
@@ -410,6 +428,7 @@ def _conflicted(change_request: ChangeRequest, actor: Actor, *, base: Any, curre
     _notify_requester(change_request, f"Conflicted: {_label(change_request)}",
                       "What the request changes was changed since it was made; nothing was applied. "
                       "Open a new request from the current state.")
+    _plans_follow(change_request)
     return change_request
 
 
@@ -423,6 +442,7 @@ def _applied(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeR
     if not isinstance(actor, AbstractBaseUser) or actor.pk != change_request.requester_id:
         _notify_requester(change_request, f"Applied: {_label(change_request)}",
                           f"Applied by {actor.get_username() if isinstance(actor, AbstractBaseUser) else actor}.")
+    _plans_follow(change_request)
     return change_request
 
 
@@ -489,6 +509,7 @@ def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseU
            after={"status": Status.REJECTED}, reason=comment, change_request_id=change_request.pk)
     _notify_requester(change_request, f"Rejected: {_label(change_request)}",
                       f"Rejected by {actor.get_username()}: {comment or 'no comment'}")
+    _plans_follow(change_request)
     return change_request
 
 
@@ -606,6 +627,7 @@ def change_request_cancel(*, change_request: ChangeRequest, actor: AbstractBaseU
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_CANCELLED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.CANCELLED}, reason=reason, change_request_id=change_request.pk)
+    _plans_follow(change_request)
     return change_request
 
 
@@ -649,6 +671,7 @@ def _expire(change_request: ChangeRequest, days: int) -> int:
            summary=f"Expired after {days} days without a decision")
     _notify_requester(change_request, f"Expired: {_label(change_request)}",
                       f"No decision within {days} days. Submit it again if it is still wanted.")
+    _plans_follow(change_request)
     return 1
 
 
@@ -718,6 +741,7 @@ def killswitch_flip(*, targeting: Targeting, reason: str, actor: AbstractBaseUse
                               f"fallback {flag.fallback_variation.key}.")
     updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
                                              reason=f"Kill switch: {reason}")
+    _pause_plans([flag.pk], targeting.environment, actor, f"Kill switch: {reason}")
     record(actor=actor, action=AuditAction.KILLSWITCH_FLIPPED, target=flag, project=project,
            environment=targeting.environment, flag=flag, after={"enabled": False},
            reason=reason, summary=f"Kill switch: {flag.key} sent to its fallback in {targeting.environment.name}")
@@ -761,6 +785,7 @@ def incident_start(*, environment: Environment, surfaces: list[str], reason: str
         updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
                                                  reason=f"Incident mode: {reason}")
         affected.append({"targeting": targeting.pk, "flag": targeting.flag.key, "version": updated.version})
+    _pause_plans([t.flag_id for t in targetings], environment, actor, f"Incident mode: {reason}")
     scope = ", ".join(BehaviorSurface(s).label for s in sorted(surfaces)) if surfaces else "every flag"
     incident = Incident.objects.create(project=project, environment=environment, surfaces=sorted(surfaces),
                                        reason=reason, started_by=actor, started_by_label=actor.get_username(),

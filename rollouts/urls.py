@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 import rollouts.contract_views as contract_views
-from rollouts import flag_change_views, views
+from rollouts import flag_change_views, plan_views, views
 
 app_name = "rollouts"
 
@@ -38,4 +38,13 @@ urlpatterns += [
     path(_flag + "contract.yaml", contract_views.contract_export, name="contract_export"),
     path("p/<slug:project_key>/contracts.yaml", contract_views.contracts_export, name="contracts_export"),
     path("p/<slug:project_key>/contracts/import/", contract_views.contracts_import, name="contracts_import"),
+]
+
+# Rollout plans
+_plan = "p/<slug:project_key>/rollouts/<int:pk>/"
+urlpatterns += [
+    path("p/<slug:project_key>/rollouts/", plan_views.plan_board, name="plan_board"),
+    path(_flag + "rollout-plan/new/", plan_views.plan_create, name="plan_create"),
+    path(_plan, plan_views.plan_detail, name="plan_detail"),
+    path(_plan + "<slug:action>/", plan_views.plan_action, name="plan_action"),
 ]

@@ -25,7 +25,7 @@ from flags.forms import add_service_errors
 from flags.models import Flag, Project, Targeting
 from flags.permissions import has_project_permission
 from flags.views import denied, project_for, targeting_card_context
-from rollouts import selectors, services
+from rollouts import plan_pages, selectors, services
 from rollouts.forms import (
     AcknowledgeForm,
     CommentForm,
@@ -36,7 +36,7 @@ from rollouts.forms import (
     ReasonForm,
     ScheduleForm,
 )
-from rollouts.models import ChangeRequest, FollowUp, Incident
+from rollouts.models import ChangeRequest, FollowUp, Incident, RolloutPlan
 
 
 def _with_messages(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -173,6 +173,7 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "decision_form": DecisionForm(auto_id="id_decision_%s"),
         "comment_form": CommentForm(auto_id="id_comment_%s"),
         "schedule_form": ScheduleForm(auto_id="id_schedule_%s"),
+        "rollout": plan_pages.request_evidence(change_request),
     }
 
 
@@ -324,6 +325,8 @@ def flag_control(request: HttpRequest, project_key: str, flag_key: str) -> HttpR
     flag = _flag_for(project, flag_key)
     return render(request, "rollouts/flag_control.html", {
         "project": project, "flag": flag, "control": selectors.flag_control(flag),
+        "plans": list(flag.rollout_plans.filter(status__in=RolloutPlan.OPEN).select_related("environment")),
+        "can_plan": services.may_propose(request.user, flag) and flag.archived_at is None,
         "ack_form": AcknowledgeForm(), "can_acknowledge": bool(services.participation(request.user, project)),
     })
 

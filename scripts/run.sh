@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start the console and a Celery worker with beat, on the embedded defaults unless
-# DATABASE_URL / CELERY_BROKER_URL say otherwise. Ctrl-C stops both.
+# Start the console, a Celery worker with beat and the demo's simulated support traffic, on
+# the embedded defaults unless DATABASE_URL / CELERY_BROKER_URL say otherwise. Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -12,6 +12,9 @@ mkdir -p var
 "$PY" manage.py migrate --no-input
 "$PY" manage.py seed_demo
 "$PY" manage.py seed_metrics   # the demo's metrics registry (telemetry)
+# A rollout plan for support_assistant_profile in production, running at its first stage,
+# with bake times of a minute or two so it can be walked through its stages during the demo.
+"$PY" manage.py seed_rollout_demo
 # Reminders due today (the demo has an overdue review and one due within a week) land in the
 # inbox now; their emails go out through the worker below. Beat repeats the sweep hourly.
 "$PY" manage.py send_reminders
@@ -19,10 +22,17 @@ mkdir -p var
 "$PY" -m celery -A featureops_site worker --beat --loglevel=INFO --concurrency=1 \
   --schedule=var/celerybeat-schedule >var/celery.log 2>&1 &
 CELERY_PID=$!
-trap 'kill $CELERY_PID 2>/dev/null || true; wait $CELERY_PID 2>/dev/null || true' EXIT INT TERM
+# An imaginary support app: every few seconds it evaluates the demo flag for a batch of
+# accounts and reports exposures and outcomes to the events API (waiting until the server is up).
+"$PY" manage.py simulate_traffic --url "http://$HOST:$PORT" >var/traffic.log 2>&1 &
+TRAFFIC_PID=$!
+trap 'kill $CELERY_PID $TRAFFIC_PID 2>/dev/null || true; wait $CELERY_PID $TRAFFIC_PID 2>/dev/null || true' \
+  EXIT INT TERM
 
 echo
 echo "FeatureOps Console: http://$HOST:$PORT/  (Celery worker + beat running; log in var/celery.log)"
 echo "Django admin:       http://$HOST:$PORT/admin/  (log in as admin)"
+echo "Rollout demo:       http://$HOST:$PORT/p/support-assistant/rollouts/  (traffic in var/traffic.log; to breach" \
+  "its latency guardrail: $PY manage.py simulate_traffic --url http://$HOST:$PORT --regress-latency 2)"
 echo
 "$PY" manage.py runserver "$HOST:$PORT"

@@ -14,6 +14,7 @@ from flags import services
 from flags.constants import Role
 from flags.demo import seed_demo
 from flags.models import Environment, Flag, Membership, Project, SdkKey
+from rollouts.plans import plan_create
 from rollouts.services import incident_start
 from rollouts.services import targeting_change_submit as submit_change
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
@@ -35,6 +36,10 @@ def _flag_kwargs(p: dict[str, Any]) -> dict[str, Any]:
 
 def _change_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {"project_key": p["project"].key, "pk": p["change_request"].pk}
+
+
+def _plan_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    return {"project_key": p["project"].key, "pk": p["plan"].pk}
 
 
 def _webhook_kwargs(p: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +127,12 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
                                    lambda p: {"environment": "production", "production-approvals_for_escalation": "2",
                                               "production-approvals_otherwise": "1",
                                               "production-expire_after_days": "5"}),
+    # rollout plans: members read; owners and editors plan and steer; operators also stop
+    "rollouts:plan_board": ("GET", ANY_MEMBER, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "rollouts:plan_detail": ("GET", ANY_MEMBER, _plan_kwargs, lambda p: {}),
+    "rollouts:plan_create": ("POST", EDITORS, _flag_kwargs, lambda p: {"environment": "development"}),
+    "rollouts:plan_action": ("POST", EDITORS | OPERATORS, lambda p: {**_plan_kwargs(p), "action": "pause"},
+                             lambda p: {"reason": "matrix"}),
     # flags as code: any member exports; editors import (a preview POST writes nothing)
     "rollouts:contract_export": ("GET", ANY_MEMBER, _flag_kwargs, lambda p: {}),
     "rollouts:contracts_export": ("GET", ANY_MEMBER, lambda p: {"project_key": p["project"].key}, lambda p: {}),
@@ -158,7 +169,10 @@ def _change_control(project: Project, flag: Flag, editor: Any, operator: Any) ->
     development = flag.targetings.get(environment__key="development")
     services.targeting_update(targeting=development, actor=TEST_ACTOR, enabled=True)
     incident = incident_start(environment=development.environment, surfaces=[], reason="matrix", actor=operator)
-    return {"change_request": change_request, "incident": incident, "follow_up": incident.follow_ups.get()}
+    plan = plan_create(flag=flag, environment=development.environment, baseline="none", candidate="read_only",
+                       stages=[{"name": "Half", "segments": [], "percentage": 50_000}], actor=editor, reason="matrix")
+    return {"change_request": change_request, "incident": incident, "follow_up": incident.follow_ups.get(),
+            "plan": plan}
 
 
 def _world(make_user: Callable[..., Any]) -> dict[str, Any]:

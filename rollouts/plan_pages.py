@@ -1,0 +1,355 @@
+"""What the rollout board and the plan page show: reads only, a fixed number of queries per
+page whatever the number of decisions or data points.
+
+- `next_step` says, in words, what the plan waits for and who moves it next.
+- `available_actions` lists the buttons a person may press now (role and state), each
+  with the reason it is blocked, if it is (bake time, breached guardrail, pending request).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from flags.models import Project
+from rollouts import charts, plans, services
+from rollouts.models import ReleaseDecision, RolloutPlan, RolloutStage
+from rollouts.plan_guardrails import AMBER, GREEN, RED
+from telemetry.models import Metric
+from telemetry.selectors import series as metric_series
+
+Status = RolloutPlan.Status
+Action = ReleaseDecision.Action
+KIND_LABELS = {"absolute_max": "at most", "absolute_min": "at least", "relative_max": "at most",
+               "relative_min": "at least"}
+
+
+def _duration(delta: datetime.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes // 1440} d {minutes % 1440 // 60} h"
+
+
+def guardrail_text(guardrail: dict[str, Any]) -> str:
+    """'candidate latency_p95 at most 1.2 × baseline (from 50 samples)'."""
+    relation = KIND_LABELS.get(guardrail["kind"], guardrail["kind"])
+    threshold = f"{float(guardrail['threshold']):g}"
+    against = f"{threshold} × baseline" if guardrail["kind"].startswith("relative") else threshold
+    return f"candidate {guardrail['metric']} {relation} {against} (from {guardrail.get('min_samples', 0)} samples)"
+
+
+def audience_text(stage: RolloutStage) -> str:
+    parts = [", ".join(stage.segments)] if stage.segments else []
+    if stage.percentage >= plans.SPLIT_TOTAL:
+        parts = ["everyone"]
+    elif stage.percentage:
+        parts.append(f"{stage.percentage / 1000:g} % of everyone else")
+    return " + ".join(parts) or "nobody yet"
+
+
+def stage_entries(decisions: list[ReleaseDecision]) -> dict[int, datetime.datetime]:
+    """When the plan last entered each stage: decisions that moved it (a start or advance
+    applied at once, or one whose change request was applied)."""
+    entries: dict[int, datetime.datetime] = {}
+    for decision in decisions:
+        moved = decision.action in (Action.START, Action.ADVANCE) and (
+            decision.change_request_id is None or decision.actor_label == str(plans.PLAN_SYNC))
+        if moved:
+            entries[decision.to_stage] = decision.created_at
+    return entries
+
+
+def _bake_left(plan: RolloutPlan, stage: RolloutStage, now: datetime.datetime) -> datetime.timedelta | None:
+    if plan.stage_entered_at is None:
+        return None
+    left = plan.stage_entered_at + datetime.timedelta(minutes=stage.min_bake_minutes) - now
+    return left if left.total_seconds() > 0 else None
+
+
+def next_step(plan: RolloutPlan, stages: list[RolloutStage], status: str | None,
+              now: datetime.datetime | None = None) -> str:
+    """What happens next, in words, for the board and the plan page."""
+    now = now or timezone.now()
+    attention = "Investigate, then: " if plan.needs_attention else ""
+    if plan.status == Status.DRAFT:
+        return f"{attention}Start: enter stage 1 ({stages[0].name})" if stages else "Add stages"
+    if plan.status == Status.PAUSED:
+        return f"{attention}Resume or roll back"
+    if plan.status != Status.RUNNING:
+        return "Done"
+    if plan.pending_change_request_id:
+        return f"{attention}Waiting for approval of CR-{plan.pending_change_request_id}"
+    if status == RED:
+        return f"{attention}Guardrail breached: the plan pauses at the next check; pause or roll back now"
+    stage = stages[plan.stage_index]
+    left = _bake_left(plan, stage, now)
+    last = plan.stage_index >= len(stages) - 1
+    step = f"promote {plan.candidate}" if last else f"advance to stage {plan.stage_index + 2} ({stages[plan.stage_index + 1].name})"
+    if left is not None:
+        return f"{attention}Baking: {step} in {_duration(left)}"
+    if status == AMBER:
+        return f"{attention}{step[0].upper()}{step[1:]} (guardrails still gathering samples)"
+    return f"{attention}{step[0].upper()}{step[1:]}"
+
+
+@dataclass
+class PlanAction:
+    action: str
+    label: str
+    style: str = ""
+    confirm: str = ""
+    blocked: str = ""
+    needs_approval: bool = False
+
+
+def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: dict[str, Any] | None, user: Any,
+                      now: datetime.datetime | None = None) -> list[PlanAction]:
+    """The buttons `user` may press on this plan now; a blocked one carries its reason."""
+    now = now or timezone.now()
+    candidates: list[PlanAction] = []
+    where = f"{plan.flag.key} in {plan.environment.name}"
+    if plan.status == Status.DRAFT:
+        first = stages[0]
+        candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})", needs_approval=first.needs_approval,
+                                  confirm=f"Start the plan: {audience_text(first)} get {plan.candidate}?"),
+                       PlanAction(Action.DISCARD, "Discard draft", "secondary", f"Discard this draft plan for {where}?")]
+    if plan.status == Status.RUNNING:
+        blocked = ""
+        if plan.pending_change_request_id:
+            blocked = f"Waiting for CR-{plan.pending_change_request_id} to be approved and applied."
+        elif plan.stage_index >= 0:
+            stage = stages[plan.stage_index]
+            left = _bake_left(plan, stage, now)
+            red = [g["message"] for g in (evidence or {}).get("guardrails", []) if g["status"] == RED]
+            if left is not None:
+                blocked = f"Stage {plan.stage_index + 1} bakes for {stage.min_bake_minutes} min: {_duration(left)} left."
+            elif red:
+                blocked = "A guardrail is breached: " + "; ".join(red)
+        if plan.stage_index < len(stages) - 1:
+            nxt = stages[plan.stage_index + 1]
+            candidates.append(PlanAction(Action.ADVANCE, f"Advance to stage {plan.stage_index + 2} ({nxt.name})",
+                                         blocked=blocked, needs_approval=nxt.needs_approval,
+                                         confirm=f"Advance {where}: {audience_text(nxt)} get {plan.candidate}?"))
+        if plan.stage_index >= 0:
+            later = any(stage.needs_approval for stage in stages[plan.stage_index + 1:])
+            candidates.append(PlanAction(Action.PROMOTE, f"Promote {plan.candidate} to everyone",
+                                         "secondary" if plan.stage_index < len(stages) - 1 else "",
+                                         f"Promote {plan.candidate}: it becomes the default for everyone in "
+                                         f"{plan.environment.name} and the plan completes?", blocked=blocked,
+                                         needs_approval=later))
+        candidates.append(PlanAction(Action.PAUSE, "Pause", "secondary",
+                                     f"Pause {where}? Traffic stays as it is; expansion stops."))
+    if plan.status == Status.PAUSED:
+        candidates.append(PlanAction(Action.RESUME, "Resume", confirm=f"Resume {where}? The stage's bake time "
+                                                                        "starts over."))
+    if plan.status in (Status.RUNNING, Status.PAUSED):
+        candidates.append(PlanAction(Action.ROLLBACK, f"Roll back to {plan.baseline}", "danger",
+                                     f"Roll back {where}: everyone gets {plan.baseline} at once. No approval needed."))
+    if plan.status in RolloutPlan.OPEN:
+        if plan.needs_attention:
+            candidates.append(PlanAction(Action.RESOLVE, "Close the investigation", "secondary"))
+        else:
+            candidates.append(PlanAction(Action.INVESTIGATE, "Mark for investigation", "secondary"))
+    return [c for c in candidates if plans.may_act(user, plan, c.action)]
+
+
+# --- the board --------------------------------------------------------------------------------
+
+
+@dataclass
+class BoardRow:
+    plan: RolloutPlan
+    stages: list[RolloutStage]
+    status: str | None
+    next_step: str
+    time_in_stage: str
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def stage(self) -> RolloutStage | None:
+        return self.stages[self.plan.stage_index] if 0 <= self.plan.stage_index < len(self.stages) else None
+
+
+def board_plans(project: Project) -> QuerySet[RolloutPlan]:
+    return (RolloutPlan.objects.filter(project=project)
+            .select_related("flag__owner_user", "flag__fallback_variation", "environment", "project")
+            .order_by("-updated_at"))
+
+
+def board(project: Project, now: datetime.datetime | None = None) -> tuple[list[BoardRow], list[BoardRow]]:
+    """(open plans, closed plans): the stage, time in it, guardrail status and next step."""
+    now = now or timezone.now()
+    plan_list = list(board_plans(project)[:200])
+    stages_by_plan: dict[int, list[RolloutStage]] = {}
+    for stage in RolloutStage.objects.filter(plan__in=[p.pk for p in plan_list]).order_by("plan_id", "order"):
+        stages_by_plan.setdefault(stage.plan_id, []).append(stage)
+    evidence = plans.plans_evidence([p for p in plan_list if p.status in (Status.RUNNING, Status.PAUSED)],
+                                    stages_by_plan=stages_by_plan, now=now)
+    open_rows, closed_rows = [], []
+    for plan in plan_list:
+        stages = stages_by_plan.get(plan.pk, [])
+        judged = evidence.get(plan.pk)
+        status = judged["status"] if judged else None
+        row = BoardRow(plan=plan, stages=stages, status=status, next_step=next_step(plan, stages, status, now),
+                       time_in_stage=_duration(now - plan.stage_entered_at) if plan.stage_entered_at else "—",
+                       messages=[g["message"] for g in judged["guardrails"] if g["status"] != GREEN] if judged else [])
+        (open_rows if plan.status in RolloutPlan.OPEN else closed_rows).append(row)
+    return open_rows, closed_rows
+
+
+# --- the plan page ----------------------------------------------------------------------------
+
+
+@dataclass
+class StageRow:
+    index: int
+    stage: RolloutStage
+    state: str  # done, current, waiting, next, later
+    entered_at: datetime.datetime | None
+    audience: str
+    guardrails: list[str]
+
+
+def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int, datetime.datetime],
+                waiting_for: int | None) -> list[StageRow]:
+    rows = []
+    for index, stage in enumerate(stages):
+        if plan.status == Status.COMPLETED or index < plan.stage_index:
+            state = "done"
+        elif index == plan.stage_index:
+            state = "current"
+        elif index == waiting_for:
+            state = "waiting"
+        elif index == plan.stage_index + 1:
+            state = "next"
+        else:
+            state = "later"
+        shared = index > 0 and stage.guardrails == stages[0].guardrails
+        rows.append(StageRow(index, stage, state, entries.get(index), audience_text(stage),
+                             [] if shared else [guardrail_text(g) for g in stage.guardrails]))
+    return rows
+
+
+def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Metric], evidence: dict[str, Any],
+            entries: dict[int, datetime.datetime], now: datetime.datetime) -> list[dict[str, Any]]:
+    keys = [plan.flag.primary_metric] if plan.flag.primary_metric else []
+    keys += [g["metric"] for stage in stages for g in stage.guardrails]
+    keys = [key for i, key in enumerate(keys) if key in metrics and key not in keys[:i]]
+    start = (min(entries.values()) if entries else plan.created_at).replace(second=0, microsecond=0)
+    start = min(start, now - datetime.timedelta(minutes=30))
+    bucket = charts.bucket_minutes_for(start, now)
+    markers = [charts.Marker(at, f"{index + 1}. {stages[index].name}") for index, at in sorted(entries.items())
+               if index < len(stages)]
+    limits = {g["metric"]: g for g in evidence.get("guardrails", [])}
+    variants = [plan.baseline, plan.candidate]
+    result = []
+    for key in keys:
+        metric = metrics[key]
+        by_variant: dict[str, list[charts.Point]] = {variant: [] for variant in variants}
+        for row in metric_series(flag_id=plan.flag_id, environment_id=plan.environment_id, metric_key=key,
+                                 start=start, end=now, bucket_minutes=bucket):
+            if row["value"] is not None and row["variant"] in by_variant:
+                by_variant[row["variant"]].append(charts.Point(row["bucket"], float(row["value"]), row["count"]))
+        judged = limits.get(key)
+        limit = None
+        if judged and judged.get("limit") is not None:
+            limit = (float(judged["limit"]), f"Limit now: {charts.format_value(judged['limit'], metric.unit)}")
+        samples = {variant: sum(p.count for p in points) for variant, points in by_variant.items()}
+        result.append({
+            "metric": metric, "primary": key == plan.flag.primary_metric, "bucket_minutes": bucket,
+            "svg": charts.line_chart(title=f"{metric.name} per {bucket} min", series=by_variant, start=start, end=now,
+                                     unit=metric.unit, markers=markers, limit=limit),
+            "legend": [{**item, "samples": samples[item["variant"]]} for item in charts.legend(variants)],
+            "rows": [{"variant": variant, "at": p.at, "value": charts.format_value(p.value, metric.unit),
+                      "count": p.count} for variant, points in by_variant.items() for p in points],
+        })
+    return result
+
+
+def _guardrail_rows(evidence: dict[str, Any], metrics: dict[str, Metric]) -> list[dict[str, Any]]:
+    rows = []
+    for judged in evidence.get("guardrails", []):
+        metric = metrics.get(judged["metric"])
+        unit = metric.unit if metric else ""
+        rows.append({**judged, "name": metric.name if metric else judged["metric"], "rule": guardrail_text(judged),
+                     "candidate": charts.format_value(judged.get("candidate_value"), unit),
+                     "baseline": charts.format_value(judged.get("baseline_value"), unit),
+                     "limit_text": charts.format_value(judged.get("limit"), unit)})
+    return rows
+
+
+def _sample_rows(plan: RolloutPlan, evidence: dict[str, Any], metrics: dict[str, Metric]) -> list[dict[str, Any]]:
+    variants = evidence.get("variants", {})
+    ordered = [plan.baseline, plan.candidate] + sorted(set(variants) - {plan.baseline, plan.candidate})
+    rows = []
+    for variant in ordered:
+        data = variants.get(variant, {})
+        rows.append({"variant": variant, "role": ("baseline" if variant == plan.baseline else
+                                                  "candidate" if variant == plan.candidate else "other"),
+                     "exposures": data.get("exposures", 0), "units": data.get("units", 0),
+                     "fallback_rate": charts.format_value(data.get("fallback_rate"), "%"),
+                     "metrics": [{"name": metrics[key].name if key in metrics else key, "count": values.get("count", 0)}
+                                 for key, values in sorted(data.get("metrics", {}).items())]})
+    return rows
+
+
+def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None) -> dict[str, Any]:
+    """Everything the plan page shows, in a fixed number of queries."""
+    now = now or timezone.now()
+    stages = plans.plan_stages(plan)
+    decisions = list(plan.decisions.select_related("change_request").order_by("id"))
+    entries = stage_entries(decisions)
+    evidence = plans.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
+    metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
+    pending = plan.pending_change_request
+    waiting_for = next((d.to_stage for d in reversed(decisions) if pending and d.change_request_id == pending.pk), None)
+    return {
+        "plan": plan, "stages": _stage_rows(plan, stages, entries, waiting_for),
+        "shared_guardrails": all(stage.guardrails == stages[0].guardrails for stage in stages) if stages else False,
+        "current_stage": stages[plan.stage_index] if 0 <= plan.stage_index < len(stages) else None,
+        "time_in_stage": _duration(now - plan.stage_entered_at) if plan.stage_entered_at else "",
+        "evidence": evidence, "status": evidence.get("status"),
+        "guardrails": _guardrail_rows(evidence, metrics), "samples": _sample_rows(plan, evidence, metrics),
+        "charts": _charts(plan, stages, metrics, evidence, entries, now),
+        "decisions": list(reversed(decisions)),
+        "pending": pending, "pending_approvals": services.valid_approvals(pending) if pending else 0,
+        "next_step": next_step(plan, stages, evidence.get("status"), now),
+        "actions": available_actions(plan, stages, evidence, user, now),
+    }
+
+
+def request_evidence(change_request: Any, now: datetime.datetime | None = None) -> dict[str, Any] | None:
+    """For a change request opened by a rollout plan (a stage entry or a promotion): the plan,
+    the step it asks for, the evidence the requester saw, and the evidence now (charts,
+    guardrails, sample sizes), for the request page. None for other requests."""
+    decision = (ReleaseDecision.objects.filter(change_request=change_request,
+                                               action__in=(Action.START, Action.ADVANCE, Action.PROMOTE))
+                .exclude(actor_label=str(plans.PLAN_SYNC))
+                .select_related("plan__flag__fallback_variation", "plan__environment", "plan__project")
+                .order_by("id").first())
+    if decision is None:
+        return None
+    now = now or timezone.now()
+    plan = decision.plan
+    stages = plans.plan_stages(plan)
+    entries = stage_entries(list(plan.decisions.order_by("id")))
+    metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
+    live = plans.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
+    shown = live or decision.evidence
+    target = stages[decision.to_stage] if decision.action != Action.PROMOTE and decision.to_stage < len(stages) else None
+    return {
+        "plan": plan, "decision": decision, "target": target,
+        "step": (f"Promote {plan.candidate} to everyone" if target is None else
+                 f"Stage {decision.to_stage + 1} ({target.name}): {audience_text(target)} get {plan.candidate}"),
+        "current_stage": stages[plan.stage_index] if 0 <= plan.stage_index < len(stages) else None,
+        "then_status": decision.evidence.get("status"), "status": shown.get("status"), "live": bool(live),
+        "guardrails": _guardrail_rows(shown, metrics), "samples": _sample_rows(plan, shown, metrics),
+        "charts": _charts(plan, stages, metrics, shown, entries, now),
+    }

@@ -1,0 +1,208 @@
+"""Rollout plans in the console: the board, the plan page with its evidence and decision
+log, plan creation from the seed template, and the plan actions (htmx, with a reason).
+
+Every view loads the plan through a project the user belongs to (another project's plans
+answer 404) and checks the role for the action before calling the service, which checks
+again under the plan's row lock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from flags.forms import add_service_errors
+from flags.models import Flag, Project
+from flags.views import denied, project_for
+from rollouts import plan_pages, plans, services
+from rollouts.forms import GuardrailFormSet, PlanForm, ReasonForm, StageFormSet
+from rollouts.models import ReleaseDecision, RolloutPlan
+from telemetry.models import Metric
+
+Action = ReleaseDecision.Action
+ACTIONS: dict[str, tuple[Callable[..., RolloutPlan], str]] = {
+    Action.START: (plans.plan_start, "Started: stage 1 is live, or waits for approval."),
+    Action.ADVANCE: (plans.plan_advance, "Advanced."),
+    Action.PROMOTE: (plans.plan_promote, "Promoted."),
+    Action.PAUSE: (plans.plan_pause, "Paused: traffic stays as it is, expansion has stopped."),
+    Action.RESUME: (plans.plan_resume, "Resumed: the stage's bake time starts over."),
+    Action.ROLLBACK: (plans.plan_rollback, "Rolled back: everyone gets the baseline now."),
+    Action.INVESTIGATE: (plans.plan_investigate, "Marked for investigation."),
+    Action.RESOLVE: (plans.plan_resolve, "Investigation closed."),
+    Action.DISCARD: (plans.plan_discard, "Draft discarded."),
+}
+STAGE_ERROR = re.compile(r"^stages\[(\d+)\]\.(\w+)(?:\[(\d+)\])?$")
+
+
+def _plan_for(project: Project, pk: int) -> RolloutPlan:
+    plan = (RolloutPlan.objects.filter(project=project, pk=pk)
+            .select_related("flag__owner_user", "flag__fallback_variation", "environment", "project",
+                            "pending_change_request", "created_by").first())
+    if plan is None:
+        raise Http404("No such rollout plan.")
+    return plan
+
+
+@login_required
+@require_GET
+def plan_board(request: HttpRequest, project_key: str) -> HttpResponse:
+    project = project_for(request, project_key)
+    chosen = request.GET.get("flag", "")
+    if chosen and Flag.objects.filter(project=project, key=chosen).exists():
+        return redirect("rollouts:plan_create", project_key=project.key, flag_key=chosen)
+    open_rows, closed_rows = plan_pages.board(project)
+    return render(request, "rollouts/plan_board.html", {
+        "project": project, "open_rows": open_rows, "closed_rows": closed_rows,
+        "plannable": Flag.objects.filter(project=project, archived_at__isnull=True).order_by("key")
+        if services.participation(request.user, project) else [],
+    })
+
+
+def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: ReasonForm | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    return {"project": project, **plan_pages.plan_page(plan, request.user), "form": form or ReasonForm(), **extra}
+
+
+@login_required
+@require_GET
+def plan_detail(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
+    project = project_for(request, project_key)
+    plan = _plan_for(project, pk)
+    return render(request, "rollouts/plan.html", _page_context(request, project, plan))
+
+
+@login_required
+@require_POST
+def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) -> HttpResponse:
+    """htmx: one plan action with its reason; the plan's body comes back with the result."""
+    project = project_for(request, project_key)
+    plan = _plan_for(project, pk)
+    if action not in ACTIONS:
+        raise Http404("No such action.")
+    if not plans.may_act(request.user, plan, action):
+        return denied(request, f"{Action(action).label}: {plans.PERMISSION_REFUSALS[plans._permission_kind(action)]} "
+                               "in this project.")
+    form = ReasonForm(request.POST)
+    problem = ""
+    if form.is_valid():
+        service, done = ACTIONS[action]
+        try:
+            plan = service(plan=plan, reason=form.cleaned_data["reason"], actor=request.user)
+        except ValidationError as exc:
+            problem = " ".join(exc.messages)
+        else:
+            messages.success(request, _outcome(plan, action, done))
+            if not request.htmx:
+                return redirect("rollouts:plan_detail", project_key=project.key, pk=plan.pk)
+            plan = _plan_for(project, plan.pk)
+            form = ReasonForm()
+    status = 422 if problem or form.errors else 200
+    if not request.htmx:
+        if problem:
+            messages.error(request, problem)
+        return render(request, "rollouts/plan.html", _page_context(request, project, plan, form,
+                                                                   action_problem=problem), status=status)
+    response = render(request, "rollouts/plan.html#plan-body",
+                      _page_context(request, project, plan, form, action_problem=problem, failed_action=action),
+                      status=status)
+    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
+    return response
+
+
+def _outcome(plan: RolloutPlan, action: str, done: str) -> str:
+    if plan.pending_change_request_id and action in (Action.START, Action.ADVANCE, Action.PROMOTE):
+        return (f"CR-{plan.pending_change_request_id} opened: the stage change waits for approval. "
+                "Approvers have been notified; the plan moves when it is applied.")
+    if action in (Action.ADVANCE, Action.START) and plan.stage_index >= 0:
+        return f"Stage {plan.stage_index + 1} is live: {plan_pages.audience_text(plans.plan_stages(plan)[plan.stage_index])}."
+    if action == Action.PROMOTE and plan.status == RolloutPlan.Status.COMPLETED:
+        return f"Promoted: {plan.candidate} is the default for everyone in {plan.environment.name}; the plan is complete."
+    return done
+
+
+# --- creation ---------------------------------------------------------------------------------
+
+
+def _creation_forms(request: HttpRequest, project: Project, flag: Flag) -> tuple[PlanForm, Any, Any]:
+    environments = list(project.environments.all())
+    variations = list(flag.variations.values_list("key", flat=True))
+    segments = list(project.segments.order_by("key").values_list("key", flat=True))
+    metric_choices = [(key, f"{name} ({key})") for key, name in
+                      Metric.objects.filter(project=project).order_by("key").values_list("key", "name")]
+    data = request.POST if request.method == "POST" else None
+    candidate = next((key for key in reversed(variations) if key != flag.fallback_variation.key), "")
+    environment = request.GET.get("environment") or next((e.key for e in environments if e.is_governed), "")
+    form = PlanForm(data, environments=environments, variations=variations,
+                    initial={"environment": environment, "baseline": flag.fallback_variation.key,
+                             "candidate": candidate, "on_breach": "pause"})
+    template = plans.template_stages(flag)
+    stage_initial = [{**stage, "percentage": stage["percentage"] / 1000} for stage in template]
+    guardrail_initial = template[0]["guardrails"] if template else []
+    stages = StageFormSet(data, prefix="stages", initial=None if data else stage_initial,
+                          form_kwargs={"segments": segments})
+    guardrails = GuardrailFormSet(data, prefix="guardrails", initial=None if data else guardrail_initial,
+                                  form_kwargs={"metrics": metric_choices})
+    return form, stages, guardrails
+
+
+def _attach_plan_errors(exc: ValidationError, form: PlanForm, stages: list[Any], guardrails: list[Any]) -> None:
+    """Service errors beside the field they name: stages[i].field on that stage's row,
+    stages[i].guardrails[j] on guardrail row j (every stage shares the guardrails)."""
+    rest: dict[str, list[str]] = {}
+    for key, errors in getattr(exc, "message_dict", {"__all__": exc.messages}).items():
+        match = STAGE_ERROR.match(key)
+        if match and match.group(2) == "guardrails" and match.group(3) is not None:
+            row = guardrails[int(match.group(3))] if int(match.group(3)) < len(guardrails) else None
+            if row is not None and not row.errors:
+                row.add_error(None, errors)
+            continue
+        if match and int(match.group(1)) < len(stages):
+            row = stages[int(match.group(1))]
+            row.add_error(match.group(2) if match.group(2) in row.fields else None, errors)
+            continue
+        rest[key] = errors
+    if rest:
+        add_service_errors(form, ValidationError(rest))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def plan_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+    project = project_for(request, project_key)
+    flag = (Flag.objects.filter(project=project, key=flag_key)
+            .select_related("fallback_variation", "owner_user", "project").first())
+    if flag is None:
+        raise Http404("No such flag.")
+    if not services.may_propose(request.user, flag):
+        return denied(request, "Planning a rollout needs the flag owner or editor role in this project.")
+    form, stages, guardrails = _creation_forms(request, project, flag)
+    if request.method == "POST" and form.is_valid() & stages.is_valid() & guardrails.is_valid():
+        stage_rows = [f for f in stages.forms if f.cleaned_data]
+        guardrail_rows = [f for f in guardrails.forms if f.cleaned_data]
+        shared = [row.guardrail() for row in guardrail_rows]
+        try:
+            plan = plans.plan_create(
+                flag=flag, environment=project.environments.get(key=form.cleaned_data["environment"]),
+                baseline=form.cleaned_data["baseline"], candidate=form.cleaned_data["candidate"],
+                stages=[{**row.stage(), "guardrails": [dict(g) for g in shared]} for row in stage_rows],
+                on_breach=form.cleaned_data["on_breach"], reason=form.cleaned_data["reason"], actor=request.user)
+        except ValidationError as exc:
+            _attach_plan_errors(exc, form, stage_rows, guardrail_rows)
+        else:
+            messages.success(request, "Draft plan saved. Check the stages, then press Start: nothing is served "
+                                      "differently until you do.")
+            return redirect("rollouts:plan_detail", project_key=project.key, pk=plan.pk)
+    invalid = request.method == "POST"
+    return render(request, "rollouts/plan_create.html", {
+        "project": project, "flag": flag, "form": form, "stages": stages, "guardrails": guardrails,
+        "open_plans": RolloutPlan.objects.filter(flag=flag, status__in=RolloutPlan.OPEN).select_related("environment"),
+    }, status=422 if invalid else 200)

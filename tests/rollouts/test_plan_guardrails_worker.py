@@ -1,0 +1,203 @@
+"""A guardrail breach through the real machinery: events posted to the events API, and a
+Celery worker with embedded beat, in its own process, on the configured broker, that
+aggregates them and runs the guardrail sweep on its own schedule. Nothing here calls the
+aggregation or the check. The breaching plan is paused by the system with its evidence,
+audit rows and notifications, and keeps serving what its stage served; a green plan judged
+in the same sweeps keeps running."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from audit.constants import ActorKind
+from audit.models import AuditEvent
+from audit.services import SystemActor
+from featureops_site.celery import app as celery_app
+from flags import services as flag_services
+from flags.constants import Role
+from flags.demo import DEMO_USERS, seed_demo
+from flags.models import Environment, Flag, Targeting
+from flags.snapshot_store import reset_store
+from notifications.models import Notification
+from rollouts import plans
+from rollouts.models import ReleaseDecision, RolloutPlan
+from telemetry import ingest
+from telemetry.demo import seed_demo_metrics
+from tests.conftest import missing_service
+from tests.ofrep_client import call, evaluate
+from tests.servers import database_url_from_settings
+
+PROFILE = "support_assistant_profile"
+BASELINE, CANDIDATE = "baseline_v3", "citation_first_v4"
+MIN_SAMPLES = 20
+LATENCY = {"metric": "latency_p95", "kind": "relative_max", "threshold": 1.2, "min_samples": MIN_SAMPLES}
+STAGES = [
+    {"name": "Internal users", "segments": ["internal_users"], "percentage": 0, "min_bake_minutes": 0,
+     "guardrails": [LATENCY]},
+    {"name": "Beta accounts", "segments": ["internal_users", "beta_accounts"], "percentage": 0,
+     "min_bake_minutes": 0, "guardrails": [LATENCY]},
+]
+# Internal agents (the first stage gives them the candidate) and ordinary accounts (baseline).
+CONTEXTS = ([{"targetingKey": f"acct-agent-{i}", "accountId": f"acct-agent-{i}",
+              "email": f"agent{i}@support.example.com"} for i in range(30)]
+            + [{"targetingKey": f"acct-{i:04d}", "accountId": f"acct-{i:04d}", "email": f"admin{i}@customer.example",
+                "plan": "standard"} for i in range(30)])
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    reset_store(None)
+    ingest.metric_ids.clear()
+    yield
+    reset_store(None)
+    ingest.metric_ids.clear()
+
+
+def user(name: str) -> Any:
+    return get_user_model().objects.get(username=name)
+
+
+def started_plan(env_key: str) -> RolloutPlan:
+    environment = Environment.objects.get(project__key="support-assistant", key=env_key)
+    plan = plans.plan_create(flag=Flag.objects.get(key=PROFILE), environment=environment, baseline=BASELINE,
+                             candidate=CANDIDATE, stages=STAGES, actor=user("owner"), reason="Citation-first v4")
+    plan = plans.plan_start(plan=plan, reason="internal users first", actor=user("owner"))
+    assert (plan.status, plan.stage_index, plan.pending_change_request) == ("running", 0, None)
+    return plan
+
+
+def served(sdk_key: str) -> dict[str, str]:
+    """What OFREP serves each context now (from a snapshot rebuilt from the database)."""
+    reset_store(None)
+    answers = {}
+    for context in CONTEXTS:
+        response = evaluate(PROFILE, sdk_key, context)
+        assert response.status == 200, response.body
+        answers[context["accountId"]] = response.json()["variant"]
+    return answers
+
+
+def post_cases(sdk_key: str, variants: dict[str, str], latency: dict[str, float]) -> dict[str, list[float]]:
+    """One exposure and one latency outcome per account, as served; returns the latencies sent."""
+    now = timezone.now()
+    events, sent = [], {}
+    for i, (account, variant) in enumerate(sorted(variants.items())):
+        value = latency[variant] * (1 + (i % 10) / 200)  # a little spread: 0 to 4.5 % above the base
+        sent.setdefault(variant, []).append(value)
+        events.append({"kind": "exposure", "flag": PROFILE, "variant": variant, "served": variant, "unit": account,
+                       "time": (now - datetime.timedelta(seconds=5)).isoformat()})
+        events.append({"kind": "outcome", "metric": "latency_p95", "value": value, "unit": account,
+                       "time": (now - datetime.timedelta(seconds=3)).isoformat()})
+    response = call("POST", "/api/v1/events", body={"batch_id": uuid.uuid4().hex, "events": events},
+                    headers={"Authorization": f"Bearer {sdk_key}"})
+    assert response.status == 200 and response.json() == {"accepted": len(events), "rejected": []}, response.body
+    return sent
+
+
+SWEEP_SECONDS = 5
+
+
+def worker_env(tmp_path: Path, queue: str) -> dict[str, str]:
+    return {
+        **os.environ, "DEBUG": "0", "SECRET_KEY": "test-worker", "ALLOWED_HOSTS": "localhost",
+        "DATABASE_URL": database_url_from_settings(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_DEFAULT_QUEUE": queue, "EMAIL_BACKEND": "file", "EMAIL_FILE_PATH": str(tmp_path / "mail"),
+        "FEATUREOPS_VAR_DIR": str(tmp_path),
+        "TELEMETRY_AGGREGATE_SECONDS": "2", "ROLLOUT_GUARDRAIL_CHECK_SECONDS": str(SWEEP_SECONDS),
+    }
+
+
+def within(value: float, low: float, high: float) -> bool:
+    """The aggregates' p95 comes from log-scale histograms, exact to 1 %."""
+    return low * 0.99 <= value <= high * 1.01
+
+
+@pytest.mark.postgres
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_running(tmp_path: Path) -> None:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
+        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    # Given the demo, committed, and two plans at their first stage: a green one in staging
+    # (made first, so each sweep judges it before the other) and one in production
+    project, _ = seed_demo()
+    seed_demo_metrics(project)
+    green, red = started_plan("staging"), started_plan("production")
+    keys = {env_key: flag_services.sdk_key_create(
+        environment=Environment.objects.get(project=project, key=env_key), name="tests",
+        actor=SystemActor("tests"))[1] for env_key in ("staging", "production")}
+    before = {env_key: served(key) for env_key, key in keys.items()}
+    versions = dict(Targeting.objects.filter(flag__key=PROFILE).values_list("environment__key", "version"))
+    assert {v for account, v in before["production"].items() if account.startswith("acct-agent-")} == {CANDIDATE}
+    # and the applications report what was served: in production the candidate takes twice
+    # the baseline's latency, in staging the same
+    sent = post_cases(keys["production"], before["production"], {BASELINE: 400.0, CANDIDATE: 800.0})
+    post_cases(keys["staging"], before["staging"], {BASELINE: 400.0, CANDIDATE: 400.0})
+    # When a worker with beat runs (aggregation every 2 s, the guardrail sweep every 5 s)
+    queue = f"test-guardrails-{uuid.uuid4().hex[:12]}"
+    worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-m", "celery", "-A", "featureops_site", "worker", "-B", "-Q", queue, "-c", "1",
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "WARNING",
+         "-s", str(tmp_path / "beat-schedule")],
+        env=worker_env(tmp_path, queue), cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # the first sweep comes one interval after beat starts; allow for start-up and a slow machine
+        deadline = time.monotonic() + SWEEP_SECONDS + 60
+        while time.monotonic() < deadline and RolloutPlan.objects.get(pk=red.pk).status == "running":
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    # Then the production plan was paused by the system, after recording the breach
+    red, green = RolloutPlan.objects.get(pk=red.pk), RolloutPlan.objects.get(pk=green.pk)
+    assert red.status == "paused", output[-3000:]
+    breach, pause = ReleaseDecision.objects.filter(plan=red).exclude(action="start").order_by("id")
+    assert (breach.action, breach.actor_id, breach.actor_label) == ("breach", None, "system:guardrails")
+    assert (pause.action, pause.actor_label, pause.from_stage, pause.to_stage) == ("pause", "system:guardrails", 0, 0)
+    assert "latency_p95" in breach.reason and pause.reason == breach.reason
+    # with the numbers that decided it: the p95s of what was sent, and the limit 1.2 × baseline
+    (latency,) = breach.evidence["guardrails"]
+    assert (latency["metric"], latency["status"]) == ("latency_p95", "red")
+    assert (latency["candidate_samples"], latency["baseline_samples"]) == (len(sent[CANDIDATE]), len(sent[BASELINE]))
+    assert within(latency["candidate_value"], min(sent[CANDIDATE]), max(sent[CANDIDATE]))
+    assert within(latency["baseline_value"], min(sent[BASELINE]), max(sent[BASELINE]))
+    assert latency["limit"] == pytest.approx(1.2 * latency["baseline_value"])
+    assert latency["candidate_value"] > latency["limit"]
+    assert breach.evidence["variants"][CANDIDATE]["exposures"] == len(sent[CANDIDATE])
+    assert breach.evidence["status"] == "red"
+    # and its audit rows name the system actor
+    for action in ("plan.breached", "plan.paused"):
+        row = AuditEvent.objects.get(action=action, target_id=str(red.pk))
+        assert (row.actor_id, row.actor_kind, row.actor_label) == (None, ActorKind.SYSTEM, "system:guardrails")
+        assert "latency_p95" in row.reason
+    # and the flag owner and every approver were told, once
+    approvers = {demo.username for demo in DEMO_USERS if Role.APPROVER in demo.roles}
+    told = list(Notification.objects.filter(kind="plan.breached").values_list("recipient__username", flat=True))
+    assert sorted(told) == sorted({Flag.objects.get(key=PROFILE).owner_user.username} | approvers)
+    assert all("paused" in title for title in Notification.objects.filter(kind="plan.breached")
+               .values_list("title", flat=True))
+    # and a pause changes no traffic: OFREP serves what the stage served
+    assert dict(Targeting.objects.filter(flag__key=PROFILE).values_list("environment__key", "version")) == versions
+    assert served(keys["production"]) == before["production"]
+    # and the staging plan, green in the same sweeps with enough samples, keeps running
+    assert green.status == "running"
+    assert not ReleaseDecision.objects.filter(plan=green).exclude(action="start").exists()
+    (judged,) = plans.plan_evidence(green)["guardrails"]
+    assert judged["status"] == "green" and judged["candidate_samples"] >= MIN_SAMPLES, judged
+    assert served(keys["staging"]) == before["staging"]
