@@ -96,10 +96,10 @@ def evaluate_guardrail(guardrail: Mapping[str, Any], *, evidence: Mapping[str, A
     limit = threshold * baseline_value if relative else threshold
     breached = candidate_value > limit if kind.endswith("_max") else candidate_value < limit
     relation = "at most" if kind.endswith("_max") else "at least"
-    against = f" ({threshold:g} × baseline {baseline_value:g})" if relative else ""
+    against = f" ({threshold:g} × baseline {baseline_value:.4g})" if relative else ""
     if breached:
-        return result(RED, limit, f"{metric}: candidate {candidate_value:g} breaches {relation} {limit:g}{against}")
-    return result(GREEN, limit, f"{metric}: candidate {candidate_value:g} is {relation} {limit:g}{against}")
+        return result(RED, limit, f"{metric}: candidate {candidate_value:.4g} breaches {relation} {limit:.4g}{against}")
+    return result(GREEN, limit, f"{metric}: candidate {candidate_value:.4g} is {relation} {limit:.4g}{against}")
 
 
 def evaluate_guardrails(guardrails: Sequence[Mapping[str, Any]], *, evidence: Mapping[str, Any], baseline: str,

@@ -33,8 +33,10 @@ def _duration(delta: datetime.timedelta) -> str:
     if minutes < 60:
         return f"{minutes} min"
     if minutes < 48 * 60:
-        return f"{minutes // 60} h {minutes % 60} min"
-    return f"{minutes // 1440} d {minutes % 1440 // 60} h"
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, rest = divmod(minutes, 1440)
+    return f"{days} d {rest // 60} h" if rest // 60 else f"{days} d"
 
 
 def guardrail_text(guardrail: dict[str, Any]) -> str:
@@ -115,9 +117,11 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
     now = now or timezone.now()
     candidates: list[PlanAction] = []
     where = f"{plan.flag.key} in {plan.environment.name}"
+    steering = plans.may_act(user, plan, Action.ADVANCE)
     if plan.status == Status.DRAFT:
         first = stages[0]
-        candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})", needs_approval=first.needs_approval,
+        candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})",
+                                  needs_approval=steering and plans.step_opens_request(plan, stages),
                                   confirm=f"Start the plan: {audience_text(first)} get {plan.candidate}?"),
                        PlanAction(Action.DISCARD, "Discard draft", "secondary", f"Discard this draft plan for {where}?")]
     if plan.status == Status.RUNNING:
@@ -129,16 +133,18 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
             left = _bake_left(plan, stage, now)
             red = [g["message"] for g in (evidence or {}).get("guardrails", []) if g["status"] == RED]
             if left is not None:
-                blocked = f"Stage {plan.stage_index + 1} bakes for {stage.min_bake_minutes} min: {_duration(left)} left."
+                blocked = (f"Stage {plan.stage_index + 1} bakes for "
+                           f"{_duration(datetime.timedelta(minutes=stage.min_bake_minutes))}: {_duration(left)} left.")
             elif red:
                 blocked = "A guardrail is breached: " + "; ".join(red)
         if plan.stage_index < len(stages) - 1:
             nxt = stages[plan.stage_index + 1]
             candidates.append(PlanAction(Action.ADVANCE, f"Advance to stage {plan.stage_index + 2} ({nxt.name})",
-                                         blocked=blocked, needs_approval=nxt.needs_approval,
+                                         blocked=blocked,
+                                         needs_approval=steering and not blocked and plans.step_opens_request(plan, stages),
                                          confirm=f"Advance {where}: {audience_text(nxt)} get {plan.candidate}?"))
         if plan.stage_index >= 0:
-            later = any(stage.needs_approval for stage in stages[plan.stage_index + 1:])
+            later = steering and not blocked and plans.step_opens_request(plan, stages, promote=True)
             candidates.append(PlanAction(Action.PROMOTE, f"Promote {plan.candidate} to everyone",
                                          "secondary" if plan.stage_index < len(stages) - 1 else "",
                                          f"Promote {plan.candidate}: it becomes the default for everyone in "
@@ -216,6 +222,10 @@ class StageRow:
     audience: str
     guardrails: list[str]
 
+    @property
+    def bake(self) -> str:
+        return _duration(datetime.timedelta(minutes=self.stage.min_bake_minutes))
+
 
 def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int, datetime.datetime],
                 waiting_for: int | None) -> list[StageRow]:
@@ -256,7 +266,9 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
         for row in metric_series(flag_id=plan.flag_id, environment_id=plan.environment_id, metric_key=key,
                                  start=start, end=now, bucket_minutes=bucket):
             if row["value"] is not None and row["variant"] in by_variant:
-                by_variant[row["variant"]].append(charts.Point(row["bucket"], float(row["value"]), row["count"]))
+                # drawn at the middle of its bucket, where its events happened on average
+                by_variant[row["variant"]].append(charts.Point(row["bucket"] + datetime.timedelta(minutes=bucket / 2),
+                                                               float(row["value"]), row["count"]))
         judged = limits.get(key)
         limit = None
         if judged and judged.get("limit") is not None:

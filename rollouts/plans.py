@@ -372,6 +372,28 @@ def _submit(plan: RolloutPlan, changes: dict[str, Any], *, reason: str, actor: A
                                             force_request=force_request)
 
 
+def step_opens_request(plan: RolloutPlan, stages: list[RolloutStage], *, promote: bool = False) -> bool:
+    """Whether the plan's next step (entering the next stage, or promoting) would open a
+    change request rather than apply at once, as submitting it now would decide: a stage
+    that needs approval always does; otherwise the environment's policy judges the change."""
+    target = plan.stage_index + 1
+    if promote:
+        if any(stage.needs_approval for stage in stages[target:]):
+            return True
+        changes = promote_targeting(plan, _current_state(plan))
+    else:
+        if target >= len(stages):
+            return False
+        if stages[target].needs_approval:
+            return True
+        changes = stage_targeting(plan, target, _current_state(plan), stages)
+    targeting = Targeting.objects.get(flag_id=plan.flag_id, environment_id=plan.environment_id)
+    try:
+        return not services.preview_targeting_change(targeting=targeting, changes=changes).applies_now
+    except ValidationError:
+        return False  # submitting would be refused with its reason; nothing to announce
+
+
 def _current_state(plan: RolloutPlan) -> dict[str, Any]:
     return targeting_state(Targeting.objects.get(flag_id=plan.flag_id, environment_id=plan.environment_id))
 

@@ -266,7 +266,7 @@ def test_action__advance_before_bake__button_disabled_and_forged_post_refused(cl
     plans.plan_start(plan=plan, reason="go", actor=user("owner"))
     client.force_login(user("owner"))
     html = client.get(plan_url(plan)).content.decode()
-    assert re.search(r'value="advance"[^>]*disabled', html, re.S) and "bakes for 60 min" in html
+    assert re.search(r'value="advance"[^>]*disabled', html, re.S) and "bakes for 1 h:" in html
     response = htmx_post(client, plan_url(plan, "advance"), {"reason": "hurry"})
     assert response.status_code == 422 and b"minute(s) left" in response.content
     plan.refresh_from_db()
