@@ -481,15 +481,21 @@ def _cancel_pending(plan: RolloutPlan, actor: Actor, reason: str) -> None:
            summary=f"Withdrawn: rollout plan {plan.pk} was stopped")
 
 
+def _require_on(plan: RolloutPlan, then: str) -> None:
+    """A plan moves traffic between variations of a flag that is on; it never turns a flag on
+    (a flag may be off because an operator stopped it)."""
+    if not Targeting.objects.filter(flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists():
+        raise ValidationError(f"{plan.flag.key} is off in {plan.environment.name}: {then}; a rollout plan never "
+                              "turns a flag on.")
+
+
 def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: dict[str, Any]) -> None:
     """Refuse expansion before the current stage's bake time, or while a guardrail is red."""
     if plan.pending_change_request_id:
         raise ValidationError(f"Waiting for CR-{plan.pending_change_request_id} to be applied.")
     if plan.stage_index < 0:
         return
-    if not Targeting.objects.filter(flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists():
-        raise ValidationError(f"{plan.flag.key} is off in {plan.environment.name} (a kill switch or incident mode): "
-                              "turn it back on through a change first; a plan never turns a stopped flag back on.")
+    _require_on(plan, "turn it back on through a change first")
     stage = stages[plan.stage_index]
     baked_at = plan.stage_entered_at + datetime.timedelta(minutes=stage.min_bake_minutes)
     now = timezone.now()
@@ -510,6 +516,7 @@ def plan_start(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     _check_permission(plan, actor, Action.START)
     _expect(plan, (Status.DRAFT,), "started")
     reason = _require_reason(reason)
+    _require_on(plan, "turn it on first (it then serves its default, the baseline) and start the plan")
     stages = plan_stages(plan)
     evidence = plan_evidence(plan, stages=stages)
     plan.status = Status.RUNNING

@@ -423,3 +423,16 @@ def test_incident_mode__running_plans_in_that_environment_pause(catalog: Any) ->
     plan.refresh_from_db()
     assert plan.status == "paused"
     assert AuditEvent.objects.filter(action="plan.paused", target_id=str(plan.pk)).count() == 1
+
+
+def test_start__flag_off_in_that_environment__refused_and_nothing_turns_on(catalog: Any) -> None:
+    # Given the operator stopped the flag in staging
+    staging = flag().targetings.get(environment__key="staging")
+    services.killswitch_flip(targeting=staging, reason="Bad answers", actor=user("operator"))
+    plan = make_plan()
+    # When the owner starts a plan there
+    with pytest.raises(ValidationError, match="is off in Staging: turn it on first"):
+        plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    # Then the plan is still a draft and the flag stays off
+    staging.refresh_from_db()
+    assert (RolloutPlan.objects.get(pk=plan.pk).status, staging.enabled) == ("draft", False)
