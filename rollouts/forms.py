@@ -148,11 +148,21 @@ class PlanForm(forms.Form):
         self.fields["candidate"].choices = choices
 
 
+class FiniteDecimalField(forms.DecimalField):
+    """Refuses NaN and infinities (including 'sNaN', which Django's own comparison trips on)."""
+
+    def to_python(self, value: Any) -> Any:
+        number = super().to_python(value)
+        if number is not None and not number.is_finite():
+            raise forms.ValidationError("Enter a number.", code="invalid")
+        return number
+
+
 class StageForm(forms.Form):
     name = forms.CharField(max_length=100)
     segments = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
                                          help_text="Segments that get the candidate (earlier stages' stay).")
-    percentage = forms.DecimalField(label="% of everyone else", min_value=0, max_value=100, decimal_places=3,
+    percentage = FiniteDecimalField(label="% of everyone else", min_value=0, max_value=100, decimal_places=3,
                                     initial=0, widget=forms.NumberInput(attrs={"step": "0.001"}))
     min_bake_minutes = forms.IntegerField(label="Bake (minutes)", min_value=0, max_value=60 * 24 * 90, initial=60)
     needs_approval = forms.BooleanField(required=False, label="Entering it needs approval")
@@ -172,7 +182,7 @@ class GuardrailForm(forms.Form):
     metric = forms.ChoiceField()
     kind = forms.ChoiceField(initial="relative_max", choices=(("relative_max", "at most × baseline"), ("relative_min", "at least × baseline"),
                                       ("absolute_max", "at most (absolute)"), ("absolute_min", "at least (absolute)")))
-    threshold = forms.FloatField(help_text="1.2 with “at most × baseline” allows 20 % worse than the baseline.")
+    threshold = forms.FloatField(min_value=-1e9, max_value=1e9, help_text="1.2 with “at most × baseline” allows 20 % worse than the baseline.")
     min_samples = forms.IntegerField(label="Min. samples", min_value=1, max_value=10_000_000, initial=50)
 
     def __init__(self, *args: Any, metrics: list[tuple[str, str]], **kwargs: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 KINDS = ("absolute_max", "absolute_min", "relative_max", "relative_min")
 GREEN, AMBER, RED = "green", "amber", "red"
+MAX_THRESHOLD = 1e9  # bigger limits mean nothing, and a factor that large overflows a product
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def guardrail_problems(guardrail: Any) -> list[str]:
     threshold = guardrail.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
         problems.append("threshold: a finite number")
+    elif abs(threshold) > MAX_THRESHOLD:
+        problems.append(f"threshold: at most {MAX_THRESHOLD:g} in size")
     elif str(guardrail.get("kind", "")).startswith("relative") and threshold <= 0:
         problems.append("threshold: a relative threshold is a positive factor (1.2 = 20 % worse at most)")
     min_samples = guardrail.get("min_samples", 0)
@@ -94,6 +97,8 @@ def evaluate_guardrail(guardrail: Mapping[str, Any], *, evidence: Mapping[str, A
     if relative and (baseline_samples < min_samples or baseline_value is None):
         return result(AMBER, None, f"{metric}: {baseline_samples} of {min_samples} baseline samples")
     limit = threshold * baseline_value if relative else threshold
+    if not math.isfinite(limit) or not math.isfinite(candidate_value):
+        return result(AMBER, None, f"{metric}: the numbers are out of range; cannot judge")
     breached = candidate_value > limit if kind.endswith("_max") else candidate_value < limit
     relation = "at most" if kind.endswith("_max") else "at least"
     against = f" ({threshold:g} × baseline {baseline_value:.4g})" if relative else ""

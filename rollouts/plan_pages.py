@@ -15,7 +15,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from flags.models import Project
+from flags.models import Project, Targeting
 from rollouts import charts, plans, services
 from rollouts.models import ReleaseDecision, RolloutPlan, RolloutStage
 from rollouts.plan_guardrails import AMBER, GREEN, RED
@@ -112,21 +112,25 @@ class PlanAction:
 
 
 def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: dict[str, Any] | None, user: Any,
-                      now: datetime.datetime | None = None) -> list[PlanAction]:
+                      now: datetime.datetime | None = None, *, flag_on: bool = True) -> list[PlanAction]:
     """The buttons `user` may press on this plan now; a blocked one carries its reason."""
     now = now or timezone.now()
+    off = "" if flag_on else (f"{plan.flag.key} is off in {plan.environment.name}: a rollout plan never turns a flag "
+                              "on; turn it on through a change first.")
     candidates: list[PlanAction] = []
     where = f"{plan.flag.key} in {plan.environment.name}"
     steering = plans.may_act(user, plan, Action.ADVANCE)
     if plan.status == Status.DRAFT:
         first = stages[0]
-        candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})",
-                                  needs_approval=steering and plans.step_opens_request(plan, stages),
+        candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})", blocked=off,
+                                  needs_approval=steering and not off and plans.step_opens_request(plan, stages),
                                   confirm=f"Start the plan: {audience_text(first)} get {plan.candidate}?"),
                        PlanAction(Action.DISCARD, "Discard draft", "secondary", f"Discard this draft plan for {where}?")]
     if plan.status == Status.RUNNING:
-        blocked = ""
-        if plan.pending_change_request_id:
+        blocked = off
+        if blocked:
+            pass
+        elif plan.pending_change_request_id:
             blocked = f"Waiting for CR-{plan.pending_change_request_id} to be approved and applied."
         elif plan.stage_index >= 0:
             stage = stages[plan.stage_index]
@@ -233,6 +237,8 @@ def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int
     for index, stage in enumerate(stages):
         if plan.status == Status.COMPLETED or index < plan.stage_index:
             state = "done"
+        elif plan.status not in RolloutPlan.OPEN:
+            state = "stopped" if index == plan.stage_index else "later"
         elif index == plan.stage_index:
             state = "current"
         elif index == waiting_for:
@@ -333,7 +339,8 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
         "decisions": list(reversed(decisions)),
         "pending": pending, "pending_approvals": services.valid_approvals(pending) if pending else 0,
         "next_step": next_step(plan, stages, evidence.get("status"), now),
-        "actions": available_actions(plan, stages, evidence, user, now),
+        "actions": available_actions(plan, stages, evidence, user, now, flag_on=Targeting.objects.filter(
+            flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists()),
     }
 
 
@@ -353,7 +360,8 @@ def request_evidence(change_request: Any, now: datetime.datetime | None = None) 
     stages = plans.plan_stages(plan)
     entries = stage_entries(list(plan.decisions.order_by("id")))
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
-    live = plans.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
+    waiting = plan.status in RolloutPlan.OPEN and plan.pending_change_request_id == change_request.pk
+    live = plans.plan_evidence(plan, stages=stages, now=now) if waiting else {}
     shown = live or decision.evidence
     target = stages[decision.to_stage] if decision.action != Action.PROMOTE and decision.to_stage < len(stages) else None
     return {

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from flags.forms import add_service_errors
 from flags.models import Flag, Project
+from flags.permissions import has_project_permission
 from flags.views import denied, project_for
 from rollouts import plan_pages, plans, services
 from rollouts.forms import GuardrailFormSet, PlanForm, ReasonForm, StageFormSet
@@ -62,9 +63,16 @@ def plan_board(request: HttpRequest, project_key: str) -> HttpResponse:
     open_rows, closed_rows = plan_pages.board(project)
     return render(request, "rollouts/plan_board.html", {
         "project": project, "open_rows": open_rows, "closed_rows": closed_rows,
-        "plannable": Flag.objects.filter(project=project, archived_at__isnull=True).order_by("key")
-        if services.participation(request.user, project) else [],
+        "plannable": _plannable(request.user, project),
     })
+
+
+def _plannable(user: Any, project: Project) -> list[Flag]:
+    """Flags the person may plan a rollout of: all of them for editors, their own otherwise."""
+    flags = Flag.objects.filter(project=project, archived_at__isnull=True).select_related("project").order_by("key")
+    if has_project_permission(user, project, "propose_change"):
+        return list(flags)
+    return [flag for flag in flags.filter(owner_user=user) if services.may_propose(user, flag)]
 
 
 def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: ReasonForm | None = None,

@@ -32,7 +32,8 @@ from rollouts import services
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan, RolloutStage
 from rollouts.plan_guardrails import RED, evaluate_guardrails, guardrail_problems, overall
 from telemetry.models import Metric
-from telemetry.selectors import evidence as telemetry_evidence
+from telemetry.selectors import Window
+from telemetry.selectors import evidence_many as telemetry_evidence_many
 
 logger = logging.getLogger(__name__)
 
@@ -118,34 +119,53 @@ def promote_targeting(plan: RolloutPlan, current: dict[str, Any]) -> dict[str, A
             "assignment_unit": plan.assignment_unit}
 
 
-def _metric_kinds(plan: RolloutPlan, keys: set[str]) -> dict[str, str]:
-    return dict(Metric.objects.filter(project_id=plan.project_id, key__in=keys).values_list("key", "kind"))
+def _metric_kinds(project_ids: set[int], keys: set[str]) -> dict[tuple[int, str], str]:
+    return {(project_id, key): kind for project_id, key, kind in Metric.objects.filter(
+        project_id__in=project_ids, key__in=keys).values_list("project_id", "key", "kind")}
+
+
+def _window(plan: RolloutPlan, stages: list[RolloutStage], now: datetime.datetime) -> tuple[Window, list[dict]]:
+    """The current stage's evidence window (since it was entered, or since the plan was made)
+    and its guardrails. Aggregates are per minute: a window starting mid-minute would drop the
+    stage's first minute, so its start is floored."""
+    stage = stages[plan.stage_index] if 0 <= plan.stage_index < len(stages) else None
+    start = (plan.stage_entered_at or plan.created_at or now).replace(second=0, microsecond=0)
+    guardrails = stage.guardrails if stage else []
+    keys = {g["metric"] for g in guardrails} | ({plan.flag.primary_metric} if plan.flag.primary_metric else set())
+    return Window(plan.flag_id, plan.environment_id, start, now, tuple(sorted(keys))), guardrails
+
+
+def _judged(plan: RolloutPlan, window: Window, guardrails: list[dict], variants: dict[str, Any],
+            kinds: dict[tuple[int, str], str]) -> dict[str, Any]:
+    results = evaluate_guardrails(guardrails, evidence=variants, baseline=plan.baseline, candidate=plan.candidate,
+                                  metric_kinds={key: kind for (project_id, key), kind in kinds.items()
+                                                if project_id == plan.project_id})
+    return {"stage": plan.stage_index, "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
+            "variants": variants, "guardrails": [r.as_dict() for r in results], "status": overall(results)}
 
 
 def plan_evidence(plan: RolloutPlan, *, stages: list[RolloutStage] | None = None,
                   now: datetime.datetime | None = None) -> dict[str, Any]:
-    """The evidence of the current stage (since it was entered, or since the plan was made)
-    and each of its guardrails judged green, amber or red. JSON-able: it is stored as is."""
+    """The evidence of the current stage and each of its guardrails judged green, amber or
+    red. JSON-able: it is stored as is."""
     stages = stages if stages is not None else plan_stages(plan)
-    stage = stages[plan.stage_index] if 0 <= plan.stage_index < len(stages) else None
-    now = now or timezone.now()
-    # Aggregates are per minute: a window starting mid-minute would drop the stage's first minute.
-    start = (plan.stage_entered_at or plan.created_at or now).replace(second=0, microsecond=0)
-    guardrails = stage.guardrails if stage else []
-    keys = {g["metric"] for g in guardrails} | ({plan.flag.primary_metric} if plan.flag.primary_metric else set())
-    variants = telemetry_evidence(flag_id=plan.flag_id, environment_id=plan.environment_id, start=start, end=now,
-                                  metric_keys=sorted(keys))
-    results = evaluate_guardrails(guardrails, evidence=variants, baseline=plan.baseline, candidate=plan.candidate,
-                                  metric_kinds=_metric_kinds(plan, keys))
-    return {"stage": plan.stage_index, "window": {"start": start.isoformat(), "end": now.isoformat()},
-            "variants": variants, "guardrails": [r.as_dict() for r in results], "status": overall(results)}
+    window, guardrails = _window(plan, stages, now or timezone.now())
+    kinds = _metric_kinds({plan.project_id}, set(window.metric_keys))
+    return _judged(plan, window, guardrails, telemetry_evidence_many([window])[0], kinds)
 
 
 def plans_evidence(plan_list: list[RolloutPlan], *, stages_by_plan: dict[int, list[RolloutStage]],
                    now: datetime.datetime | None = None) -> dict[int, dict[str, Any]]:
-    """`plan_evidence` of several plans (the board): {plan id: evidence}."""
+    """`plan_evidence` of several plans (the board) in the same five queries as one."""
+    if not plan_list:
+        return {}
     now = now or timezone.now()
-    return {plan.pk: plan_evidence(plan, stages=stages_by_plan.get(plan.pk, []), now=now) for plan in plan_list}
+    windows = [_window(plan, stages_by_plan.get(plan.pk, []), now) for plan in plan_list]
+    answers = telemetry_evidence_many([window for window, _ in windows])
+    kinds = _metric_kinds({plan.project_id for plan in plan_list},
+                          {key for window, _ in windows for key in window.metric_keys})
+    return {plan.pk: _judged(plan, window, guardrails, variants, kinds)
+            for plan, (window, guardrails), variants in zip(plan_list, windows, answers, strict=True)}
 
 
 # --- creation -------------------------------------------------------------------------------
@@ -220,6 +240,8 @@ def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidat
         raise ValidationError("Planning a rollout needs the flag owner or editor role.")
     if environment.project_id != flag.project_id:
         raise ValidationError({"environment": "The environment belongs to another project."})
+    if flag.archived_at is not None:
+        raise ValidationError(f"{flag.key} is archived: restore it before planning a rollout.")
     targeting = Targeting.objects.get(flag=flag, environment=environment)
     errors: dict[str, str] = {}
     variations = set(flag.variations.values_list("key", flat=True))
@@ -493,9 +515,9 @@ def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: di
     """Refuse expansion before the current stage's bake time, or while a guardrail is red."""
     if plan.pending_change_request_id:
         raise ValidationError(f"Waiting for CR-{plan.pending_change_request_id} to be applied.")
+    _require_on(plan, "turn it back on through a change first")
     if plan.stage_index < 0:
         return
-    _require_on(plan, "turn it back on through a change first")
     stage = stages[plan.stage_index]
     baked_at = plan.stage_entered_at + datetime.timedelta(minutes=stage.min_bake_minutes)
     now = timezone.now()
@@ -673,6 +695,7 @@ def plan_resolve(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     """Close an investigation: the plan no longer needs attention; traffic does not change."""
     plan = _locked(plan)
     _check_permission(plan, actor, Action.RESOLVE)
+    _expect(plan, RolloutPlan.OPEN, "cleared (it is closed; its log keeps the investigation)")
     if not plan.needs_attention:
         raise ValidationError("This plan is not marked for investigation.")
     reason = _require_reason(reason)
@@ -714,14 +737,21 @@ def plan_sync(plan: RolloutPlan) -> RolloutPlan:
 def pause_stopped_plans(*, flag_ids: list[int], environment_id: int, actor: Actor, reason: str) -> int:
     """A kill switch or incident mode sent flags to their fallbacks: their running plans pause
     in the same transaction, withdrawing a stage waiting for approval, so nothing expands
-    until a person resumes. Returns how many paused."""
+    until a person resumes. A plan that cannot be paused (it is logged) never blocks the
+    stop: it cannot expand anyway while the flag is off. Returns how many paused."""
     paused = 0
     for plan in RolloutPlan.objects.filter(flag_id__in=flag_ids, environment_id=environment_id,
                                            status=Status.RUNNING).only("pk"):
-        plan = _locked(plan)
-        if plan.status == Status.RUNNING:
-            _pause_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan))
-            paused += 1
+        try:
+            with transaction.atomic():
+                plan = _locked(plan)
+                stages = plan_stages(plan)
+                _sync_locked(plan, stages)
+                if plan.status == Status.RUNNING:
+                    _pause_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan, stages=stages))
+                    paused += 1
+        except Exception:  # the stop itself must go through
+            logger.exception("Could not pause rollout plan %s after its flag was stopped", plan.pk)
     return paused
 
 
@@ -760,10 +790,18 @@ def plan_guardrails_check(*, plan: RolloutPlan) -> bool:
     _decide(plan, Action.BREACH, GUARDRAILS, reason, evidence=evidence)
     _audit(plan, AuditAction.PLAN_BREACHED, GUARDRAILS, f"{plan.flag.key} in {plan.environment.name}, stage "
                                                         f"{plan.stage_index + 1}: {'; '.join(red)}", reason)
+    outcome = ""
     if plan.on_breach == RolloutPlan.OnBreach.ROLLBACK:
-        _rollback_locked(plan, reason=reason, actor=GUARDRAILS, evidence=evidence)
-        outcome = f"rolled back to {plan.baseline}"
-    else:
+        try:
+            with transaction.atomic():
+                _rollback_locked(plan, reason=reason, actor=GUARDRAILS, evidence=evidence)
+            outcome = f"rolled back to {plan.baseline}"
+        except ValidationError as exc:  # e.g. the baseline is riskier than what is served: never wait
+            plan.refresh_from_db(fields=["status", "pending_change_request", "updated_at"])
+            logger.warning("Roll-back of rollout plan %s on a breach refused (%s); pausing instead", plan.pk, exc)
+            reason = (f"{reason}. Rolling back to {plan.baseline} would need approval here, so the plan was "
+                      "paused instead.")
+    if not outcome:
         _pause_locked(plan, reason=reason, actor=GUARDRAILS, evidence=evidence)
         outcome = "paused"
     title = f"Guardrail breach: {plan.flag.key} in {plan.environment.name} {outcome}"
@@ -779,6 +817,6 @@ def check_guardrails() -> int:
     for plan in RolloutPlan.objects.filter(status__in=(Status.RUNNING,)).only("pk").order_by("pk"):
         try:
             breached += plan_guardrails_check(plan=plan)
-        except ValidationError:
+        except Exception:  # one plan's failure must not stop the others' checks
             logger.exception("Guardrail check of rollout plan %s failed; the next sweep retries", plan.pk)
     return breached

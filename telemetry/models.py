@@ -174,3 +174,76 @@ class OutcomeBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.variant} metric {self.metric_id} @ {self.bucket:%Y-%m-%d %H:%M}"
+
+
+
+class ExposureRollup(models.Model):
+    """Shape of the hourly and daily roll-ups of `ExposureBucket`, kept by the same aggregation
+    transaction as the minutes, so long windows read a row per hour or day instead of sixty
+    or 1,440.
+
+    `units` counts the `UnitExposure` rows whose `first_seen` falls in the period (moved when
+    a late event makes a unit's first exposure earlier), so whole periods of distinct units
+    are summed here instead of counted row by row.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    flag_id = models.IntegerField()
+    environment_id = models.IntegerField()
+    variant = models.CharField(max_length=100)
+    bucket = models.DateTimeField()  # the period's start, UTC
+    exposures = models.BigIntegerField(default=0)
+    fallbacks = models.BigIntegerField(default=0)
+    units = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+        constraints = [models.UniqueConstraint(fields=["flag_id", "environment_id", "bucket", "variant"],
+                                               name="%(class)s_once")]
+
+    def __str__(self) -> str:
+        return f"{self.variant} @ {self.bucket:%Y-%m-%d %H:%M}"
+
+
+
+class HourlyExposureBucket(ExposureRollup):
+    """Exposures of one variant in one hour (`bucket` = the hour's start, UTC)."""
+
+
+
+class DailyExposureBucket(ExposureRollup):
+    """Exposures of one variant in one UTC day (`bucket` = its midnight)."""
+
+
+
+class OutcomeRollup(models.Model):
+    """Shape of the hourly and daily roll-ups of `OutcomeBucket`: counts and totals added,
+    histograms merged."""
+
+    id = models.BigAutoField(primary_key=True)
+    flag_id = models.IntegerField()
+    environment_id = models.IntegerField()
+    variant = models.CharField(max_length=100)
+    metric_id = models.IntegerField()
+    bucket = models.DateTimeField()  # the period's start, UTC
+    count = models.BigIntegerField(default=0)
+    total = models.FloatField(default=0.0)
+    histogram = models.JSONField(default=dict)
+
+    class Meta:
+        abstract = True
+        constraints = [models.UniqueConstraint(fields=["flag_id", "environment_id", "metric_id", "bucket", "variant"],
+                                               name="%(class)s_once")]
+
+    def __str__(self) -> str:
+        return f"{self.variant} metric {self.metric_id} @ {self.bucket:%Y-%m-%d %H:%M}"
+
+
+
+class HourlyOutcomeBucket(OutcomeRollup):
+    """Outcomes of one metric attributed to one variant in one hour."""
+
+
+
+class DailyOutcomeBucket(OutcomeRollup):
+    """Outcomes of one metric attributed to one variant in one UTC day."""

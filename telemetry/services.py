@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -18,7 +18,20 @@ from audit.services import Actor, record
 from flags.models import Project
 from telemetry import histogram
 from telemetry.constants import AGGREGATION_BUDGET_SECONDS, AGGREGATION_CHUNK, CURSOR_NAME, EventKind, MetricKind
-from telemetry.models import AggregationCursor, Event, ExposureBucket, Metric, OutcomeBucket, UnitExposure
+from telemetry.models import (
+    AggregationCursor,
+    DailyExposureBucket,
+    DailyOutcomeBucket,
+    Event,
+    ExposureBucket,
+    ExposureRollup,
+    HourlyExposureBucket,
+    HourlyOutcomeBucket,
+    Metric,
+    OutcomeBucket,
+    OutcomeRollup,
+    UnitExposure,
+)
 
 METRIC_FIELDS = ("name", "unit", "kind", "higher_is_better", "description")
 
@@ -76,9 +89,10 @@ def events_aggregate(*, chunk_size: int = AGGREGATION_CHUNK, budget_seconds: flo
     """Fold new raw events into the aggregates, chunk by chunk, until caught up or out of time.
 
     Each chunk is one transaction that holds the cursor row's lock, reads events past the
-    (txid, id) watermark, merges them into the aggregates and moves the watermark: a crash
-    loses nothing and counts nothing twice. A run that finds the lock taken returns at once
-    (the other run is doing the work). Returns the number of events folded in.
+    (txid, id) watermark, merges them into the aggregates (the per-minute buckets and their
+    hourly and daily roll-ups, from the same in-memory deltas) and moves the watermark: a
+    crash loses nothing and counts nothing twice. A run that finds the lock taken returns at
+    once (the other run is doing the work). Returns the number of events folded in.
     """
     AggregationCursor.objects.get_or_create(name=CURSOR_NAME)
     deadline = time.monotonic() + budget_seconds
@@ -139,6 +153,24 @@ def _minute(when: datetime.datetime) -> datetime.datetime:
     return when.astimezone(datetime.UTC).replace(second=0, microsecond=0)
 
 
+def _hour(minute: datetime.datetime) -> datetime.datetime:
+    """The hour of a UTC minute from `_minute`."""
+    return minute.replace(minute=0)
+
+
+def _day(minute: datetime.datetime) -> datetime.datetime:
+    """The UTC day of a minute from `_minute`."""
+    return minute.replace(hour=0, minute=0)
+
+
+Truncate = Callable[[datetime.datetime], datetime.datetime]
+# Each roll-up: how a minute is truncated to its period, and the period's tables.
+ROLLUPS: tuple[tuple[Truncate, type[ExposureRollup], type[OutcomeRollup]], ...] = (
+    (_hour, HourlyExposureBucket, HourlyOutcomeBucket),
+    (_day, DailyExposureBucket, DailyOutcomeBucket),
+)
+
+
 def _slices(values: list[Any], size: int = 5_000) -> Iterable[list[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -178,12 +210,17 @@ def _aggregate_chunk(limit: int) -> int | None:
                 "flag_id", "environment_id", "variant", "unit", "first_seen", "last_seen"):
             stored[(flag, env, variant, unit)] = (first, last)
     changed = []
+    # ((flag, env, variant), old first-seen minute or None, new one): the roll-ups count units
+    # by the period of their first exposure, and a late event can make that earlier.
+    first_seen_moves: list[tuple[tuple, datetime.datetime | None, datetime.datetime]] = []
     for key, (first, last) in seen.items():
         old = stored.get(key)
         merged = (first, last) if old is None else (min(first, old[0]), max(last, old[1]))
         if merged != old:
             changed.append(UnitExposure(flag_id=key[0], environment_id=key[1], variant=key[2], unit=key[3],
                                         first_seen=merged[0], last_seen=merged[1]))
+            if old is None or merged[0] != old[0]:
+                first_seen_moves.append((key[:3], None if old is None else _minute(old[0]), _minute(merged[0])))
         stored[key] = merged
     if changed:
         UnitExposure.objects.bulk_create(changed, batch_size=2_000, update_conflicts=True,
@@ -205,8 +242,11 @@ def _aggregate_chunk(limit: int) -> int | None:
             slot[1] += value
             histogram.add(slot[2], value)
 
-    _merge_exposure_buckets(exposures)
-    _merge_outcome_buckets(values)
+    _merge_exposure_buckets(ExposureBucket, exposures)
+    _merge_outcome_buckets(OutcomeBucket, values)
+    for truncate, exposure_rollup, outcome_rollup in ROLLUPS:
+        _merge_exposure_buckets(exposure_rollup, _exposures_rolled_up(exposures, first_seen_moves, truncate))
+        _merge_outcome_buckets(outcome_rollup, _outcomes_rolled_up(values, truncate))
     last = events[-1]
     cursor_row.last_id, cursor_row.last_txid = last[0], last[1]
     cursor_row.events_processed += len(events)
@@ -236,34 +276,66 @@ def _variant_at(spans: Iterable[tuple], when: datetime.datetime) -> str | None:
     return best[1] if best else None
 
 
-def _merge_exposure_buckets(exposures: dict[tuple, list[int]]) -> None:
+def _exposures_rolled_up(exposures: dict[tuple, list[int]], first_seen_moves: list[tuple],
+                         truncate: Truncate) -> dict[tuple, list[int]]:
+    """The chunk's minute deltas truncated to the period, with the units' first exposures:
+    (flag, env, variant, period) -> [exposures, fallbacks, units]."""
+    rolled: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (flag, env, variant, minute), (n, fallbacks) in exposures.items():
+        slot = rolled[(flag, env, variant, truncate(minute))]
+        slot[0] += n
+        slot[1] += fallbacks
+    for key, old, new in first_seen_moves:
+        period = truncate(new)
+        if old is None:
+            rolled[(*key, period)][2] += 1
+        elif (old_period := truncate(old)) != period:
+            rolled[(*key, old_period)][2] -= 1
+            rolled[(*key, period)][2] += 1
+    return rolled
+
+
+def _outcomes_rolled_up(values: dict[tuple, list[Any]], truncate: Truncate) -> dict[tuple, list[Any]]:
+    """(flag, env, variant, metric, period) -> [count, total, histogram] from the minute deltas."""
+    rolled: dict[tuple, list[Any]] = {}
+    for (flag, env, variant, metric, minute), (count, total, hist) in values.items():
+        slot = rolled.setdefault((flag, env, variant, metric, truncate(minute)), [0, 0.0, {}])
+        slot[0] += count
+        slot[1] += total
+        histogram.merge_into(slot[2], hist)
+    return rolled
+
+
+def _merge_exposure_buckets(model: type[ExposureBucket | ExposureRollup], exposures: dict[tuple, list[int]]) -> None:
+    """Add the deltas ([exposures, fallbacks], and units for a roll-up) to the stored rows of
+    `model`, creating the missing ones."""
     if not exposures:
         return
+    fields = ["exposures", "fallbacks"] + (["units"] if issubclass(model, ExposureRollup) else [])
     keys = list(exposures)
     existing = {
-        (flag, env, variant, bucket): (n, fallbacks)
-        for flag, env, variant, bucket, n, fallbacks in ExposureBucket.objects.filter(
+        (flag, env, variant, bucket): counts
+        for flag, env, variant, bucket, *counts in model.objects.filter(
             flag_id__in={k[0] for k in keys}, environment_id__in={k[1] for k in keys},
-            bucket__in={k[3] for k in keys}).values_list(
-            "flag_id", "environment_id", "variant", "bucket", "exposures", "fallbacks")
+            bucket__in={k[3] for k in keys}).values_list("flag_id", "environment_id", "variant", "bucket", *fields)
     }
+    none = [0] * len(fields)
     rows = []
-    for key, (n, fallbacks) in exposures.items():
-        old_n, old_fallbacks = existing.get(key, (0, 0))
-        rows.append(ExposureBucket(flag_id=key[0], environment_id=key[1], variant=key[2], bucket=key[3],
-                                   exposures=old_n + n, fallbacks=old_fallbacks + fallbacks))
-    ExposureBucket.objects.bulk_create(rows, batch_size=2_000, update_conflicts=True,
-                                       unique_fields=["flag_id", "environment_id", "bucket", "variant"],
-                                       update_fields=["exposures", "fallbacks"])
+    for key, deltas in exposures.items():
+        old = existing.get(key, none)
+        rows.append(model(flag_id=key[0], environment_id=key[1], variant=key[2], bucket=key[3],
+                          **{name: old[i] + deltas[i] for i, name in enumerate(fields)}))
+    model.objects.bulk_create(rows, batch_size=2_000, update_conflicts=True,
+                              unique_fields=["flag_id", "environment_id", "bucket", "variant"], update_fields=fields)
 
 
-def _merge_outcome_buckets(values: dict[tuple, list[Any]]) -> None:
+def _merge_outcome_buckets(model: type[OutcomeBucket | OutcomeRollup], values: dict[tuple, list[Any]]) -> None:
     if not values:
         return
     keys = list(values)
     existing = {
         (flag, env, variant, metric, bucket): (count, total, hist)
-        for flag, env, variant, metric, bucket, count, total, hist in OutcomeBucket.objects.filter(
+        for flag, env, variant, metric, bucket, count, total, hist in model.objects.filter(
             flag_id__in={k[0] for k in keys}, environment_id__in={k[1] for k in keys},
             metric_id__in={k[3] for k in keys}, bucket__in={k[4] for k in keys}).values_list(
             "flag_id", "environment_id", "variant", "metric_id", "bucket", "count", "total", "histogram")
@@ -273,8 +345,8 @@ def _merge_outcome_buckets(values: dict[tuple, list[Any]]) -> None:
         old = existing.get(key)
         if old is not None:
             count, total, hist = count + old[0], total + old[1], histogram.merge((hist, old[2]))
-        rows.append(OutcomeBucket(flag_id=key[0], environment_id=key[1], variant=key[2], metric_id=key[3],
-                                  bucket=key[4], count=count, total=total, histogram=hist))
-    OutcomeBucket.objects.bulk_create(rows, batch_size=1_000, update_conflicts=True,
-                                      unique_fields=["flag_id", "environment_id", "metric_id", "bucket", "variant"],
-                                      update_fields=["count", "total", "histogram"])
+        rows.append(model(flag_id=key[0], environment_id=key[1], variant=key[2], metric_id=key[3],
+                          bucket=key[4], count=count, total=total, histogram=hist))
+    model.objects.bulk_create(rows, batch_size=1_000, update_conflicts=True,
+                              unique_fields=["flag_id", "environment_id", "metric_id", "bucket", "variant"],
+                              update_fields=["count", "total", "histogram"])

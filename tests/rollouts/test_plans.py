@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,39 +20,26 @@ from flags.demo import seed_demo
 from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Flag, Targeting
 from flags.snapshot_builder import build_environment_snapshot
-from flags.snapshot_store import reset_store
 from notifications.models import Notification
 from rollouts import plans, services
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
 from rollouts.plan_guardrails import AMBER, GREEN, RED, evaluate_guardrail
 from rollouts.tasks import check_guardrails as check_guardrails_task
-from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 from telemetry.services import events_aggregate
 from tests.factories import TEST_ACTOR
 from tests.ofrep_client import call
 from tests.rollouts.support import user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_caches")]
 
 PROFILE = "support_assistant_profile"
 BASELINE, CANDIDATE = "baseline_v3", "citation_first_v4"
 LATENCY = {"metric": "latency_p95", "kind": "relative_max", "threshold": 1.2, "min_samples": 50}
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> Iterator[None]:
-    reset_store(None)
-    ingest.metric_ids.clear()
-    yield
-    reset_store(None)
-    ingest.metric_ids.clear()
 
 
-@pytest.fixture
-def catalog(demo: Any) -> Any:
-    seed_demo_metrics(demo)
-    return demo
 
 
 def environment(key: str) -> Environment:

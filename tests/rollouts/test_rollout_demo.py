@@ -4,7 +4,6 @@ stage (idempotently), and `simulate_traffic` reports what the engine serves at t
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,10 +14,8 @@ from flags.demo import seed_demo
 from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Flag, SdkKey, Targeting
 from flags.snapshot_builder import build_environment_snapshot
-from flags.snapshot_store import reset_store
 from rollouts import plans, services
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
-from telemetry import ingest
 from telemetry.constants import EventKind
 from telemetry.demo import seed_demo_metrics
 from telemetry.management.commands.simulate_traffic import support_context
@@ -26,25 +23,14 @@ from telemetry.models import Event, EventBatch, Metric
 from tests.rollouts.support import user
 from tests.servers import database_url_from_settings, free_port, gunicorn
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_caches")]
 
 PROFILE = "support_assistant_profile"
 CANDIDATE = "citation_first_v4"
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> Iterator[None]:
-    reset_store(None)
-    ingest.metric_ids.clear()
-    yield
-    reset_store(None)
-    ingest.metric_ids.clear()
 
 
-@pytest.fixture
-def catalog(demo: Any) -> Any:
-    seed_demo_metrics(demo)
-    return demo
 
 
 def production() -> Environment:
