@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from django.utils.html import escape, format_html
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 640, 220
@@ -119,16 +119,25 @@ def line_chart(*, title: str, series: Mapping[str, Sequence[Point]], start: date
         if len(ordered) > 1:
             path = " ".join(f"{x(p.at):.1f},{y(p.value):.1f}" for p in ordered)
             parts.append(format_html('<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>', path, color))
+        # The hot loop of a long plan's page: numbers need no escaping, the text is escaped once.
+        label = escape(variant)
         for p in ordered:
-            parts.append(format_html(
-                '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{} {}: {} (n={})</title></circle>',
-                _n(x(p.at)), _n(y(p.value)), color, variant, p.at.strftime("%d %b %H:%M"), format_value(p.value, unit),
-                p.count))
+            text = escape(f"{p.at:%d %b %H:%M}: {format_value(p.value, unit)} (n={p.count})")
+            parts.append(f'<circle cx="{x(p.at):.1f}" cy="{y(p.value):.1f}" r="2.5" fill="{color}">'
+                         f"<title>{label} {text}</title></circle>")
     if not values:
         parts.append(format_html('<text x="{}" y="{}" class="axis" text-anchor="middle">{}</text>',
                                  _n(LEFT + plot_w / 2), _n(TOP + plot_h / 2), "No outcomes reported yet"))
     parts.append(mark_safe("</svg>"))  # noqa: S308 - a literal closing tag
     return mark_safe("".join(str(part) for part in parts))  # noqa: S308 - every part above is escaped
+
+
+def table_rows(series: Mapping[str, Sequence[Point]], unit: str = "") -> SafeString:
+    """The chart's numbers as table rows (built here, not in a template loop: a long plan has
+    hundreds of them)."""
+    rows = [(p.at.strftime("%d %b %H:%M"), variant, format_value(p.value, unit), p.count)
+            for variant, points in series.items() for p in points]
+    return format_html_join("", "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>", rows)
 
 
 def legend(variants: Sequence[str]) -> list[dict[str, str]]:

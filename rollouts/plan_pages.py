@@ -285,8 +285,7 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
             "svg": charts.line_chart(title=f"{metric.name} per {bucket} min", series=by_variant, start=start, end=now,
                                      unit=metric.unit, markers=markers, limit=limit),
             "legend": [{**item, "samples": samples[item["variant"]]} for item in charts.legend(variants)],
-            "rows": [{"variant": variant, "at": p.at, "value": charts.format_value(p.value, metric.unit),
-                      "count": p.count} for variant, points in by_variant.items() for p in points],
+            "rows": charts.table_rows(by_variant, metric.unit),
         })
     return result
 
