@@ -9,6 +9,7 @@ page whatever the number of decisions or data points.
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,13 @@ def _duration(delta: datetime.timedelta) -> str:
         return f"{hours} h {rest} min" if rest else f"{hours} h"
     days, rest = divmod(minutes, 1440)
     return f"{days} d {rest // 60} h" if rest // 60 else f"{days} d"
+
+
+def _countdown(left: datetime.timedelta) -> str:
+    """Time left, rounded up to the minute (a wait never reads "0 min")."""
+    if left.total_seconds() < 60:
+        return "under a minute"
+    return _duration(datetime.timedelta(minutes=math.ceil(left.total_seconds() / 60)))
 
 
 def guardrail_text(guardrail: dict[str, Any]) -> str:
@@ -95,7 +103,7 @@ def next_step(plan: RolloutPlan, stages: list[RolloutStage], status: str | None,
     last = plan.stage_index >= len(stages) - 1
     step = f"promote {plan.candidate}" if last else f"advance to stage {plan.stage_index + 2} ({stages[plan.stage_index + 1].name})"
     if left is not None:
-        return f"{attention}Baking: {step} in {_duration(left)}"
+        return f"{attention}Baking: {step} in {_countdown(left)}"
     if status == AMBER:
         return f"{attention}{step[0].upper()}{step[1:]} (guardrails still gathering samples)"
     return f"{attention}{step[0].upper()}{step[1:]}"
@@ -138,7 +146,7 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
             red = [g["message"] for g in (evidence or {}).get("guardrails", []) if g["status"] == RED]
             if left is not None:
                 blocked = (f"Stage {plan.stage_index + 1} bakes for "
-                           f"{_duration(datetime.timedelta(minutes=stage.min_bake_minutes))}: {_duration(left)} left.")
+                           f"{_duration(datetime.timedelta(minutes=stage.min_bake_minutes))}: {_countdown(left)} left.")
             elif red:
                 blocked = "A guardrail is breached: " + "; ".join(red)
         if plan.stage_index < len(stages) - 1:
@@ -259,7 +267,7 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
     keys += [g["metric"] for stage in stages for g in stage.guardrails]
     keys = [key for i, key in enumerate(keys) if key in metrics and key not in keys[:i]]
     start = (min(entries.values()) if entries else plan.created_at).replace(second=0, microsecond=0)
-    start = min(start, now - datetime.timedelta(minutes=30))
+    start = min(start, now - datetime.timedelta(minutes=10))  # a young plan still gets a readable axis
     bucket = charts.bucket_minutes_for(start, now)
     markers = [charts.Marker(at, f"{index + 1}. {stages[index].name}") for index, at in sorted(entries.items())
                if index < len(stages)]

@@ -454,3 +454,16 @@ def test_board__two_plans_judged_in_one_batch__each_keeps_its_own_evidence(clien
     for plan, status in ((red, "red"), (green, "green")):
         row = re.search(rf'<tr data-plan="{plan.pk}">(.*?)</tr>', html, re.S).group(1)
         assert f'data-status="{status}"' in row
+
+
+def test_next_step__bake_countdown_rounds_up_and_never_reads_zero(catalog: Any) -> None:
+    plan = make_plan(bake=2)
+    plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan.refresh_from_db()
+    stages = plans.plan_stages(plan)
+    from rollouts.plan_pages import next_step
+    entered = plan.stage_entered_at
+    assert next_step(plan, stages, "green", now=entered + datetime.timedelta(seconds=30)).endswith("in 2 min")
+    assert next_step(plan, stages, "green", now=entered + datetime.timedelta(seconds=90)).endswith("in under a minute")
+    assert next_step(plan, stages, "green", now=entered + datetime.timedelta(seconds=121)) == \
+        "Advance to stage 2 (Beta accounts)"
