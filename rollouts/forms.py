@@ -132,6 +132,9 @@ class PlanForm(forms.Form):
     environment = forms.ChoiceField(help_text="One plan per flag and environment at a time.")
     baseline = forms.ChoiceField(help_text="What everyone gets back on a roll-back (usually the fallback).")
     candidate = forms.ChoiceField(help_text="The variation the plan exposes stage by stage.")
+    assignment_unit = forms.CharField(
+        max_length=100, required=False, label="Assignment unit",
+        help_text="The context attribute percentages bucket on (accountId, userId…). Blank: the environment's.")
     on_breach = forms.ChoiceField(label="When a guardrail is breached", widget=forms.RadioSelect,
                                   choices=(("pause", "Pause the plan (traffic stays as it is)"),
                                            ("rollback", "Roll back: everyone to the baseline at once")),

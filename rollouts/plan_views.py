@@ -202,7 +202,8 @@ def plan_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
                 flag=flag, environment=project.environments.get(key=form.cleaned_data["environment"]),
                 baseline=form.cleaned_data["baseline"], candidate=form.cleaned_data["candidate"],
                 stages=[{**row.stage(), "guardrails": [dict(g) for g in shared]} for row in stage_rows],
-                on_breach=form.cleaned_data["on_breach"], reason=form.cleaned_data["reason"], actor=request.user)
+                on_breach=form.cleaned_data["on_breach"], reason=form.cleaned_data["reason"], actor=request.user,
+                assignment_unit=form.cleaned_data["assignment_unit"].strip())
         except ValidationError as exc:
             _attach_plan_errors(exc, form, stage_rows, guardrail_rows)
         else:

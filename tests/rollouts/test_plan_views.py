@@ -467,3 +467,14 @@ def test_next_step__bake_countdown_rounds_up_and_never_reads_zero(catalog: Any) 
     assert next_step(plan, stages, "green", now=entered + datetime.timedelta(seconds=90)).endswith("in under a minute")
     assert next_step(plan, stages, "green", now=entered + datetime.timedelta(seconds=121)) == \
         "Advance to stage 2 (Beta accounts)"
+
+
+def test_create__assignment_unit_chosen__plan_buckets_on_it(client: Any, catalog: Any) -> None:
+    client.force_login(user("owner"))
+    data = {**_form_data(client), "environment": "staging", "candidate": CANDIDATE, "reason": "Ship v4",
+            "assignment_unit": " userId "}
+    assert client.post(_create_url(), data).status_code == 302
+    plan = RolloutPlan.objects.get()
+    assert plan.assignment_unit == "userId"
+    plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    assert flag().targetings.get(environment__key="staging").assignment_unit == "userId"
