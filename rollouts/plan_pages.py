@@ -267,7 +267,7 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
     keys += [g["metric"] for stage in stages for g in stage.guardrails]
     keys = [key for i, key in enumerate(keys) if key in metrics and key not in keys[:i]]
     start = (min(entries.values()) if entries else plan.created_at).replace(second=0, microsecond=0)
-    start = min(start, now - datetime.timedelta(minutes=10))  # a young plan still gets a readable axis
+    start = min(start, now - datetime.timedelta(minutes=30))  # a young plan still gets a readable axis
     bucket = charts.bucket_minutes_for(start, now)
     markers = [charts.Marker(at, f"{index + 1}. {stages[index].name}") for index, at in sorted(entries.items())
                if index < len(stages)]

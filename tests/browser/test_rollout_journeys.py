@@ -425,6 +425,9 @@ def test_injected_latency_regression_pauses_the_plan_by_itself__owner_sees_pause
     plan = through_approval(plans.plan_start(plan=plan, reason="internal users first", actor=owner))
     assert (plan.status, plan.stage_index) == ("running", 0)
     assert not Notification.objects.filter(recipient=owner).exists()
+    # entered two minutes ago, so events seconds old fall inside the stage's window whatever the
+    # clock (a window starts at the minute its stage was entered)
+    RolloutPlan.objects.filter(pk=plan.pk).update(stage_entered_at=timezone.now() - datetime.timedelta(minutes=2))
 
     # And the owner has the plan page open: running, amber (no samples yet), Advance offered
     login("owner")

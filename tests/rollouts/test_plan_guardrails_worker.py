@@ -139,6 +139,10 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     project, _ = seed_demo()
     seed_demo_metrics(project)
     green, red = started_plan("staging"), started_plan("production")
+    # entered two minutes ago, so the events below (seconds old) fall inside the stages' windows
+    # whatever the clock (a window starts at the minute its stage was entered)
+    RolloutPlan.objects.filter(pk__in=(green.pk, red.pk)).update(
+        stage_entered_at=timezone.now() - datetime.timedelta(minutes=2))
     keys = {env_key: flag_services.sdk_key_create(
         environment=Environment.objects.get(project=project, key=env_key), name="tests",
         actor=SystemActor("tests"))[1] for env_key in ("staging", "production")}
