@@ -17,7 +17,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from flags.forms import add_service_errors
@@ -27,6 +26,7 @@ from flags.views import denied, project_for
 from rollouts import plan_pages, plans, services
 from rollouts.forms import GuardrailFormSet, PlanForm, ReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
+from rollouts.views import _with_messages
 from telemetry.models import Metric
 
 Action = ReleaseDecision.Action
@@ -119,11 +119,9 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
             messages.error(request, problem)
         return render(request, "rollouts/plan.html", _page_context(request, project, plan, form,
                                                                    action_problem=problem), status=status)
-    response = render(request, "rollouts/plan.html#plan-body",
-                      _page_context(request, project, plan, form, action_problem=problem, failed_action=action),
-                      status=status)
-    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
-    return response
+    return _with_messages(request, render(
+        request, "rollouts/plan.html#plan-body",
+        _page_context(request, project, plan, form, action_problem=problem, failed_action=action), status=status))
 
 
 def _outcome(plan: RolloutPlan, action: str, done: str) -> str:

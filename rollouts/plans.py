@@ -394,13 +394,18 @@ def _submit(plan: RolloutPlan, changes: dict[str, Any], *, reason: str, actor: A
                                             force_request=force_request)
 
 
+def _promotion_forced(plan: RolloutPlan, stages: list[RolloutStage]) -> bool:
+    """Promoting skips the later stages: if one of them needs approval, so does promotion."""
+    return any(stage.needs_approval for stage in stages[plan.stage_index + 1:])
+
+
 def step_opens_request(plan: RolloutPlan, stages: list[RolloutStage], *, promote: bool = False) -> bool:
     """Whether the plan's next step (entering the next stage, or promoting) would open a
     change request rather than apply at once, as submitting it now would decide: a stage
     that needs approval always does; otherwise the environment's policy judges the change."""
     target = plan.stage_index + 1
     if promote:
-        if any(stage.needs_approval for stage in stages[target:]):
+        if _promotion_forced(plan, stages):
             return True
         changes = promote_targeting(plan, _current_state(plan))
     else:
@@ -578,7 +583,7 @@ def plan_promote(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     evidence = plan_evidence(plan, stages=stages)
     _ready_to_expand(plan, stages, evidence)
     before = _before(plan)
-    force = any(stage.needs_approval for stage in stages[plan.stage_index + 1:])
+    force = _promotion_forced(plan, stages)
     result = _submit(plan, promote_targeting(plan, _current_state(plan)), actor=actor, force_request=force,
                      reason=f"Rollout plan {plan.pk}, promote {plan.candidate}: {reason}")
     if isinstance(result, ChangeRequest):
@@ -674,20 +679,26 @@ def plan_rollback(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPla
     return _rollback_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan, stages=stages))
 
 
+def _set_attention(plan: RolloutPlan, *, attention: bool, reason: str, actor: Actor) -> RolloutPlan:
+    """Mark a locked, open plan for investigation or close that; traffic does not change."""
+    action = Action.INVESTIGATE if attention else Action.RESOLVE
+    before = _before(plan)
+    plan.needs_attention = attention
+    plan.save(update_fields=["needs_attention", "updated_at"])
+    _decide(plan, action, actor, reason, evidence=plan_evidence(plan))
+    where = f"{plan.flag.key} in {plan.environment.name}"
+    _audit(plan, AuditAction.PLAN_INVESTIGATED if attention else AuditAction.PLAN_ATTENTION_CLEARED, actor,
+           f"{where} needs attention" if attention else f"{where}: investigation closed", reason, before)
+    return plan
+
+
 @transaction.atomic
 def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Mark the plan for attention; traffic does not change."""
     plan = _locked(plan)
     _check_permission(plan, actor, Action.INVESTIGATE)
     _expect(plan, RolloutPlan.OPEN, "marked for investigation")
-    reason = _require_reason(reason)
-    before = _before(plan)
-    plan.needs_attention = True
-    plan.save(update_fields=["needs_attention", "updated_at"])
-    _decide(plan, Action.INVESTIGATE, actor, reason, evidence=plan_evidence(plan))
-    _audit(plan, AuditAction.PLAN_INVESTIGATED, actor, f"{plan.flag.key} in {plan.environment.name} needs "
-                                                       "attention", reason, before)
-    return plan
+    return _set_attention(plan, attention=True, reason=_require_reason(reason), actor=actor)
 
 
 @transaction.atomic
@@ -698,14 +709,7 @@ def plan_resolve(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     _expect(plan, RolloutPlan.OPEN, "cleared (it is closed; its log keeps the investigation)")
     if not plan.needs_attention:
         raise ValidationError("This plan is not marked for investigation.")
-    reason = _require_reason(reason)
-    before = _before(plan)
-    plan.needs_attention = False
-    plan.save(update_fields=["needs_attention", "updated_at"])
-    _decide(plan, Action.RESOLVE, actor, reason, evidence=plan_evidence(plan))
-    _audit(plan, AuditAction.PLAN_ATTENTION_CLEARED, actor, f"{plan.flag.key} in {plan.environment.name}: "
-                                                            "investigation closed", reason, before)
-    return plan
+    return _set_attention(plan, attention=False, reason=_require_reason(reason), actor=actor)
 
 
 @transaction.atomic
