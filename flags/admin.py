@@ -1,12 +1,14 @@
 """Django admin for support staff. Reads freely; writes of catalog rows go through the
 services (and so into the audit trail), so the admin offers no add, change or delete for
-them. Use the console, or a management command, to change the catalog."""
+them. Use the console, or a management command, to change the catalog. Accounts and
+permission groups are edited here, audited (`flags/admin_accounts.py`)."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest
 
+from flags import admin_accounts  # noqa: F401  (replaces the stock User and Group admins)
 from flags.models import Environment, Flag, Membership, Project, SdkKey, Segment, Targeting, Variation
 
 
