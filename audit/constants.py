@@ -15,6 +15,7 @@ class AuditAction(models.TextChoices):
     PROJECT_CREATED = "project.created", "Project created"
     PROJECT_UPDATED = "project.updated", "Project settings changed"
     ENVIRONMENT_CREATED = "environment.created", "Environment created"
+    ENVIRONMENT_GOVERNED = "environment.governed", "Environment put under change control"
     LOGIN_SUCCEEDED = "auth.login", "Signed in"
     LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
     LOGIN_THROTTLED = "auth.login_throttled", "Sign-in refused (throttled)"

@@ -14,6 +14,7 @@ from audit.services import SystemActor
 from flags import services
 from flags.constants import BehaviorSurface, Lifetime, Role, ValueType
 from flags.models import Project, Targeting
+from flags.served_state.guard import GovernanceError
 
 SEED_ACTOR = SystemActor("seed-demo")
 DEMO_PASSWORD = "featureops-demo"  # noqa: S105 - printed for the demo; never used outside seed_demo
@@ -215,10 +216,12 @@ def seed_demo() -> tuple[Project, list[DemoUser]]:
             description="The AI support assistant: prompt profiles, tool authority and incident fallbacks.",
             actor=SEED_ACTOR,
         )
-        for order, (key, name, governed) in enumerate(ENVIRONMENTS):
+        for order, (key, name, _governed) in enumerate(ENVIRONMENTS):
             if not project.environments.filter(key=key).exists():
-                services.environment_create(project=project, key=key, name=name, is_governed=governed,
-                                            sort_order=order, actor=SEED_ACTOR)
+                # Created ungoverned, seeded, then governed below: the demo's starting state is
+                # set before change control begins, not by skipping it.
+                services.environment_create(project=project, key=key, name=name, sort_order=order,
+                                            actor=SEED_ACTOR)
         user_model = get_user_model()
         users = {}
         for demo in DEMO_USERS:
@@ -247,9 +250,18 @@ def seed_demo() -> tuple[Project, list[DemoUser]]:
             flag = services.flag_create(project=project, fallback_variation_key=fallback, owner_user=users["owner"],
                                         actor=SEED_ACTOR, **spec)
             for environment_key, changes in targeting.items():
-                services.targeting_update(
-                    targeting=Targeting.objects.get(flag=flag, environment__key=environment_key),
-                    actor=SEED_ACTOR, reason="Demo data", **changes,
-                )
+                try:
+                    with transaction.atomic():
+                        services.targeting_update(
+                            targeting=Targeting.objects.get(flag=flag, environment__key=environment_key),
+                            actor=SEED_ACTOR, reason="Demo data", **changes,
+                        )
+                except GovernanceError:
+                    pass  # a flag added to an already governed demo stays off there until approved
+        for key, _name, governed in ENVIRONMENTS:
+            environment = project.environments.get(key=key)
+            if governed and not environment.is_governed:
+                services.environment_govern(environment=environment, actor=SEED_ACTOR,
+                                            reason="Demo data seeded; production changes need approval from now on")
     services.flag_lifecycle_recompute(actor=SEED_ACTOR, project=project)
     return project, list(DEMO_USERS)

@@ -180,3 +180,23 @@ def describe_flag_change(*, base: Mapping[str, Any], proposed: Mapping[str, Any]
                               + "; ".join(f"{c.path} {c.before or '∅'} → {c.after or '∅'}" for c in changes[:6])
                               + (" …" if len(changes) > 6 else "")))
     return lines
+
+
+def describe_segment_change(*, key: str, base: Mapping[str, Any], proposed: Mapping[str, Any]) -> list[DiffLine]:
+    """A segment edit in words: who joins, who leaves, rules changed."""
+    lines = []
+    for field, joins, leaves in (("included_keys", "included", "no longer included"),
+                                 ("excluded_keys", "excluded", "no longer excluded")):
+        old, new = set(base.get(field) or []), set(proposed.get(field) or [])
+        for verb, keys in ((joins, new - old), (leaves, old - new)):
+            if keys:
+                shown = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                lines.append(DiffLine(f"segment {key}: {len(keys)} key(s) {verb}: {shown}"))
+    if (base.get("rules") or []) != (proposed.get("rules") or []):
+        old_rules = "; ".join(_clauses_label(r.get("clauses", [])) for r in base.get("rules") or []) or "none"
+        new_rules = "; ".join(_clauses_label(r.get("clauses", [])) for r in proposed.get("rules") or []) or "none"
+        lines.append(DiffLine(f"segment {key}: rules {old_rules} → {new_rules}"))
+    for field in ("name", "description"):
+        if base.get(field) != proposed.get(field):
+            lines.append(DiffLine(f"segment {key}: {field} “{base.get(field)}” → “{proposed.get(field)}”"))
+    return lines

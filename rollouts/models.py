@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from flags.models import Environment, Flag, Project
+from flags.models import Environment, Flag, Project, Segment
 
 
 class ApprovalPolicy(models.Model):
@@ -47,17 +47,26 @@ class ChangeRequest(models.Model):
     """`kind` targeting: one environment's targeting, replaced whole (`base_state` →
     `proposed`). `kind` flag: flag-wide parts that reach every environment at once (variation
     values, the fallback, the JSON Schema); `environment` is empty and the states hold only
-    the parts that change."""
+    the parts that change. `kind` segment: a segment's content (`segment`, no flag), which
+    reaches every governed environment whose rules use it.
+
+    What is approved is the *served state* the change produces in each governed environment
+    it reaches (`served_hashes`, pair key "flag_id:environment_id" → hash, and the states
+    themselves in `served_states`): apply recomputes them under locks and refuses as
+    conflicted when anything (a segment, a value, the fallback) moved in between."""
 
     class Kind(models.TextChoices):
         TARGETING = "targeting", "Targeting in one environment"
         FLAG = "flag", "Flag-wide (values, fallback, schema)"
+        SEGMENT = "segment", "A segment used in governed environments"
 
     Status = ChangeRequestStatus
     OPEN = (ChangeRequestStatus.PENDING, ChangeRequestStatus.APPROVED, ChangeRequestStatus.SCHEDULED)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="change_requests")
-    flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="change_requests")
+    flag = models.ForeignKey(Flag, null=True, blank=True, on_delete=models.CASCADE, related_name="change_requests")
+    segment = models.ForeignKey(Segment, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="change_requests")
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.TARGETING)
     environment = models.ForeignKey(Environment, null=True, blank=True, on_delete=models.CASCADE,
                                     related_name="change_requests")
@@ -67,6 +76,8 @@ class ChangeRequest(models.Model):
     # The value and risk rank of every variation when the request was made: part of what is
     # approved (in the diff hash); a later change to any of them conflicts the request.
     variations_at_request = models.JSONField(default=dict, blank=True)
+    served_hashes = models.JSONField(default=dict, blank=True)
+    served_states = models.JSONField(default=dict, blank=True)
     diff_hash = models.CharField(max_length=64)
     reasons = models.JSONField(default=list)
     escalation = models.BooleanField(default=False)
@@ -91,17 +102,28 @@ class ChangeRequest(models.Model):
                                    name="change_request_status_known"),
             models.CheckConstraint(condition=~Q(status="scheduled") | Q(scheduled_for__isnull=False),
                                    name="change_request_scheduled_has_time"),
-            models.CheckConstraint(condition=Q(kind="flag") | Q(environment__isnull=False),
+            models.CheckConstraint(condition=~Q(kind="targeting") | Q(environment__isnull=False),
                                    name="change_request_targeting_has_environment"),
+            models.CheckConstraint(
+                condition=(Q(kind="segment", segment__isnull=False, flag__isnull=True)
+                           | (~Q(kind="segment") & Q(flag__isnull=False, segment__isnull=True))),
+                name="change_request_subject_matches_kind"),
         ]
 
     def __str__(self) -> str:
-        return f"CR-{self.pk} {self.flag_id}@{self.environment_id or 'all environments'}"
+        return f"CR-{self.pk} {self.subject}@{self.environment_id or 'all environments'}"
+
+    @property
+    def subject(self) -> str:
+        """What the request changes, for people: a flag key, or "segment <key>"."""
+        return f"segment {self.segment.key}" if self.segment_id else self.flag.key
 
     @property
     def where(self) -> str:
         """Where the change lands, for people: an environment's name, or every environment."""
-        return self.environment.name if self.environment_id else "every environment"
+        if self.environment_id:
+            return self.environment.name
+        return "every governed environment using it" if self.segment_id else "every environment"
 
 
 class Approval(models.Model):

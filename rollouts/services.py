@@ -20,16 +20,32 @@ from django.utils import timezone
 
 from audit.chain import canonical_json
 from audit.constants import AuditAction
+from audit.diff import diff as audit_diff
 from audit.services import Actor, SystemActor, record
 from flags import services as flag_services
 from flags.constants import BehaviorSurface
-from flags.models import Environment, Flag, Project, Targeting
+from flags.models import Environment, Flag, Project, Segment, Targeting
 from flags.permissions import can_edit_catalog, has_project_permission, holders_of
+from flags.served_state.guard import (
+    Authorization,
+    GovernanceError,
+    Overrides,
+    ServedState,
+    governed_write,
+    pair_key,
+    served_states,
+)
+from flags.served_state.policy import (
+    Classification,
+    PolicyReason,
+    classify_flag_change,
+    classify_served_change,
+    classify_targeting_change,
+)
 from flags.snapshots import targeting_state
 from notifications.services import notify
-from rollouts.diff import DiffLine, describe_flag_change, describe_targeting_change
+from rollouts.diff import DiffLine, describe_flag_change, describe_segment_change, describe_targeting_change
 from rollouts.models import Approval, ApprovalPolicy, ChangeRequest, ChangeRequestComment, FollowUp, Incident
-from rollouts.policy import Classification, PolicyReason, classify_flag_change, classify_targeting_change
 
 Status = ChangeRequest.Status
 SCHEDULER = SystemActor("change-scheduler")
@@ -47,7 +63,24 @@ def _state(targeting: Targeting) -> dict[str, Any]:
     return {k: v for k, v in targeting_state(targeting).items() if k != "version"}
 
 
+def served_pair(targeting: Targeting, proposed: dict[str, Any]) -> tuple[ServedState, ServedState] | None:
+    """What a governed environment serves now, and would serve with `proposed` as its
+    targeting (None outside governed environments)."""
+    key = pair_key(targeting.flag_id, targeting.environment_id)
+    project_id = targeting.environment.project_id
+    before = served_states(project_id=project_id, flag_ids=[targeting.flag_id]).get(key)
+    after = served_states(project_id=project_id, flag_ids=[targeting.flag_id],
+                          overrides=Overrides(targeting={key: proposed})).get(key)
+    return (before, after) if before is not None and after is not None else None
+
+
 def classify(targeting: Targeting, proposed: dict[str, Any]) -> Classification:
+    """In a governed environment the whole served state is compared (targeting, reached
+    segments, values, fallback); elsewhere only the targeting, for rollout stages that ask
+    for approval whatever the environment."""
+    pair = served_pair(targeting, proposed)
+    if pair is not None:
+        return classify_served_change(before=pair[0].state, after=pair[1].state)
     flag = targeting.flag
     ranks = dict(flag.variations.values_list("key", "risk_rank"))
     return classify_targeting_change(current=_state(targeting), proposed=proposed, risk_ranks=ranks,
@@ -87,9 +120,24 @@ def preview_targeting_change(*, targeting: Targeting, changes: dict[str, Any]) -
     return Preview(False, required, classification.reasons, lines, governed=True)
 
 
-def _diff_hash(base_version: int, proposed: dict[str, Any], variations: dict[str, Any] | None = None) -> str:
-    payload = {"base": base_version, "proposed": proposed, "variations": variations or {}}
+def _diff_hash(base_version: int, proposed: dict[str, Any], variations: dict[str, Any] | None = None,
+               served: dict[str, str] | None = None) -> str:
+    """What an approval binds: the proposal, and the served state it produces in each
+    governed environment."""
+    payload = {"base": base_version, "proposed": proposed, "variations": variations or {}, "served": served or {}}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _bind(change_request: ChangeRequest, results: dict[str, ServedState]) -> None:
+    """Bind a request to the served states it produces; approvals bind its diff hash."""
+    change_request.served_hashes = {key: served.hash for key, served in results.items()}
+    change_request.served_states = {key: served.state for key, served in results.items()}
+    change_request.diff_hash = _diff_hash(change_request.base_version, change_request.proposed,
+                                          change_request.variations_at_request, change_request.served_hashes)
+
+
+def _authorization(change_request: ChangeRequest) -> Authorization:
+    return Authorization(change_request.served_hashes, f"CR-{change_request.pk}")
 
 
 def _variations_now(flag: Flag) -> dict[str, list[Any]]:
@@ -175,25 +223,56 @@ def _change_request_open(*, targeting: Targeting, proposed: dict[str, Any], clas
     change_request = ChangeRequest(
         project=targeting.environment.project, flag=targeting.flag, environment=targeting.environment,
         base_version=targeting.version, base_state=_state(targeting), proposed=proposed,
-        variations_at_request=(variations := _variations_now(targeting.flag)),
-        diff_hash=_diff_hash(targeting.version, proposed, variations),
+        variations_at_request=_variations_now(targeting.flag),
         reasons=[asdict(r) for r in classification.reasons],
         escalation=classification.escalation, required_approvals=required, requester=_user(actor),
         requester_label=str(actor if not isinstance(actor, AbstractBaseUser) else actor.get_username()),
         reason=reason,
     )
+    pair = served_pair(targeting, proposed)
+    _bind(change_request, {pair[1].key: pair[1]} if pair else {})
+    return _opened(change_request, actor,
+                   f"Requested a change to {targeting.flag.key} in {targeting.environment.name}")
+
+
+def _opened(change_request: ChangeRequest, actor: Actor, summary: str) -> ChangeRequest:
+    """Save a new request, record it, and tell the approvers, or, when not enough of them
+    can approve it (the requester never counts), the project admins, who can grant the role."""
     change_request.full_clean()
     change_request.save()
+    required = change_request.required_approvals
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_CREATED, target=change_request,
-           project=change_request.project, environment=targeting.environment, flag=targeting.flag,
-           after={"proposed": proposed, "reasons": change_request.reasons, "required_approvals": required},
-           reason=reason, change_request_id=change_request.pk,
-           summary=f"Requested a change to {targeting.flag.key} in {targeting.environment.name}: "
-                   f"{required} approval{'s' if required > 1 else ''} needed")
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           after={"proposed": change_request.proposed, "reasons": change_request.reasons,
+                  "required_approvals": required, "served_hashes": change_request.served_hashes},
+           reason=change_request.reason, change_request_id=change_request.pk,
+           summary=f"{summary}: {required} approval{'s' if required > 1 else ''} needed")
     _notify_approvers(change_request, f"Approval needed: {_label(change_request)}",
-                      f"{change_request.requester_label} asks: {reason}\n"
+                      f"{change_request.requester_label} asks: {change_request.reason}\n"
                       + "\n".join(f"- {r['text']}" for r in change_request.reasons))
+    shortfall = approval_shortfall(change_request)
+    if shortfall:
+        notify(recipients=list(holders_of(change_request.project, "manage_members")), kind="change_request.stuck",
+               title=f"Cannot be approved: {_label(change_request)}", body=shortfall,
+               url=change_request_url(change_request))
     return change_request
+
+
+def eligible_approvers(change_request: ChangeRequest) -> list[AbstractBaseUser]:
+    """Who can approve this request: active holders of the approver role, not its requester."""
+    return list(holders_of(change_request.project, "approve_change").exclude(pk=change_request.requester_id))
+
+
+def approval_shortfall(change_request: ChangeRequest) -> str:
+    """Why this request can never reach its approvals, or "" when it can."""
+    if change_request.status not in (Status.PENDING,):
+        return ""
+    eligible = len(eligible_approvers(change_request))
+    if eligible >= change_request.required_approvals:
+        return ""
+    return (f"It needs {change_request.required_approvals} approvals, but only {eligible} "
+            f"{'person holds' if eligible == 1 else 'people hold'} the approver role in {change_request.project.name} "
+            "besides the requester. A project admin can grant the role on the Members page.")
 
 
 def change_request_url(change_request: ChangeRequest) -> str:
@@ -202,7 +281,7 @@ def change_request_url(change_request: ChangeRequest) -> str:
 
 
 def _label(change_request: ChangeRequest) -> str:
-    return f"CR-{change_request.pk} {change_request.flag.key} in {change_request.where}"
+    return f"CR-{change_request.pk} {change_request.subject} in {change_request.where}"
 
 
 def _notify_approvers(change_request: ChangeRequest, title: str, body: str) -> None:
@@ -242,6 +321,23 @@ def _flag_state(flag: Flag, parts: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _flag_overrides(flag: Flag, proposed: dict[str, Any]) -> Overrides:
+    """A flag-wide proposal as served-state overrides: what every governed environment would
+    serve once it is applied."""
+    current = {key: (value, rank) for key, value, rank in flag.variations.values_list("key", "value", "risk_rank")}
+    variations = {key: (value, current[key][1]) for key, value in proposed.get("variations", {}).items()
+                  if key in current}
+    for key, rank in proposed.get("risk_ranks", {}).items():
+        if key in current:
+            variations[key] = (variations.get(key, current[key])[0], rank)
+    overrides = Overrides(variations={flag.pk: variations})
+    if "fallback_variation" in proposed:
+        overrides.fallback[flag.pk] = proposed["fallback_variation"]
+    if "json_schema" in proposed:
+        overrides.json_schema[flag.pk] = proposed["json_schema"]
+    return overrides
+
+
 def _classify_flag(flag: Flag, proposed: dict[str, Any], served: set[str]) -> Classification:
     current = _flag_state(flag, proposed)
     value_changes = {key: (current["variations"].get(key), value)
@@ -269,6 +365,9 @@ def describe_request(change_request: ChangeRequest) -> list[DiffLine]:
     """The request's proposal in words, for its page."""
     if change_request.kind == ChangeRequest.Kind.FLAG:
         return describe_flag(change_request.flag, change_request.base_state, change_request.proposed)
+    if change_request.kind == ChangeRequest.Kind.SEGMENT:
+        return describe_segment_change(key=change_request.segment.key, base=change_request.base_state,
+                                       proposed=change_request.proposed)
     return describe(change_request.flag, change_request.base_state, change_request.proposed)
 
 
@@ -277,9 +376,25 @@ def describe_conflict(change_request: ChangeRequest) -> list[DiffLine]:
     conflict = change_request.conflict
     if not conflict:
         return []
+    if conflict.get("served"):
+        return describe_served_conflict(change_request)
     if change_request.kind == ChangeRequest.Kind.FLAG:
         return describe_flag(change_request.flag, conflict["base"], conflict["current"])
+    if change_request.kind == ChangeRequest.Kind.SEGMENT:
+        return describe_segment_change(key=change_request.segment.key, base=conflict["base"],
+                                       proposed=conflict["current"])
     return describe(change_request.flag, conflict["base"], conflict["current"])
+
+
+def describe_served_conflict(change_request: ChangeRequest) -> list[DiffLine]:
+    """What moved between the served state approvers approved and the one apply found, path
+    by path ("variations.cached_answer.value: 'a' → 'b'", "segments.pilot_accounts.rules…")."""
+    lines = []
+    for key, current in (change_request.conflict or {}).get("served", {}).items():
+        approved = change_request.served_states.get(key, {})
+        for change in audit_diff(approved, current)[:20]:
+            lines.append(DiffLine(f"{change.path}: {change.before or '(none)'} → {change.after or '(none)'}"))
+    return lines
 
 
 @transaction.atomic
@@ -318,20 +433,13 @@ def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
     change_request = ChangeRequest(
         project=flag.project, flag=flag, kind=ChangeRequest.Kind.FLAG, environment=None,
         base_version=flag.version, base_state=base_state, proposed=proposed,
-        diff_hash=_diff_hash(flag.version, proposed), reasons=[asdict(r) for r in classification.reasons],
+        reasons=[asdict(r) for r in classification.reasons],
         escalation=classification.escalation, required_approvals=required, requester=actor,
         requester_label=actor.get_username(), reason=reason,
     )
-    change_request.full_clean()
-    change_request.save()
-    record(actor=actor, action=AuditAction.CHANGE_REQUEST_CREATED, target=change_request, project=flag.project,
-           flag=flag, after={"proposed": proposed, "reasons": change_request.reasons, "required_approvals": required},
-           reason=reason, change_request_id=change_request.pk,
-           summary=f"Requested a flag-wide change to {flag.key}: {required} approval{'s' if required > 1 else ''} needed")
-    _notify_approvers(change_request, f"Approval needed: {_label(change_request)}",
-                      f"{change_request.requester_label} asks: {reason}\n"
-                      + "\n".join(f"- {r['text']}" for r in change_request.reasons))
-    return change_request
+    _bind(change_request, served_states(project_id=flag.project_id, flag_ids=[flag.pk],
+                                        overrides=_flag_overrides(flag, proposed)))
+    return _opened(change_request, actor, f"Requested a flag-wide change to {flag.key}")
 
 
 @transaction.atomic
@@ -375,14 +483,75 @@ def contract_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str =
     return flag, change_request
 
 
-def _apply_flag_change(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeRequest:
-    flag = (Flag.objects.select_for_update(of=("self",)).select_related("fallback_variation", "project")
-            .get(pk=change_request.flag_id))
+def _segment_content(segment: Segment) -> dict[str, Any]:
+    return {name: getattr(segment, name) for name in flag_services.SEGMENT_EDITABLE_FIELDS}
+
+
+@transaction.atomic
+def segment_change_submit(*, segment: Segment, changes: dict[str, Any], actor: AbstractBaseUser, reason: str = "",
+                          expected_version: int | None = None) -> Segment | ChangeRequest:
+    """A segment edit. When no governed environment whose rules reach the segment would take
+    on risk (a widened audience, people falling through to something riskier), it saves at
+    once; otherwise the whole edit waits in one change request, bound to what each of those
+    environments would serve."""
+    segment = Segment.objects.select_related("project").get(pk=segment.pk)
+    project = segment.project
+    if not can_edit_catalog(actor, project):
+        raise ValidationError("Editing segments needs the flag owner or editor role in this project.")
+    if expected_version is not None and segment.version != expected_version:
+        raise flag_services.ConflictError("Someone changed this segment since you opened it. Reload and try again.")
+    proposed = flag_services.segment_proposal(segment=segment, changes=changes)
+    before = served_states(project_id=project.pk, segment_key=segment.key)
+    after = served_states(project_id=project.pk, segment_key=segment.key,
+                          overrides=Overrides(segments={segment.key: proposed}))
+    reasons: list[PolicyReason] = []
+    environment_ids = set()
+    for key, was in before.items():
+        classification = classify_served_change(before=was.state, after=after[key].state)
+        reasons += [PolicyReason(r.code, f"{was.flag_key} in {was.environment_name}: {r.text}", r.escalation)
+                    for r in classification.reasons]
+        if classification.raises_risk:
+            environment_ids.add(was.environment_id)
+    if not reasons:
+        return flag_services.segment_update(segment=segment, actor=actor, expected_version=expected_version,
+                                            reason=reason, **changes)
+    escalation = any(r.escalation for r in reasons)
+    required = max(policy.approvals_for_escalation if escalation else policy.approvals_otherwise
+                   for policy in map(policy_for, Environment.objects.filter(pk__in=environment_ids)))
+    change_request = ChangeRequest(
+        project=project, segment=segment, flag=None, kind=ChangeRequest.Kind.SEGMENT, environment=None,
+        base_version=segment.version, base_state=_segment_content(segment), proposed=proposed,
+        reasons=[asdict(r) for r in reasons], escalation=escalation, required_approvals=required,
+        requester=actor, requester_label=actor.get_username(), reason=_require_reason(reason),
+    )
+    _bind(change_request, after)
+    return _opened(change_request, actor, f"Requested a change to segment {segment.key}")
+
+
+def may_carry(user: AbstractBaseUser, change_request: ChangeRequest) -> bool:
+    """Who applies or schedules an approved request: the flag's owner or an editor (for a
+    segment, an editor)."""
+    if change_request.flag_id:
+        return may_propose(user, change_request.flag)
+    return (has_project_permission(user, change_request.project, "propose_change")
+            or can_edit_catalog(user, change_request.project))
+
+
+class _BaseMoved(Exception):
+    """What the request replaces moved since it was made: a conflict, found under the locks."""
+
+    def __init__(self, base: Any, current: Any, current_version: int, summary: str):
+        super().__init__(summary)
+        self.base, self.current, self.current_version, self.summary = base, current, current_version, summary
+
+
+def _write_flag_change(change_request: ChangeRequest, scope: Any, actor: Actor) -> None:
+    scope.touch_flags(project_id=change_request.project_id, flag_ids=[change_request.flag_id])
+    flag = Flag.objects.select_related("fallback_variation", "project").get(pk=change_request.flag_id)
     current = _flag_state(flag, change_request.proposed)
     if current != change_request.base_state:
-        return _conflicted(change_request, actor, base=change_request.base_state, current=current,
-                           current_version=flag.version,
-                           summary="Not applied: what the request changes was changed since it was made")
+        raise _BaseMoved(change_request.base_state, current, flag.version,
+                         "Not applied: what the request changes was changed since it was made")
     reason = f"CR-{change_request.pk}: {change_request.reason}"
     proposed = change_request.proposed
     for key, value in proposed.get("variations", {}).items():
@@ -395,6 +564,63 @@ def _apply_flag_change(change_request: ChangeRequest, actor: Actor, count: int) 
     if contract or "fallback_variation" in proposed:
         flag_services.flag_update(flag=flag, actor=actor, fallback_variation_key=proposed.get("fallback_variation"),
                                   reason=reason, change_request_id=change_request.pk, **contract)
+
+
+def _write_targeting_change(change_request: ChangeRequest, scope: Any, actor: Actor) -> None:
+    scope.touch_flags(project_id=change_request.project_id, flag_ids=[change_request.flag_id])
+    targeting = Targeting.objects.select_for_update().get(flag=change_request.flag,
+                                                          environment=change_request.environment)
+    if targeting.version != change_request.base_version:
+        raise _BaseMoved(change_request.base_state, _state(targeting), targeting.version,
+                         f"Not applied: the targeting moved from version {change_request.base_version} "
+                         f"to {targeting.version} since the request was made")
+    flag_services.targeting_update(
+        targeting=targeting, actor=actor, expected_version=change_request.base_version,
+        reason=f"CR-{change_request.pk}: {change_request.reason}", change_request_id=change_request.pk,
+        **change_request.proposed,
+    )
+
+
+def _write_segment_change(change_request: ChangeRequest, scope: Any, actor: Actor) -> None:
+    segment = change_request.segment
+    scope.touch_segment(project_id=change_request.project_id, segment_key=segment.key)
+    segment = Segment.objects.get(pk=segment.pk)
+    if segment.version != change_request.base_version:
+        raise _BaseMoved(change_request.base_state, _segment_content(segment), segment.version,
+                         f"Not applied: the segment moved from version {change_request.base_version} "
+                         f"to {segment.version} since the request was made")
+    flag_services.segment_update(segment=segment, actor=actor, expected_version=change_request.base_version,
+                                 reason=f"CR-{change_request.pk}: {change_request.reason}",
+                                 change_request_id=change_request.pk, **change_request.proposed)
+
+
+_WRITERS = {
+    ChangeRequest.Kind.TARGETING: _write_targeting_change,
+    ChangeRequest.Kind.FLAG: _write_flag_change,
+    ChangeRequest.Kind.SEGMENT: _write_segment_change,
+}
+
+
+def _apply_under_guard(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeRequest:
+    """Write the request's change with its approval as the only authorization, under the
+    served-state guard's locks. A moved base, or a served state that differs from the one
+    approved (a segment widened, a value edited, in between), leaves nothing written and the
+    request conflicted, showing what moved."""
+    if not change_request.served_hashes and change_request.kind != ChangeRequest.Kind.TARGETING:
+        raise ValidationError("This request was approved before approvals bound what production serves: "
+                              "cancel it and submit it again.")
+    try:
+        with transaction.atomic(), governed_write(authorization=_authorization(change_request)) as scope:
+            _WRITERS[change_request.kind](change_request, scope, actor)
+    except _BaseMoved as moved:
+        return _conflicted(change_request, actor, base=moved.base, current=moved.current,
+                           current_version=moved.current_version, summary=moved.summary)
+    except GovernanceError as refused:
+        moved_in = "; ".join(f"{r.flag_key} in {r.environment_name}" for r in refused.refusals)
+        current = {pair_key(r.after.flag_id, r.after.environment_id): r.after.state for r in refused.refusals}
+        return _conflicted(change_request, actor, base=change_request.base_state, current=change_request.base_state,
+                           current_version=change_request.base_version, served=current,
+                           summary=f"Not applied: what {moved_in} would serve differs from what was approved")
     return _applied(change_request, actor, count)
 
 
@@ -417,10 +643,14 @@ def _pause_plans(flag_ids: list[int], environment: Environment, actor: Actor, re
 
 
 def _conflicted(change_request: ChangeRequest, actor: Actor, *, base: Any, current: Any, current_version: int,
-                summary: str) -> ChangeRequest:
+                summary: str, served: dict[str, Any] | None = None) -> ChangeRequest:
+    """`served`: the served states the apply would have produced, where they differ from
+    the approved ones (`served_states`); the page lists what moved between the two."""
     change_request.status = Status.CONFLICTED
     change_request.conflict = {"base_version": change_request.base_version, "current_version": current_version,
-                               "base": base, "current": current}
+                               "base": base, "current": current, "summary": summary}
+    if served:
+        change_request.conflict["served"] = served
     change_request.save(update_fields=["status", "conflict", "updated_at"])
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_CONFLICTED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
@@ -521,8 +751,8 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     change_request = _locked(change_request)
     if change_request.requester_id != actor.pk:
         raise ValidationError("Only the requester can edit a request.")
-    if change_request.kind == ChangeRequest.Kind.FLAG:
-        raise ValidationError("A flag-wide request cannot be edited: cancel it and make the edit again.")
+    if change_request.kind != ChangeRequest.Kind.TARGETING:
+        raise ValidationError("Only a targeting request can be edited: cancel this one and make the edit again.")
     if change_request.status not in ChangeRequest.OPEN:
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be edited.")
     base = Targeting(flag=change_request.flag, environment=change_request.environment,
@@ -538,7 +768,9 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     before = {"proposed": change_request.proposed, "status": change_request.status}
     change_request.proposed = proposed
     change_request.variations_at_request = _variations_now(flag)
-    change_request.diff_hash = _diff_hash(change_request.base_version, proposed, change_request.variations_at_request)
+    targeting = Targeting.objects.select_related("environment").get(flag=flag, environment=change_request.environment)
+    pair = served_pair(targeting, proposed)
+    _bind(change_request, {pair[1].key: pair[1]} if pair else {})
     change_request.reasons = [asdict(r) for r in classification.reasons]
     change_request.escalation = classification.escalation
     change_request.required_approvals = (policy.approvals_for_escalation if classification.escalation
@@ -565,42 +797,20 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
     if change_request.status != Status.APPROVED and not due:
         raise ValidationError(f"Only an approved request can be applied; this one is "
                               f"{change_request.get_status_display().lower()}.")
-    if isinstance(actor, AbstractBaseUser) and not may_propose(actor, change_request.flag):
+    if isinstance(actor, AbstractBaseUser) and not may_carry(actor, change_request):
         raise ValidationError("Applying needs the flag owner or editor role (a requester who lost it cannot).")
     count = valid_approvals(change_request)
     if count < change_request.required_approvals:
         raise ValidationError(f"{count} of {change_request.required_approvals} approvals are still valid "
                               "(an approver may have lost the role).")
-    if change_request.kind == ChangeRequest.Kind.FLAG:
-        return _apply_flag_change(change_request, actor, count)
-    targeting = Targeting.objects.select_for_update().get(flag=change_request.flag,
-                                                          environment=change_request.environment)
-    if targeting.version != change_request.base_version:
-        return _conflicted(change_request, actor, base=change_request.base_state, current=_state(targeting),
-                           current_version=targeting.version,
-                           summary=f"Not applied: the targeting moved from version {change_request.base_version} "
-                                   f"to {targeting.version} since the request was made")
-    now = _variations_now(change_request.flag)
-    if change_request.variations_at_request and now != change_request.variations_at_request:
-        moved = sorted(k for k in set(now) | set(change_request.variations_at_request)
-                       if now.get(k) != change_request.variations_at_request.get(k))
-        return _conflicted(change_request, actor, base=change_request.base_state, current=_state(targeting),
-                           current_version=targeting.version,
-                           summary=f"Not applied: variation(s) {', '.join(moved)} changed value or risk rank since "
-                                   "the request was approved")
-    flag_services.targeting_update(
-        targeting=targeting, actor=actor, expected_version=change_request.base_version,
-        reason=f"CR-{change_request.pk}: {change_request.reason}", change_request_id=change_request.pk,
-        **change_request.proposed,
-    )
-    return _applied(change_request, actor, count)
+    return _apply_under_guard(change_request, actor, count)
 
 
 @transaction.atomic
 def change_request_schedule(*, change_request: ChangeRequest, when: datetime.datetime,
                             actor: AbstractBaseUser) -> ChangeRequest:
     change_request = _locked(change_request)
-    if not may_propose(actor, change_request.flag):
+    if not may_carry(actor, change_request):
         raise ValidationError("Scheduling needs the flag owner or editor role.")
     if change_request.status != Status.APPROVED:
         raise ValidationError("Only an approved request can be scheduled.")
@@ -753,13 +963,15 @@ def killswitch_flip(*, targeting: Targeting, reason: str, actor: AbstractBaseUse
     return updated
 
 
-def _incident_targetings(environment: Environment, surfaces: list[str]) -> list[Targeting]:
-    targetings = (Targeting.objects.select_for_update(of=("self",))
-                  .select_related("flag__owner_user", "flag__project", "environment")
-                  .filter(environment=environment, enabled=True).order_by("flag__key"))
+def _incident_targetings(environment: Environment, surfaces: list[str], guard: Any) -> list[Targeting]:
+    """The targetings incident mode turns off, locked in the guard's order (flags first)."""
+    targetings = Targeting.objects.filter(environment=environment, enabled=True)
     if surfaces:
         targetings = targetings.filter(flag__behavior_surface__in=surfaces)
-    return list(targetings)
+    flag_ids = list(targetings.values_list("flag_id", flat=True))
+    guard.touch_flags(project_id=environment.project_id, flag_ids=flag_ids)
+    return list(targetings.filter(flag_id__in=flag_ids).select_for_update(of=("self",))
+                .select_related("flag__owner_user", "flag__project", "environment").order_by("flag__key"))
 
 
 @transaction.atomic
@@ -773,18 +985,26 @@ def incident_start(*, environment: Environment, surfaces: list[str], reason: str
     unknown = set(surfaces) - set(BehaviorSurface.values)
     if unknown:
         raise ValidationError({"surfaces": f"Unknown behavior surface(s): {', '.join(sorted(unknown))}."})
-    Environment.objects.select_for_update().get(pk=environment.pk)  # one incident start at a time per environment
-    if Incident.objects.filter(environment=environment, lifted_at__isnull=True).exists():
-        raise ValidationError(f"Incident mode is already on in {environment.name}: lift it first.")
-    targetings = _incident_targetings(environment, surfaces)
-    if not targetings:
-        raise ValidationError({"surfaces": f"No flag of those surfaces is on in {environment.name}: nothing to send "
-                                           "to a fallback."})
-    affected = []
-    for targeting in targetings:
-        updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
-                                                 reason=f"Incident mode: {reason}")
-        affected.append({"targeting": targeting.pk, "flag": targeting.flag.key, "version": updated.version})
+    with governed_write() as guard:
+        targetings = _incident_targetings(environment, surfaces, guard)
+        # One incident start at a time per environment (locked after the flags, in the
+        # guard's order: catalog writes lock flags first and bump the environment last).
+        Environment.objects.select_for_update().get(pk=environment.pk)
+        if Incident.objects.filter(environment=environment, lifted_at__isnull=True).exists():
+            raise ValidationError(f"Incident mode is already on in {environment.name}: lift it first.")
+        if not targetings:
+            raise ValidationError({"surfaces": f"No flag of those surfaces is on in {environment.name}: nothing to "
+                                               "send to a fallback."})
+        # What each flag served when incident mode stopped it: lifting may restore exactly
+        # that, and nothing else, without a new approval.
+        serving = served_states(project_id=project.pk, flag_ids=[t.flag_id for t in targetings])
+        affected = []
+        for targeting in targetings:
+            updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
+                                                     reason=f"Incident mode: {reason}")
+            served = serving.get(pair_key(targeting.flag_id, environment.pk))
+            affected.append({"targeting": targeting.pk, "flag": targeting.flag.key, "version": updated.version,
+                             "served_hash": served.hash if served else None})
     _pause_plans([t.flag_id for t in targetings], environment, actor, f"Incident mode: {reason}")
     scope = ", ".join(BehaviorSurface(s).label for s in sorted(surfaces)) if surfaces else "every flag"
     incident = Incident.objects.create(project=project, environment=environment, surfaces=sorted(surfaces),
@@ -805,9 +1025,11 @@ def incident_start(*, environment: Environment, surfaces: list[str], reason: str
 
 @transaction.atomic
 def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -> Incident:
-    """Turn back on the flags incident mode turned off, unless someone changed them since
-    (their targeting moved past the version incident mode left): those stay as they are and
-    are listed. Restoring the approved state that was serving needs no new approval."""
+    """Turn back on the flags incident mode turned off, unless someone changed them since:
+    their targeting moved past the version incident mode left, or what they would serve once
+    on (segments, values, the fallback) differs from what they served when incident mode
+    stopped them. Those stay off and are listed. Restoring exactly the served state that was
+    serving needs no new approval: the guard is authorised for that hash and nothing else."""
     incident = Incident.objects.select_for_update(of=("self",)).select_related("project", "environment").get(pk=incident.pk)
     project = incident.project
     if not has_project_permission(actor, project, "flip_killswitch"):
@@ -815,19 +1037,26 @@ def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -
     if incident.lifted_at is not None:
         raise ValidationError("This incident was lifted already.")
     reason = _require_reason(reason)
-    by_id = {t.pk: t for t in Targeting.objects.select_for_update(of=("self",)).select_related("flag", "environment")
+    by_id = {t.pk: t for t in Targeting.objects.select_related("flag", "environment")
              .filter(pk__in=[a["targeting"] for a in incident.affected])}
     restored, left = [], []
     for entry in incident.affected:
         targeting = by_id.get(entry["targeting"])
-        if targeting is None or targeting.version != entry["version"] or targeting.enabled:
+        if targeting is None or not entry.get("served_hash"):
             left.append(entry["flag"])
             continue
+        restoring = Authorization({pair_key(targeting.flag_id, targeting.environment_id): entry["served_hash"]},
+                                  f"incident {incident.pk} lifted")
         try:
-            with transaction.atomic():  # one flag that may no longer go on (archived, say) holds back no other
-                flag_services.targeting_update(targeting=targeting, actor=actor, enabled=True,
+            # One flag that may no longer go on (changed since, archived) holds back no other.
+            with transaction.atomic(), governed_write(authorization=restoring) as scope:
+                scope.touch_flags(project_id=project.pk, flag_ids=[targeting.flag_id])
+                current = Targeting.objects.select_for_update(of=("self",)).get(pk=targeting.pk)
+                if current.version != entry["version"] or current.enabled:
+                    raise ValidationError("changed since incident mode")
+                flag_services.targeting_update(targeting=current, actor=actor, enabled=True,
                                                expected_version=entry["version"], reason=f"Incident lifted: {reason}")
-        except ValidationError:
+        except ValidationError:  # GovernanceError included: it would serve something else now
             left.append(entry["flag"])
             continue
         restored.append(entry["flag"])

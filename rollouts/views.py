@@ -167,7 +167,7 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "is_approver": is_approver,
         "can_decide": is_approver and status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED),
         "already_decided": decided,
-        "can_apply": services.may_propose(user, change_request.flag) and status == ChangeRequest.Status.APPROVED,
+        "can_apply": services.may_carry(user, change_request) and status == ChangeRequest.Status.APPROVED,
         "can_cancel": is_requester and status in (*ChangeRequest.OPEN, ChangeRequest.Status.CONFLICTED),
         "can_comment": is_requester or bool(services.participation(user, project)),
         "decision_form": DecisionForm(auto_id="id_decision_%s"),
@@ -251,7 +251,7 @@ def _may_carry_out(request: HttpRequest, project_key: str, pk: int) -> bool:
     """Applying and scheduling: the flag's owner or an editor (a requester who lost the role
     may not), as the services require."""
     change_request = _change_request_for(project_for(request, project_key), pk)
-    return services.may_propose(request.user, change_request.flag)
+    return services.may_carry(request.user, change_request)
 
 
 @login_required

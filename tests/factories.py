@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.utils import timezone
 
@@ -13,6 +14,7 @@ from flags.constants import BehaviorSurface, Lifetime, Role, ValueType
 from flags.models import Flag, Project
 
 TEST_ACTOR = SystemActor("tests")
+T = TypeVar("T")
 
 
 def make_project(key: str = "proj", *, governed_production: bool = True) -> Project:
@@ -75,3 +77,28 @@ def make_boolean_flag(project: Project, key: str = "kill") -> Flag:
 
 def grant(project: Project, user: Any, role: Role) -> None:
     services.membership_grant(project=project, user=user, role=role, actor=TEST_ACTOR)
+
+
+
+def as_approved(write: Callable[[], T]) -> T:
+    """Test set-up (a Given): perform `write` as if an approved change request had carried
+    exactly the served states it produces. The first attempt learns them from the guard's
+    refusal (nothing is written); the second runs under an authorization for those hashes,
+    the mechanism the apply path uses. Audit rows are written as usual."""
+    from django.db import transaction
+
+    from flags.served_state.guard import Authorization, GovernanceError, governed_write
+
+    try:
+        with transaction.atomic():
+            return write()
+    except GovernanceError as refused:
+        hashes = {r.after.key: r.after.hash for r in refused.refusals}
+    with transaction.atomic(), governed_write(authorization=Authorization(hashes, "test set-up")):
+        return write()
+
+
+def set_up_targeting(targeting: Any, **changes: Any) -> Any:
+    """Test set-up: a flag's targeting in a governed environment, as if approved."""
+    return as_approved(lambda: services.targeting_update(targeting=targeting, actor=TEST_ACTOR,
+                                                         reason="test set-up", **changes))

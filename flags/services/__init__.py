@@ -12,6 +12,7 @@ from flags.services._common import ConflictError
 from flags.services.catalog import (
     FLAG_EDITABLE_FIELDS,
     environment_create,
+    environment_govern,
     flag_change_validate,
     flag_create,
     flag_update,
@@ -39,6 +40,7 @@ from flags.services.segments import (
     segment_create,
     segment_delete,
     segment_governed_usages,
+    segment_proposal,
     segment_update,
     segment_usages,
 )
@@ -47,8 +49,8 @@ from flags.services.targeting import targeting_proposal, targeting_update
 __all__ = [
     "FLAG_EDITABLE_FIELDS", "LIFECYCLE_JOB", "archive_problem", "flag_archive", "flag_restore",
     "retire_archived_flags", "turn_on_problems", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
-    "environment_create", "flag_create", "flag_lifecycle_recompute", "flag_change_validate", "flag_update", "governed_served_variations", "hash_sdk_key",
+    "environment_create", "environment_govern", "flag_create", "flag_lifecycle_recompute", "flag_change_validate", "flag_update", "governed_served_variations", "hash_sdk_key",
     "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "project_time_zone_set", "sdk_key_create", "sdk_key_revoke", "segment_create",
-    "segment_delete", "segment_governed_usages", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
+    "segment_delete", "segment_governed_usages", "segment_proposal", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",
 ]

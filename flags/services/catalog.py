@@ -25,6 +25,7 @@ from flags.models import (
     Targeting,
     Variation,
 )
+from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
     _bump_project,
@@ -81,6 +82,22 @@ def environment_create(
         _targeting_create_default(flag=flag, environment=environment, actor=actor)
     record(actor=actor, action=AuditAction.ENVIRONMENT_CREATED, target=environment, project=project,
            environment=environment, after={"key": key, "name": name, "is_governed": is_governed})
+    return environment
+
+
+@transaction.atomic
+def environment_govern(*, environment: Environment, actor: Actor, reason: str = "") -> Environment:
+    """Put an environment under change control: from now on what it serves changes only as
+    the approval policy allows. One way only: nothing here takes governance away, since that
+    would let any change through."""
+    environment = Environment.objects.select_for_update().select_related("project").get(pk=environment.pk)
+    if environment.is_governed:
+        return environment
+    environment.is_governed = True
+    environment.save(update_fields=["is_governed"])
+    record(actor=actor, action=AuditAction.ENVIRONMENT_GOVERNED, target=environment, project=environment.project,
+           environment=environment, before={"is_governed": False}, after={"is_governed": True}, reason=reason,
+           summary=f"{environment.name} is governed: risky changes now need approval")
     return environment
 
 
@@ -215,6 +232,17 @@ def flag_update(
     unknown = set(changes) - set(FLAG_EDITABLE_FIELDS)
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    with governed_write() as scope:
+        scope.touch_flags(project_id=Flag.objects.values_list("project_id", flat=True).get(pk=flag.pk),
+                          flag_ids=[flag.pk])
+        return _flag_write(flag=flag, actor=actor, fallback_variation_key=fallback_variation_key, tags=tags,
+                           expected_version=expected_version, reason=reason, change_request_id=change_request_id,
+                           changes=changes)
+
+
+def _flag_write(*, flag: Flag, actor: Actor, fallback_variation_key: str | None, tags: Iterable[str] | None,
+                expected_version: int | None, reason: str, change_request_id: int | None,
+                changes: dict[str, Any]) -> Flag:
     flag = (
         Flag.objects.select_for_update(of=("self",)).select_related("fallback_variation", "owner_user").get(pk=flag.pk)
     )
@@ -304,6 +332,15 @@ def variation_update(
     unknown = set(changes) - {"name", "value", "description", "risk_rank"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    flag_id, project_id = Variation.objects.filter(pk=variation.pk).values_list("flag_id", "flag__project_id").get()
+    with governed_write() as scope:
+        scope.touch_flags(project_id=project_id, flag_ids=[flag_id])
+        return _variation_write(variation=variation, actor=actor, reason=reason, change_request_id=change_request_id,
+                                changes=changes)
+
+
+def _variation_write(*, variation: Variation, actor: Actor, reason: str, change_request_id: int | None,
+                     changes: dict[str, Any]) -> Variation:
     variation = Variation.objects.select_for_update(of=("self",)).select_related("flag__project").get(pk=variation.pk)
     before = variation_state(variation)
     flag = variation.flag

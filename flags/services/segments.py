@@ -19,6 +19,7 @@ from flags.models import (
     Segment,
     Targeting,
 )
+from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
     _bump_project,
@@ -76,11 +77,23 @@ def segment_create(
 
 @transaction.atomic
 def segment_update(
-    *, segment: Segment, actor: Actor, expected_version: int | None = None, reason: str = "", **changes: Any
+    *, segment: Segment, actor: Actor, expected_version: int | None = None, reason: str = "",
+    change_request_id: int | None = None, **changes: Any
 ) -> Segment:
+    """Change a segment. Every governed environment whose rules reach it is judged by the
+    served-state guard: a change that raises risk there is refused unless an approved change
+    request (`change_request_id`, with its authorization) carries it."""
     unknown = set(changes) - {"name", "description", "included_keys", "excluded_keys", "rules"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    with governed_write() as scope:
+        scope.touch_segment(project_id=segment.project_id, segment_key=segment.key)
+        return _segment_write(segment=segment, actor=actor, expected_version=expected_version, reason=reason,
+                              change_request_id=change_request_id, changes=changes)
+
+
+def _segment_write(*, segment: Segment, actor: Actor, expected_version: int | None, reason: str,
+                   change_request_id: int | None, changes: dict[str, Any]) -> Segment:
     segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
     if expected_version is not None and segment.version != expected_version:
         raise ConflictError("Someone changed this segment since you opened it. Reload and try again.")
@@ -98,8 +111,27 @@ def segment_update(
     changed = sorted(k for k in after if after[k] != before[k])
     record(actor=actor, action=AuditAction.SEGMENT_UPDATED, target=segment, project=segment.project,
            before={k: before[k] for k in changed}, after={k: after[k] for k in changed},
-           summary=f"Changed {', '.join(changed)} of segment {segment.key}", reason=reason)
+           summary=f"Changed {', '.join(changed)} of segment {segment.key}", reason=reason,
+           change_request_id=change_request_id)
     return segment
+
+
+SEGMENT_EDITABLE_FIELDS = ("name", "description", "included_keys", "excluded_keys", "rules")
+
+
+def segment_proposal(*, segment: Segment, changes: dict[str, Any]) -> dict[str, Any]:
+    """The whole editable content `changes` would give the segment, validated as
+    segment_update validates it, without saving."""
+    unknown = set(changes) - set(SEGMENT_EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    draft = Segment(pk=segment.pk, project_id=segment.project_id, key=segment.key, version=segment.version,
+                    **{name: getattr(segment, name) for name in SEGMENT_EDITABLE_FIELDS})
+    for name, value in changes.items():
+        setattr(draft, name, value)
+    _validate_segment(draft)
+    draft.full_clean(validate_unique=False)
+    return {name: getattr(draft, name) for name in SEGMENT_EDITABLE_FIELDS}
 
 
 def segment_governed_usages(segment: Segment) -> list[str]:
@@ -135,6 +167,12 @@ def segment_usages(segment: Segment) -> list[str]:
 
 @transaction.atomic
 def segment_delete(*, segment: Segment, actor: Actor) -> None:
+    with governed_write() as scope:  # holds off a targeting change that would start using it
+        scope.touch_segment(project_id=segment.project_id, segment_key=segment.key)
+        _segment_remove(segment=segment, actor=actor)
+
+
+def _segment_remove(*, segment: Segment, actor: Actor) -> None:
     segment = Segment.objects.select_for_update(of=("self",)).select_related("project").get(pk=segment.pk)
     usages = segment_usages(segment)
     if usages:

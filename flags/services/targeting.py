@@ -21,6 +21,7 @@ from flags.models import (
     Segment,
     Targeting,
 )
+from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
     _bump_environments,
@@ -48,6 +49,15 @@ def targeting_update(
     unknown = set(changes) - {"enabled", "targets", "rules", "default_serve", "assignment_unit"}
     if unknown:
         raise ValidationError({name: "Unknown targeting field." for name in sorted(unknown)})
+    flag_id, project_id = Targeting.objects.filter(pk=targeting.pk).values_list("flag_id", "flag__project_id").get()
+    with governed_write() as scope:
+        scope.touch_flags(project_id=project_id, flag_ids=[flag_id])
+        return _targeting_write(targeting=targeting, actor=actor, expected_version=expected_version, reason=reason,
+                                change_request_id=change_request_id, changes=changes)
+
+
+def _targeting_write(*, targeting: Targeting, actor: Actor, expected_version: int | None, reason: str,
+                     change_request_id: int | None, changes: dict[str, Any]) -> Targeting:
     targeting = (
         Targeting.objects.select_for_update(of=("self",))
         .select_related("flag__project", "environment")

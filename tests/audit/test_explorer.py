@@ -18,7 +18,7 @@ from flags import services
 from flags.constants import Role
 from flags.demo import seed_demo
 from flags.models import Flag, Variation
-from tests.factories import TEST_ACTOR, grant, make_project, make_string_flag
+from tests.factories import TEST_ACTOR, as_approved, grant, make_project, make_string_flag
 
 pytestmark = pytest.mark.django_db
 PROFILE = "support_assistant_profile"
@@ -113,7 +113,8 @@ def test_explorer__keyset_pages__no_offset_and_no_overlap(client) -> None:
 def test_event_detail__json_profile__diffed_key_by_key(client, demo) -> None:
     owner = _login(client, "owner")
     variation = Variation.objects.get(flag__project=demo, flag__key=PROFILE, key="citation_first_v4")
-    services.variation_update(variation=variation, actor=owner, value={**variation.value, "temperature": 0.3})
+    as_approved(lambda: services.variation_update(variation=variation, actor=owner,
+                                                  value={**variation.value, "temperature": 0.3}))
     event = AuditEvent.objects.get(action=AuditAction.VARIATION_UPDATED)
     _login(client, "auditor")
     response = client.get(f"/audit/events/{event.pk}/", headers={"HX-Request": "true"})

@@ -20,7 +20,7 @@ from flags.constants import LifecycleStage
 from flags.demo import seed_demo
 from flags.models import Environment, EvaluationRecord, Flag, Targeting
 from flags.snapshot_store import get_store, reset_store
-from tests.factories import TEST_ACTOR, make_project, make_string_flag
+from tests.factories import TEST_ACTOR, make_project, make_string_flag, set_up_targeting
 from tests.ofrep_client import evaluate
 
 pytestmark = pytest.mark.django_db
@@ -49,14 +49,14 @@ def test_turn_on_in_governed__temporary_flag_missing_contract__says_what_is_miss
                               enabled=True)
     gate = make_string_flag(flag.project, key="gate", lifetime="permission_gate", owner_team="", review_date=None,
                             cleanup_rule="")
-    services.targeting_update(targeting=production(gate), actor=TEST_ACTOR, enabled=True)
+    set_up_targeting(production(gate), enabled=True)
     # nor does an edit of a flag already on, so rolling back never waits for paperwork
     assert services.targeting_proposal(targeting=production(gate), changes={"rules": []})["enabled"] is True
 
 
 def test_archive__only_off_everywhere_or_cleanup_due__then_restore(settings) -> None:
     flag = make_string_flag(make_project())
-    services.targeting_update(targeting=production(flag), actor=TEST_ACTOR, enabled=True)
+    set_up_targeting(production(flag), enabled=True)
     with pytest.raises(ValidationError, match="still on in Production"):
         services.flag_archive(flag=flag, actor=TEST_ACTOR, reason="done")
     services.targeting_update(targeting=production(flag), actor=TEST_ACTOR, enabled=False)
@@ -76,7 +76,7 @@ def test_archive__only_off_everywhere_or_cleanup_due__then_restore(settings) -> 
 
 def test_archive__cleanup_due_flag_even_while_on() -> None:
     flag = make_string_flag(make_project(), review_date=timezone.localdate() + datetime.timedelta(days=1))
-    services.targeting_update(targeting=production(flag), actor=TEST_ACTOR, enabled=True)
+    set_up_targeting(production(flag), enabled=True)
     Flag.objects.filter(pk=flag.pk).update(stage=LifecycleStage.CLEANUP_DUE)
     flag.refresh_from_db()
     assert services.flag_archive(flag=flag, actor=TEST_ACTOR, reason="cleanup").stage == LifecycleStage.ARCHIVED

@@ -17,12 +17,12 @@ from flags.constants import LifecycleStage, Lifetime
 from flags.models import Flag, Targeting
 from flags.tasks import recompute_lifecycle_stages
 from tests.conftest import missing_service
-from tests.factories import TEST_ACTOR, make_project, make_string_flag
+from tests.factories import make_project, make_string_flag, set_up_targeting
 
 
 def _turn_on(flag: Flag, environment_key: str, **changes: object) -> Targeting:
     targeting = Targeting.objects.get(flag=flag, environment__key=environment_key)
-    return services.targeting_update(targeting=targeting, actor=TEST_ACTOR, enabled=True, **changes)
+    return set_up_targeting(targeting, enabled=True, **changes)
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from rollouts.policy import classify_flag_change, classify_targeting_change
+from flags.served_state.policy import classify_flag_change, classify_targeting_change
 
 RANKS = {"none": 0, "read_only": 1, "approval_required": 3, "write": 4}
 INTERNAL = [{"op": "in_segment", "values": ["internal_users"]}]

@@ -1,5 +1,7 @@
-"""The risk-aware approval policy's classification: compare a proposed targeting state with
-the current one and say why (if at all) it raises risk. Pure Python: no Django, no database.
+"""The risk-aware approval policy's classification: compare what an environment would serve
+after a change with what it serves now, and say why (if at all) the change raises risk. Pure
+Python: no Django, no database. `classify_served_change` is the one judgement every write path
+uses (see `flags/served_state/guard.py`); `classify_targeting_change` is its targeting part.
 
 A change raises risk when:
 - a variation with a higher risk rank than anything currently reachable becomes reachable
@@ -8,9 +10,14 @@ A change raises risk when:
   added, a split weight raised, the default rule moved to it;
 - the flag is turned on;
 - a rule is removed or moved so that its audience can fall through to a riskier variation;
-- the assignment unit changes (every unit is bucketed anew).
+- the assignment unit changes (every unit is bucketed anew);
+- individual targets are removed whose keys can now fall through to a riskier variation;
+- a segment the rules reach grows into a rule serving anything but the fallback, or shrinks
+  out of a rule so that its people can fall through to something riskier;
+- a reachable variation's value changes or its risk rank is lowered; the fallback or the JSON
+  Schema changes.
 Changes that only move traffic towards the fallback (turning off, lowering a candidate's
-weight, removing targets) raise none of these: they are de-escalations.
+weight, removing targets of riskier variations) raise none of these: they are de-escalations.
 
 Flag-wide changes are classified by `classify_flag_change`: the value of a variation served
 anywhere, the fallback variation, the JSON Schema or the value type.
@@ -22,6 +29,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from flags.served_state.state import targeting_of
 
 FULL = 100_000
 
@@ -148,6 +157,7 @@ def classify_targeting_change(
         reasons.append(PolicyReason("turned_on", "the flag is turned on"))
 
     reasons += _fallthrough_reasons(current, proposed, risk_ranks)
+    reasons += _removed_target_reasons(before, after, proposed, risk_ranks)
 
     if current.get("enabled") and proposed.get("enabled") and \
             current.get("assignment_unit") != proposed.get("assignment_unit"):
@@ -192,6 +202,28 @@ def _fallthrough_reasons(current: Mapping[str, Any], proposed: Mapping[str, Any]
     return reasons
 
 
+def _removed_target_reasons(before: _Exposure, after: _Exposure, proposed: Mapping[str, Any],
+                            ranks: Mapping[str, int]) -> list[PolicyReason]:
+    """Keys no longer targeted fall through to the rules and the default: a reason when what
+    they can fall to is riskier than what their target served them (an opt-out removed)."""
+    if not proposed.get("enabled"):
+        return []
+    still_targeted = set().union(*after.targets.values()) if after.targets else set()
+    fall_to: set[str] = set(after.default)
+    for weights in after.rules.values():
+        fall_to |= set(weights)
+    reasons = []
+    for variation, keys in sorted(before.targets.items()):
+        dropped = keys - still_targeted
+        riskier = [v for v in fall_to if _risk(ranks, v) > _risk(ranks, variation)]
+        if dropped and riskier:
+            worst = max(riskier, key=lambda v: _risk(ranks, v))
+            reasons.append(PolicyReason(
+                "targets_removed", f"{len(dropped)} individual target(s) of {_describe(variation, ranks)} removed: "
+                                   f"they can now get {_describe(worst, ranks)}"))
+    return reasons
+
+
 def _insert_point(old_order: list[str], index: int, new_order: list[str]) -> int:
     """Where a removed rule's audience now enters the proposed list: after the last rule that
     preceded it and survived."""
@@ -222,3 +254,118 @@ def classify_flag_change(
     if value_type_changed:
         reasons.append(PolicyReason("value_type_changed", "the value type changes"))
     return Classification(tuple(reasons))
+
+
+# --- served state: everything a governed environment can serve, compared as a whole ---------
+
+
+def classify_served_change(*, before: Mapping[str, Any], after: Mapping[str, Any]) -> Classification:
+    """Compare two served states (`flags.served_state.state.build_served_state`) of one flag
+    in one environment: the targeting as above, plus the values and risk ranks of what is
+    reachable, the fallback, the JSON Schema and the content of the segments the rules reach.
+    Equal states raise nothing; the same rules apply whichever write made the difference."""
+    if before == after:
+        return Classification(())
+    ranks = {key: int(v["risk_rank"]) for key, v in before["variations"].items()}
+    ranks.update({key: int(v["risk_rank"]) for key, v in after["variations"].items()})
+    reasons: list[PolicyReason] = []
+    ceiling = max(int(v["risk_rank"]) for v in before["variations"].values())
+    if before["fallback"] != after["fallback"]:
+        new_rank = _risk(ranks, after["fallback"])
+        reasons.append(PolicyReason("fallback_changed", f"fallback {before['fallback']} → {after['fallback']}",
+                                    escalation=new_rank > ceiling))
+    for key in sorted(set(before["variations"]) & set(after["variations"])):
+        old, new = before["variations"][key], after["variations"][key]
+        if old["value"] != new["value"]:
+            reasons.append(PolicyReason("value_changed", f"the value of {key}, which is served, changes"))
+        if int(new["risk_rank"]) < int(old["risk_rank"]):
+            reasons.append(PolicyReason(
+                "risk_lowered", f"the risk rank of {key} is lowered: {old['risk_rank']} → {new['risk_rank']}"))
+    if before.get("json_schema") != after.get("json_schema"):
+        reasons.append(PolicyReason("schema_changed", "the JSON Schema changes"))
+    current, proposed = targeting_of(before), targeting_of(after)
+    reasons += classify_targeting_change(current=current, proposed=proposed, risk_ranks=ranks,
+                                         fallback=after["fallback"]).reasons
+    if before.get("enabled") and after.get("enabled"):
+        reasons += _segment_reasons(before.get("segments", {}), after.get("segments", {}), proposed, ranks,
+                                    after["fallback"])
+    return Classification(tuple(reasons))
+
+
+def _segment_moves(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """Whether a segment's content can now match more people ("add"), fewer ("remove"), or both."""
+    moves = set()
+    old_in, new_in = set(old.get("included_keys", [])), set(new.get("included_keys", []))
+    old_out, new_out = set(old.get("excluded_keys", [])), set(new.get("excluded_keys", []))
+    if new_in - old_in or old_out - new_out:
+        moves.add("add")
+    if old_in - new_in or new_out - old_out:
+        moves.add("remove")
+    if old.get("rules") != new.get("rules"):
+        moves |= {"add", "remove"}
+    return moves
+
+
+_FLIP = {"add": "remove", "remove": "add"}
+
+
+def _clause_moves(clauses: Sequence[Mapping[str, Any]], moved: Mapping[str, set[str]]) -> tuple[set[str], list[str]]:
+    """How a list of clauses can move when the segments in `moved` move (a negated clause
+    turns a segment that grows into a clause that matches fewer people)."""
+    moves: set[str] = set()
+    names: list[str] = []
+    for clause in clauses:
+        if clause.get("op") != "in_segment":
+            continue
+        for key in clause.get("values") or []:
+            for move in moved.get(key, ()):
+                moves.add(_FLIP[move] if clause.get("negate") else move)
+                names.append(key)
+    return moves, names
+
+
+def _segment_reasons(old_segments: Mapping[str, Any], new_segments: Mapping[str, Any], targeting: Mapping[str, Any],
+                     ranks: Mapping[str, int], fallback: str) -> list[PolicyReason]:
+    """A segment whose content changed moves people into or out of the rules that reach it.
+    Into a rule that serves anything but the fallback widens that variation's audience; out
+    of a rule lets them fall through to later rules and the default, which raises risk when
+    those can serve something riskier than the rule did."""
+    moved = {key: _segment_moves(old_segments[key], new) for key, new in new_segments.items()
+             if key in old_segments and old_segments[key] != new}
+    moved = {key: moves for key, moves in moved.items() if moves}
+    if not moved:
+        return []
+    # Segments that refer to moved segments move too (the services refuse cycles).
+    changed = True
+    while changed:
+        changed = False
+        for key, segment in new_segments.items():
+            for rule in segment.get("rules") or []:
+                moves, _ = _clause_moves(rule.get("clauses") or [], moved)
+                if moves - moved.get(key, set()):
+                    moved[key] = moved.get(key, set()) | moves
+                    changed = True
+    reasons = []
+    rules = list(targeting.get("rules") or [])
+    for index, rule in enumerate(rules):
+        moves, names = _clause_moves(rule.get("clauses") or [], moved)
+        if not moves:
+            continue
+        label, via = _rule_label(rule, index), ", ".join(sorted(set(names)))
+        serves = set(_serve_weights(rule.get("serve")))
+        if "add" in moves and serves - {fallback}:
+            reasons.append(PolicyReason(
+                "segment_widened",
+                f"segment {via} can now bring more people into {label}, which serves {', '.join(sorted(serves))}"))
+        if "remove" in moves:
+            fall_to = set(_serve_weights(targeting.get("default_serve")))
+            for later in rules[index + 1:]:
+                fall_to |= set(_serve_weights(later.get("serve")))
+            served_risk = min((_risk(ranks, v) for v in serves), default=0)
+            riskier = [v for v in fall_to if _risk(ranks, v) > served_risk]
+            if riskier:
+                worst = max(riskier, key=lambda v: _risk(ranks, v))
+                reasons.append(PolicyReason(
+                    "segment_narrowed",
+                    f"segment {via} can now leave people out of {label}: they can get {_describe(worst, ranks)}"))
+    return reasons
