@@ -43,6 +43,7 @@ class AuditAction(models.TextChoices):
     CHANGE_REQUEST_APPROVED = "change_request.approved", "Change request approved"
     CHANGE_REQUEST_REJECTED = "change_request.rejected", "Change request rejected"
     CHANGE_REQUEST_SCHEDULED = "change_request.scheduled", "Change request scheduled"
+    CHANGE_REQUEST_UNSCHEDULED = "change_request.unscheduled", "Change request no longer scheduled (approvals lapsed)"
     CHANGE_REQUEST_APPLIED = "change_request.applied", "Change request applied"
     CHANGE_REQUEST_CONFLICTED = "change_request.conflicted", "Change request conflicted"
     CHANGE_REQUEST_CANCELLED = "change_request.cancelled", "Change request cancelled"

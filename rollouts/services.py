@@ -702,6 +702,8 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
         raise ValidationError("Approving needs the approver role in this project.")
     if change_request.approvals.filter(approver=actor, diff_hash=change_request.diff_hash).exists():
         raise ValidationError("You have already decided on this version of the request.")
+    if change_request.status == Status.APPROVED and valid_approvals(change_request) >= change_request.required_approvals:
+        raise ValidationError("This request already has the approvals it needs.")
     Approval.objects.create(change_request=change_request, approver=actor, decision=Approval.Decision.APPROVE,
                             comment=comment, diff_hash=change_request.diff_hash)
     count = valid_approvals(change_request)
@@ -843,7 +845,10 @@ def change_request_cancel(*, change_request: ChangeRequest, actor: AbstractBaseU
 
 def apply_due_change_requests() -> int:
     """The scheduler's sweep: each due request in its own transaction, idempotent through the
-    status check under the row lock. Returns how many were applied."""
+    status check under the row lock. Returns how many were applied. Scheduled requests whose
+    approvals lapsed (an approver lost the role) first go back to waiting, visibly."""
+    for change_request in ChangeRequest.objects.filter(status=Status.SCHEDULED).only("pk"):
+        _unschedule_if_lapsed(change_request)
     applied = 0
     due = ChangeRequest.objects.filter(status=Status.SCHEDULED, scheduled_for__lte=timezone.now())
     for change_request in due.only("pk"):
@@ -853,6 +858,29 @@ def apply_due_change_requests() -> int:
             continue  # no longer due (applied by another sweep) or no longer valid: left as it is
         applied += result.status == Status.APPLIED
     return applied
+
+
+@transaction.atomic
+def _unschedule_if_lapsed(change_request: ChangeRequest) -> bool:
+    change_request = _locked(change_request)
+    if change_request.status != Status.SCHEDULED:
+        return False
+    count = valid_approvals(change_request)
+    if count >= change_request.required_approvals:
+        return False
+    when = change_request.scheduled_for
+    change_request.status = Status.PENDING
+    change_request.scheduled_for = None
+    change_request.decided_at = None
+    change_request.save(update_fields=["status", "scheduled_for", "decided_at", "updated_at"])
+    text = (f"{count} of {change_request.required_approvals} approvals are still valid (an approver lost the role "
+            f"or left), so it will not be applied at {when:%Y-%m-%d %H:%M} UTC. It waits for approvals again.")
+    record(actor=SCHEDULER, action=AuditAction.CHANGE_REQUEST_UNSCHEDULED, target=change_request,
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           before={"status": Status.SCHEDULED, "scheduled_for": when.isoformat()},
+           after={"status": Status.PENDING, "approvals": count}, change_request_id=change_request.pk, summary=text)
+    _notify_requester(change_request, f"No longer scheduled: {_label(change_request)}", text)
+    return True
 
 
 def expire_undecided_change_requests() -> int:

@@ -37,6 +37,7 @@ from flags.services.lifecycle import (
 from flags.services.members import flag_owner_permission_sync, membership_grant, membership_revoke
 from flags.services.sdk_keys import SDK_KEY_PREFIX, hash_sdk_key, sdk_key_create, sdk_key_revoke
 from flags.services.segments import (
+    SEGMENT_EDITABLE_FIELDS,
     segment_create,
     segment_delete,
     segment_governed_usages,
@@ -51,6 +52,6 @@ __all__ = [
     "retire_archived_flags", "turn_on_problems", "SDK_KEY_PREFIX", "ConflictError", "compute_stage",
     "environment_create", "environment_govern", "flag_create", "flag_lifecycle_recompute", "flag_change_validate", "flag_update", "governed_served_variations", "hash_sdk_key",
     "flag_owner_permission_sync", "membership_grant", "membership_revoke", "project_create", "project_time_zone_set", "sdk_key_create", "sdk_key_revoke", "segment_create",
-    "segment_delete", "segment_governed_usages", "segment_proposal", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
+    "segment_delete", "SEGMENT_EDITABLE_FIELDS", "segment_governed_usages", "segment_proposal", "segment_update", "segment_usages", "targeting_proposal", "targeting_update", "variation_create",
     "variation_delete", "variation_update", "variation_usages",
 ]

@@ -130,7 +130,7 @@ def segment_proposal(*, segment: Segment, changes: dict[str, Any]) -> dict[str, 
     for name, value in changes.items():
         setattr(draft, name, value)
     _validate_segment(draft)
-    draft.full_clean(validate_unique=False)
+    draft.full_clean(validate_unique=False, validate_constraints=False)
     return {name: getattr(draft, name) for name in SEGMENT_EDITABLE_FIELDS}
 
 

@@ -15,6 +15,7 @@ from audit.services import SystemActor
 from flags import services
 from flags.demo import seed_demo
 from flags.models import Environment, SdkKey, Targeting
+from tests.factories import as_approved
 from tests.servers import database_url_from_settings, gunicorn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -58,8 +59,8 @@ def test_committed_change__three_gunicorn_workers__all_serve_it_within_a_second(
 
         # When an operator turns it on to serve human escalation (committed through the service)
         targeting = Targeting.objects.get(flag__key=FLAG, environment=production)
-        services.targeting_update(targeting=targeting, actor=ACTOR, enabled=True,
-                                  default_serve={"variation": "human_escalation"})
+        as_approved(lambda: services.targeting_update(targeting=targeting, actor=ACTOR, enabled=True,
+                                                      default_serve={"variation": "human_escalation"}))
         committed_at = time.monotonic()
 
         # Then within one second no worker serves the old answer
