@@ -75,14 +75,18 @@ class Overrides:
 
 
 def served_states(*, project_id: int, flag_ids: Iterable[int] | None = None, segment_key: str | None = None,
+                  environment_ids: Iterable[int] | None = None,
                   overrides: Overrides | None = None) -> dict[str, ServedState]:
     """The served state of every governed (flag, environment) of a project — of the given
-    flags, or of those whose rules reach `segment_key` — with `overrides` applied. Three
-    queries whatever the number of flags (four when segments are reached)."""
+    flags (in the given environments), or of those whose rules reach `segment_key` — with
+    `overrides` applied. Two queries whatever the number of flags (three when segments are
+    reached)."""
     overrides = overrides or Overrides()
     rows = Targeting.objects.filter(flag__project_id=project_id, environment__is_governed=True)
     if flag_ids is not None:
         rows = rows.filter(flag_id__in=list(flag_ids))
+    if environment_ids is not None:
+        rows = rows.filter(environment_id__in=list(environment_ids))
     rows = list(rows.values("flag_id", "environment_id", "enabled", "targets", "rules", "default_serve",
                             "assignment_unit", "flag__key", "flag__json_schema", "flag__fallback_variation__key",
                             "environment__name"))
@@ -176,15 +180,18 @@ class _Scope:
         self._locked_flags: set[int] = set()
         self._project_locks: dict[int, str] = {}
 
-    def touch_flags(self, *, project_id: int, flag_ids: Iterable[int]) -> None:
-        """Before changing these flags (their targeting, variations, fallback or schema)."""
+    def touch_flags(self, *, project_id: int, flag_ids: Iterable[int],
+                    environment_ids: Iterable[int] | None = None) -> None:
+        """Before changing these flags (their targeting, variations, fallback or schema);
+        `environment_ids` when only their targeting in those environments changes."""
         flag_ids = sorted(set(flag_ids))
         new = [pk for pk in flag_ids if pk not in self._locked_flags]
         if new and self._project_locks.get(project_id) != "update":
             list(Flag.objects.select_for_update(of=("self",)).filter(pk__in=new).order_by("pk").values_list("pk"))
         self._locked_flags.update(new)
         self._lock_project(project_id, "share")
-        self._remember(project_id, served_states(project_id=project_id, flag_ids=flag_ids))
+        self._remember(project_id, served_states(project_id=project_id, flag_ids=flag_ids,
+                                                 environment_ids=environment_ids))
 
     def touch_segment(self, *, project_id: int, segment_key: str) -> None:
         """Before changing (or deleting) a segment."""
@@ -209,9 +216,13 @@ class _Scope:
     def results(self) -> dict[str, ServedState]:
         """The served states now, for everything touched."""
         now: dict[str, ServedState] = {}
+        if not self.before:
+            return now
+        flag_ids = {s.flag_id for s in self.before.values()}
+        environment_ids = {s.environment_id for s in self.before.values()}
         for project_id in self.project_ids:
-            flag_ids = {s.flag_id for s in self.before.values()}
-            now.update({k: v for k, v in served_states(project_id=project_id, flag_ids=flag_ids).items()
+            now.update({k: v for k, v in served_states(project_id=project_id, flag_ids=flag_ids,
+                                                       environment_ids=environment_ids).items()
                         if k in self.before})
         return now
 

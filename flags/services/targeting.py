@@ -49,9 +49,10 @@ def targeting_update(
     unknown = set(changes) - {"enabled", "targets", "rules", "default_serve", "assignment_unit"}
     if unknown:
         raise ValidationError({name: "Unknown targeting field." for name in sorted(unknown)})
-    flag_id, project_id = Targeting.objects.filter(pk=targeting.pk).values_list("flag_id", "flag__project_id").get()
+    flag_id, project_id, environment_id = (Targeting.objects.filter(pk=targeting.pk)
+                                           .values_list("flag_id", "flag__project_id", "environment_id").get())
     with governed_write() as scope:
-        scope.touch_flags(project_id=project_id, flag_ids=[flag_id])
+        scope.touch_flags(project_id=project_id, flag_ids=[flag_id], environment_ids=[environment_id])
         return _targeting_write(targeting=targeting, actor=actor, expected_version=expected_version, reason=reason,
                                 change_request_id=change_request_id, changes=changes)
 
