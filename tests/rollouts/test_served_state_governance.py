@@ -6,6 +6,7 @@ guard: there, every one of them ended with production serving something nobody a
 
 from __future__ import annotations
 
+import io
 import threading
 from typing import Any
 
@@ -368,3 +369,37 @@ def test_scheduled_request__approvals_lapse__leaves_scheduled_and_tells_the_requ
     assert change_request.status == ChangeRequest.Status.PENDING and change_request.scheduled_for is None
     assert AuditEvent.objects.filter(action="change_request.unscheduled", change_request_id=change_request.pk).exists()
     assert Notification.objects.filter(recipient=user("owner"), title__startswith="No longer scheduled").exists()
+
+
+def test_import_contracts_command__served_value_change__waits_in_a_request(demo, tmp_path) -> None:
+    from django.core.management import call_command
+
+    from rollouts.contracts import export_contracts
+
+    project = production().flag.project
+    contract = tmp_path / "tool_mode.yaml"
+    contract.write_text(export_contracts(project=project, flag_keys=[TOOL_MODE])
+                        .replace("value: approval_required", "value: write_everything"))
+    call_command("import_contracts", str(contract), "--project", project.key, "--actor", "owner",
+                 "--reason", "sync from the repository", stdout=io.StringIO(), stderr=io.StringIO())
+    assert Variation.objects.get(flag__key=TOOL_MODE, key="approval_required").value == "approval_required"
+    waiting = ChangeRequest.objects.get(flag__key=TOOL_MODE, kind="flag", status="pending")
+    assert waiting.proposed == {"variations": {"approval_required": "write_everything"}}
+    assert served(TOOL_MODE, "acct-internal-001") == "approval_required"
+
+
+def test_rollout_step_approved__kill_switch_before_apply__not_applied_and_stays_off(demo) -> None:
+    from rollouts import plans
+
+    # Given a production rollout whose first stage (internal users get write) was approved
+    plan = plans.plan_from_template(flag=Flag.objects.get(key=TOOL_MODE), environment=production().environment,
+                                    candidate="write", actor=user("owner"), reason="write tools")
+    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    change_request = approve(ChangeRequest.objects.get(pk=plan.pending_change_request_id), "pm", "lead")
+    # When the operator flips the kill switch before the owner applies it
+    services.killswitch_flip(targeting=production(), reason="tool errors", actor=user("operator"))
+    # Then the paused plan's request is closed, and applying it is refused
+    with pytest.raises(ValidationError, match="cancelled"):
+        services.change_request_apply(change_request=change_request, actor=user("owner"))
+    assert not production().enabled
+    assert served(TOOL_MODE, "acct-internal-001") == "read_only"
