@@ -19,6 +19,7 @@ from playwright.sync_api import Locator, Page, expect
 from audit.models import AuditEvent
 from flags import services
 from flags.models import Flag, Variation
+from tests.factories import as_approved
 
 pytestmark = pytest.mark.browser
 
@@ -65,8 +66,9 @@ def make_history() -> None:
     owner, admin = user("owner"), user("admin")
     citation = Variation.objects.get(flag__project__key=PROJECT, flag__key=PROFILE_FLAG, key="citation_first_v4")
     assert citation.value["temperature"] == 0.2
-    services.variation_update(variation=citation, actor=owner, reason="Warmer answers in the candidate",
-                              value={**citation.value, "temperature": 0.3})
+    as_approved(lambda: services.variation_update(variation=citation, actor=owner,
+                                                  reason="Warmer answers in the candidate",
+                                                  value={**citation.value, "temperature": 0.3}))
     services.flag_update(flag=flag(PROFILE_FLAG), actor=owner, reason="Clarify the audience",
                          first_audience="Internal support team, then 10 % of beta accounts")
     services.flag_update(flag=flag(PROFILE_FLAG), actor=admin, reason="Ownership moved",
