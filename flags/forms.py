@@ -371,6 +371,10 @@ class SegmentForm(forms.Form):
                             label="Attribute rules (JSON)",
                             help_text='A list of {"clauses": [...]}; the segment matches when any rule does.')
 
+    # Edits only. Not required here: whether an edit needs a reason (it does when it waits for
+    # approval) is the change-control service's decision, which names this field when it refuses.
+    reason = forms.CharField(max_length=2000, required=False,
+                             widget=forms.Textarea(attrs={"rows": 2, "maxlength": 2000}))
     version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
@@ -380,6 +384,7 @@ class SegmentForm(forms.Form):
             self.fields["version"].required = True
         else:
             del self.fields["version"]
+            del self.fields["reason"]
 
     def clean_included_keys(self) -> list[str]:
         return split_list(self.cleaned_data["included_keys"])

@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -174,6 +175,7 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "comment_form": CommentForm(auto_id="id_comment_%s"),
         "schedule_form": ScheduleForm(auto_id="id_schedule_%s"),
         "rollout": plan_pages.request_evidence(change_request),
+        "shortfall": services.approval_shortfall(change_request),
     }
 
 
@@ -308,10 +310,13 @@ def change_request_cancel(request: HttpRequest, project_key: str, pk: int) -> Ht
 @login_required
 @require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
+    waiting = list(selectors.waiting_for(request.user)[:100])
+    mine = selectors.requested_by(request.user)
+    recent = selectors.recent_in_projects(request.user)
+    # Segment requests name their segment: one query for all three tables, not one per row.
+    prefetch_related_objects([*waiting, *mine, *recent], "segment")
     return render(request, "rollouts/inbox.html", {
-        "waiting": list(selectors.waiting_for(request.user)[:100]),
-        "mine": selectors.requested_by(request.user),
-        "recent": selectors.recent_in_projects(request.user),
+        "waiting": waiting, "mine": mine, "recent": recent,
         "follow_ups": selectors.open_follow_ups(request.user),
     })
 
