@@ -32,8 +32,6 @@ urlpatterns = [
     path("p/<slug:project_key>/sdk-keys/", project_views.sdk_keys, name="sdk_keys"),
     path("p/<slug:project_key>/sdk-keys/<int:key_id>/revoke/", project_views.sdk_key_revoke, name="sdk_key_revoke"),
     path("p/<slug:project_key>/segments/", views.segment_list, name="segment_list"),
-    path("p/<slug:project_key>/segments/new/", views.segment_create, name="segment_create"),
-    path("p/<slug:project_key>/segments/<slug:segment_key>/", views.segment_edit, name="segment_edit"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/delete/", views.segment_delete, name="segment_delete"),
     path("p/<slug:project_key>/webhooks/", webhook_views.webhooks, name="webhooks"),
     path("p/<slug:project_key>/webhooks/<int:webhook_id>/active/", webhook_views.webhook_set_active,

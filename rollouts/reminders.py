@@ -139,15 +139,16 @@ def _deliver_one(reminder: Reminder) -> int:
     project = reminder.project
     if reminder.subject_type == "change_request":
         change_request = (ChangeRequest.objects.filter(pk=reminder.subject_id)
-                          .select_related("flag", "environment", "project").first())
+                          .select_related("flag", "segment", "environment", "project").first())
         if change_request is None or change_request.status != ChangeRequest.Status.PENDING:
             return 0
         hours = int((timezone.now() - change_request.created_at).total_seconds() // 3600)
-        title = f"CR-{change_request.pk} ({change_request.flag.key} in {change_request.where}) waits for approval"
+        title = f"CR-{change_request.pk} ({change_request.subject} in {change_request.where}) waits for approval"
         body = f"Waiting {hours} hours. {change_request.requester_label} asks: {change_request.reason}"
         url = reverse("rollouts:change_request", kwargs={"project_key": project.key, "pk": change_request.pk})
         recipients = [u for u in holders_of(project, "approve_change") if u.pk != change_request.requester_id]
-        subject = {"change_request": change_request.pk, "flag": change_request.flag.key}
+        subject = {"change_request": change_request.pk, "subject": change_request.subject,
+                   "flag": change_request.flag.key if change_request.flag_id else None}
     else:
         flag = Flag.objects.filter(pk=reminder.subject_id).select_related("project", "owner_user").first()
         if flag is None:

@@ -16,7 +16,7 @@ User = AbstractBaseUser | AnonymousUser
 
 
 def _with_related(queryset: QuerySet[ChangeRequest]) -> QuerySet[ChangeRequest]:
-    return queryset.select_related("project", "flag", "environment", "requester")
+    return queryset.select_related("project", "flag", "segment", "environment", "requester")
 
 
 def waiting_for(user: User) -> QuerySet[ChangeRequest]:

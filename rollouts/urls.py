@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 import rollouts.contract_views as contract_views
-from rollouts import flag_change_views, plan_views, views
+from rollouts import flag_change_views, plan_views, segment_views, views
 
 app_name = "rollouts"
 
@@ -26,6 +26,8 @@ urlpatterns = [
     path(_change + "apply/", views.change_request_apply, name="change_request_apply"),
     path(_change + "schedule/", views.change_request_schedule, name="change_request_schedule"),
     path(_change + "cancel/", views.change_request_cancel, name="change_request_cancel"),
+    path("p/<slug:project_key>/segments/new/", segment_views.segment_create, name="segment_create"),
+    path("p/<slug:project_key>/segments/<slug:segment_key>/", segment_views.segment_edit, name="segment_edit"),
     path("p/<slug:project_key>/incidents/", views.incidents, name="incidents"),
     path("p/<slug:project_key>/incidents/<int:pk>/lift/", views.incident_lift, name="incident_lift"),
     path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", views.follow_up_acknowledge,

@@ -14,7 +14,6 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -277,8 +276,8 @@ def change_request_apply(request: HttpRequest, project_key: str, pk: int) -> Htt
     def act(cr: ChangeRequest, data: dict) -> None:
         result = services.change_request_apply(change_request=cr, actor=request.user)
         if result.status == ChangeRequest.Status.CONFLICTED:
-            raise ValidationError("Not applied: the targeting changed since this request was made. "
-                                  "See what changed in between below.")
+            summary = (result.conflict or {}).get("summary") or "Not applied: what it changes moved since it was made"
+            raise ValidationError(f"{summary}. See what moved below.")
 
     return _change_request_action(request, project_key, pk, act, "Applied: the change is live.")
 
@@ -313,8 +312,6 @@ def inbox(request: HttpRequest) -> HttpResponse:
     waiting = list(selectors.waiting_for(request.user)[:100])
     mine = selectors.requested_by(request.user)
     recent = selectors.recent_in_projects(request.user)
-    # Segment requests name their segment: one query for all three tables, not one per row.
-    prefetch_related_objects([*waiting, *mine, *recent], "segment")
     return render(request, "rollouts/inbox.html", {
         "waiting": waiting, "mine": mine, "recent": recent,
         "follow_ups": selectors.open_follow_ups(request.user),

@@ -1,0 +1,110 @@
+"""The segment editor. Every edit is submitted through change control: a segment that decides
+who a governed environment serves changes at once only when that raises no risk there, and
+otherwise waits in a change request (`rollouts.services.segment_change_submit`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
+
+from flags import services
+from flags.forms import SegmentForm, add_service_errors, format_value
+from flags.models import Project, Segment
+from flags.permissions import can_edit_catalog
+from flags.views import denied, project_for
+from rollouts import services as change_control
+from rollouts.models import ChangeRequest
+
+
+def _segment_initial(segment: Segment | None) -> dict[str, Any]:
+    if segment is None:
+        return {}
+    return {
+        "name": segment.name, "description": segment.description,
+        "included_keys": "\n".join(segment.included_keys), "excluded_keys": "\n".join(segment.excluded_keys),
+        "rules": format_value("json", segment.rules) if segment.rules else "",
+        "version": segment.version,
+    }
+
+
+def _segment_save(request: HttpRequest, project: Project, segment: Segment | None, data: dict[str, Any]) -> str:
+    """Create the segment, or submit the edit through change control (it saves at once unless
+    a governed environment would take on risk); say what happened and answer where to go next."""
+    list_url = reverse("flags:segment_list", kwargs={"project_key": project.key})
+    if segment is None:
+        segment = services.segment_create(project=project, actor=request.user, **data)
+        messages.success(request, f"Segment “{segment.key}” created.")
+        return list_url
+    changes = dict(data)
+    expected_version, reason = changes.pop("version"), changes.pop("reason")
+    result = change_control.segment_change_submit(segment=segment, changes=changes, actor=request.user,
+                                                  reason=reason, expected_version=expected_version)
+    if isinstance(result, ChangeRequest):
+        required = result.required_approvals
+        messages.success(request, f"CR-{result.pk} opened: waits for {required} approval{pluralize(required)}. "
+                                  f"Segment “{segment.key}” stays as it is until the request is approved and "
+                                  "applied; the approvers have been notified.")
+        return change_control.change_request_url(result)
+    messages.success(request, f"Segment “{segment.key}” saved.")
+    return list_url
+
+
+def _segment_form_view(request: HttpRequest, project: Project, segment: Segment | None) -> HttpResponse:
+    if not can_edit_catalog(request.user, project):
+        return denied(request, "You need the flag owner or editor role in this project to edit segments.")
+    form = SegmentForm(request.POST or None, editing=segment is not None, initial=_segment_initial(segment))
+    if request.method == "POST" and form.is_valid():
+        try:
+            url = _segment_save(request, project, segment, form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    governed = services.segment_governed_usages(segment) if segment is not None else []
+    template = "flags/segment_form.html#segment-editor" if request.htmx else "flags/segment_form.html"
+    return render(request, template, {
+        "project": project, "segment": segment, "form": form,
+        "governed_notice": _governed_segment_notice(segment, governed) if governed else "",
+    }, status=422 if form.errors else 200)
+
+
+def _governed_segment_notice(segment: Segment, usages: list[str]) -> str:
+    """"… decides who Production serves for a and b: …", from the usages' "<flag> in <environment>"."""
+    flags_by_environment: dict[str, list[str]] = {}
+    for usage in usages:
+        flag_key, environment_name = usage.split(" in ", 1)  # flag keys are slugs: the first " in " separates
+        flags_by_environment.setdefault(environment_name, []).append(flag_key)
+    where = ", and who ".join(f"{environment_name} serves for {_words_list(sorted(flag_keys))}"
+                              for environment_name, flag_keys in flags_by_environment.items())
+    return (f"Segment “{segment.key}” decides who {where}: a change that widens or narrows it there needs approval "
+            "when it raises risk (more people reach what a rule serves, or people fall through to something "
+            "riskier), and a reason. Anything else saves at once.")
+
+
+def _words_list(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def segment_create(request: HttpRequest, project_key: str) -> HttpResponse:
+    return _segment_form_view(request, project_for(request, project_key), None)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def segment_edit(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
+    project = project_for(request, project_key)
+    segment = get_object_or_404(Segment, project=project, key=segment_key)
+    return _segment_form_view(request, project, segment)
+
+
