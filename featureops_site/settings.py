@@ -7,6 +7,7 @@ CELERY_BROKER_URL (Redis). There is no production-only code path.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -68,10 +69,13 @@ INSTALLED_APPS = [
     "notifications",
     "webhooks",
     "telemetry",
+    "featureops_site",  # the site's own migrations: the cache table
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files in every mode: from the app folders with DEBUG, else from STATIC_ROOT (collectstatic).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -137,6 +141,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# Compressed copies (gzip) beside each collected file. Not the manifest storage: its hashed
+# names need collectstatic before any page renders, and pages render with DEBUG off in tests.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
@@ -144,18 +154,34 @@ AUTHENTICATION_BACKENDS = [
 ]
 ANONYMOUS_USER_NAME = None  # no guardian anonymous user row: anonymous visitors have no roles
 
-# Failed sign-ins: at most this many per account, and per client address, in the window.
+# Failed sign-ins (audit/throttle.py). Per account *and* client address: after
+# LOGIN_FAILURES_PER_ACCOUNT failures, each further try from that address waits
+# LOGIN_DELAY_BASE_SECONDS after the last failure, doubling with each failure up to
+# LOGIN_DELAY_MAX_SECONDS; the pair is forgotten LOGIN_THROTTLE_SECONDS after its wait ends, or
+# at a successful sign-in. Failures from one address never delay the account from another.
+# Per address: at most LOGIN_FAILURES_PER_ADDRESS failures in LOGIN_THROTTLE_SECONDS, any account.
 LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 5)
 LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 20)
 LOGIN_THROTTLE_SECONDS = env_int("LOGIN_THROTTLE_SECONDS", 15 * 60)
+LOGIN_DELAY_BASE_SECONDS = env_int("LOGIN_DELAY_BASE_SECONDS", 1)
+LOGIN_DELAY_MAX_SECONDS = env_int("LOGIN_DELAY_MAX_SECONDS", 15 * 60)
+# Reverse proxies in front of the app that each append the address they saw to X-Forwarded-For:
+# the client is that many entries from its end (0: REMOTE_ADDR is the client). Behind a proxy,
+# unset, every client would share the proxy's address, and its sign-in limits with it.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
-# The cache holds sign-in throttling counters; with several processes it must be shared
-# (CACHE_URL=redis://…). The default is this process's memory.
+# The cache holds the sign-in throttling state, so every process must see the same one: Redis
+# with CACHE_URL=redis://…, else a table in the database (made by migrate: featureops_site/migrations).
 _cache_url = os.environ.get("CACHE_URL", "")
+if _cache_url and not _cache_url.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(f"CACHE_URL must be a redis:// or rediss:// URL, got {_cache_url!r}")
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
-    if _cache_url.startswith("redis")
-    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    if _cache_url
+    # Room for the throttling state of many addresses: past MAX_ENTRIES the cache evicts entries,
+    # which would let an attacker flush their own counters with junk.
+    else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "featureops_cache",
+          "OPTIONS": {"MAX_ENTRIES": 100_000}}
 }
 
 LOGIN_URL = "login"
@@ -164,6 +190,17 @@ LOGOUT_REDIRECT_URL = "login"
 
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# HTTPS (README, "Production environment"): off unless set, because they only work once TLS is in
+# front of the console. SECURE_PROXY_SSL_HEADER names the header a TLS-terminating proxy sets to
+# "https" (e.g. X-Forwarded-Proto); set it only behind a proxy that overwrites the client's copy.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD")
+_proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
 
 # Email: the console backend by default; EMAIL_BACKEND=file writes to var/mail.
 _email_backend = os.environ.get("EMAIL_BACKEND", "console")
@@ -240,17 +277,40 @@ CELERY_BEAT_SCHEDULE = {
         "task": "rollouts.tasks.send_reminders",
         "schedule": timedelta(seconds=env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),
     },
+    "publish-audit-checkpoint": {
+        "task": "audit.tasks.publish_checkpoint",
+        "schedule": timedelta(seconds=env_int("AUDIT_CHECKPOINT_SECONDS", 3600)),
+    },
 }
 
 # Webhooks: each attempt's network timeout (seconds), and how many attempts before a delivery
 # fails (retries wait 30 s, 2 min, 8 min… in between).
 WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 5)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
-# Deliveries to loopback/private/link-local addresses are refused unless this is on (it is with DEBUG).
-WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", DEBUG)
+# Webhooks reach globally routable addresses only; these comma-separated networks (CIDR, e.g.
+# "10.20.0.0/16,fd00:1::/64") are allowed as well, for on-premise receivers. Empty by default,
+# DEBUG included: a local receiver needs e.g. 127.0.0.1/32 here. Checked at start-up.
+try:
+    WEBHOOK_ALLOWED_NETWORKS = [str(ipaddress.ip_network(network, strict=False))
+                                for network in env_list("WEBHOOK_ALLOWED_NETWORKS")]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_NETWORKS: {exc}") from exc
 # Dotted paths called after commit with each new audit row (audit.services.record): webhooks
 # hear of flag changes and change-request decisions this way, without audit importing anyone.
 AUDIT_COMMIT_OBSERVERS = ["flags.webhook_events.audit_event_committed"]
+# Audit checkpoints (audit/checkpoints.py): the chain's head, signed with HMAC-SHA256 under this
+# key and published outside the database. The key is never stored in the database; like
+# SECRET_KEY it has no default outside DEBUG (the beat task then logs and publishes nothing).
+AUDIT_CHECKPOINT_KEY = os.environ.get("AUDIT_CHECKPOINT_KEY", "") or (
+    "insecure-audit-checkpoint-key-only-used-with-DEBUG" if DEBUG else "")
+# One JSON line per checkpoint, appended; `manage.py verify_audit --checkpoints` reads it.
+AUDIT_CHECKPOINT_PATH = os.environ.get("AUDIT_CHECKPOINT_PATH", str(VAR_DIR / "audit-checkpoints.jsonl"))
+# Where each checkpoint goes (dotted paths called with it, like AUDIT_COMMIT_OBSERVERS).
+AUDIT_CHECKPOINT_PUBLISHERS = [
+    "audit.checkpoints.append_to_file",
+    "flags.audit_checkpoints.send_to_webhooks",
+    "flags.audit_checkpoints.email_auditors",
+]
 
 # Lifecycle: a temporary flag that has served one variation to everyone in a governed
 # environment for this many days counts as released.

@@ -21,6 +21,7 @@ EVENT_PREFIXES: list[tuple[str, str]] = [
     ("killswitch.", "Kill switch flipped"),
     ("incident.", "Incident mode started or lifted"),
     ("reminder.", "Review, cleanup and approval reminders"),
+    ("audit.", "Audit checkpoints: the signed head of the audit chain, hourly"),
 ]
 EVENT_PREFIX_VALUES = frozenset(prefix for prefix, _ in EVENT_PREFIXES)
 

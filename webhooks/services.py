@@ -7,6 +7,10 @@ UPDATE before the request goes out, so the on-commit task, the beat sweep and a 
 task never send the same attempt twice. Failures are retried with exponential backoff by the
 sweep (`deliver_due`), then marked failed; nothing on this path reaches the caller.
 
+Where an attempt may connect, and how, is `webhooks.egress`: public addresses only (or the
+operator's WEBHOOK_ALLOWED_NETWORKS), resolved once and checked, and nothing of the answer
+kept but its status code. Configuration checks the URL too (`_check_destination`).
+
 Delivery is at least once: a worker killed after the receiver answered but before the result
 was saved sends that attempt again later, with the same delivery id for the receiver to
 deduplicate on.
@@ -16,18 +20,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import ipaddress
 import json
 import logging
 import re
 import secrets
-import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
-from http.client import HTTPException
 from typing import Any
 
 from django.conf import settings
@@ -40,6 +38,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, AuditTarget, actor_label, record
+from webhooks import egress
 from webhooks.constants import SECRET_BYTES, TEST_EVENT, DeliveryStatus
 from webhooks.models import Webhook, WebhookDelivery, redacted_url
 from webhooks.signing import canonical_body, sign
@@ -54,7 +53,6 @@ LEASE_MARGIN = datetime.timedelta(seconds=10)
 # The sweep stops starting new attempts after this long, so a run ends before the next beat.
 SWEEP_BUDGET_SECONDS = 20.0
 SWEEP_BATCH_SIZE = 200
-RESPONSE_SNIPPET_BYTES = 500
 USER_AGENT = "FeatureOps-Webhooks/1"
 
 event_name = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+\Z")
@@ -76,6 +74,15 @@ def _state(webhook: Webhook) -> dict[str, Any]:
             "events": list(webhook.events), "active": webhook.active, "description": webhook.description}
 
 
+def _check_destination(url: str) -> None:
+    """Refused beside the URL field: the host is, or resolves to, an address webhooks may not
+    reach (see webhooks.egress; each delivery attempt checks again)."""
+    try:
+        egress.validate_destination(url)
+    except ValidationError as exc:
+        raise ValidationError({"url": exc.messages}) from None
+
+
 @transaction.atomic
 def webhook_create(*, project_id: int, url: str, events: list[str], description: str = "", actor: Actor,
                    project_label: str = "") -> tuple[Webhook, str]:
@@ -85,6 +92,7 @@ def webhook_create(*, project_id: int, url: str, events: list[str], description:
                       description=description.strip(),
                       created_by=actor if isinstance(actor, AbstractBaseUser) else None)
     webhook.full_clean()
+    _check_destination(webhook.url)
     webhook.save()
     record(actor=actor, action=AuditAction.WEBHOOK_CREATED, target=webhook,
            project=_project_target(project_id, project_label), after=_state(webhook))
@@ -107,6 +115,8 @@ def webhook_update(*, webhook: Webhook, actor: Actor, project_label: str = "", r
     if all(getattr(webhook, name) == raw_before[name] for name in changes):
         return webhook
     webhook.full_clean()
+    if webhook.url != raw_before.get("url", webhook.url):
+        _check_destination(webhook.url)
     webhook.save(update_fields=sorted(changes))
     if "active" in changes and not webhook.active:
         WebhookDelivery.objects.filter(webhook=webhook, status=DeliveryStatus.PENDING).update(
@@ -255,43 +265,12 @@ def deliver(*, delivery_id: int) -> str | None:
     return result["status"]
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not a success: following it would send the signed body
-    somewhere the admin never configured."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
-def _private_address(url: str) -> str:
-    """The address `url`'s host resolves to, if it is loopback, private, link-local or
-    reserved ("" otherwise): admins must not turn webhooks into a probe of the internal
-    network. Allowed with WEBHOOK_ALLOW_PRIVATE_ADDRESSES (DEBUG, tests)."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        infos = socket.getaddrinfo(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError, ValueError):
-        return ""  # unresolvable: the connection attempt reports it
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified):
-            return str(address)
-    return ""
-
-
 def _post(webhook: Webhook, delivery: WebhookDelivery) -> tuple[int | None, str]:
-    """POST the signed envelope. Returns (HTTP status or None, error text or "")."""
-    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
-        private = _private_address(webhook.url)
-        if private:
-            return None, f"Refused: the host resolves to {private}, a private or loopback address."
+    """POST the signed envelope to a checked address (webhooks.egress). Returns (HTTP status
+    or None, error text or "")."""
     body = canonical_body(delivery.payload)
     timestamp = str(int(time.time()))
-    request = urllib.request.Request(webhook.url, data=body, method="POST", headers={  # noqa: S310 - http(s) only, validated on the model
+    return egress.post(webhook.url, body=body, timeout=_timeout(), headers={
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "X-FeatureOps-Event": delivery.event,
@@ -299,17 +278,6 @@ def _post(webhook: Webhook, delivery: WebhookDelivery) -> tuple[int | None, str]
         "X-FeatureOps-Timestamp": timestamp,
         "X-FeatureOps-Signature": sign(webhook.secret, timestamp, body),
     })
-    try:
-        with _opener.open(request, timeout=_timeout()) as response:
-            response.read(RESPONSE_SNIPPET_BYTES)
-            return response.status, ""
-    except urllib.error.HTTPError as exc:
-        # The receiver's body is not kept: the delivery log must not become a way to read it.
-        return exc.code, f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        return None, f"Could not connect: {exc.reason}"
-    except (TimeoutError, OSError, HTTPException, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def deliver_due(*, budget_seconds: float = SWEEP_BUDGET_SECONDS) -> int:

@@ -178,7 +178,7 @@ def test_dispatch__payload_with_dates__stored_as_sent(enqueued: list[int]) -> No
 
 
 def test_dispatch__broker_down__caller_unaffected_and_sweep_delivers(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any,
+    receiver: Receiver, allow_loopback: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a broker that refuses connections
@@ -216,7 +216,7 @@ def test_send_test__one_webhook_whatever_it_subscribes_to__inactive_refused(enqu
 # --- delivery ------------------------------------------------------------------------------
 
 
-def test_deliver__receiver_answers_200__signed_json_with_event_headers(receiver: Receiver) -> None:
+def test_deliver__receiver_answers_200__signed_json_with_event_headers(receiver: Receiver, allow_loopback: Any) -> None:
     # Given a webhook pointing at a real HTTP receiver, and a dispatched event
     project = make_project()
     webhook, secret = services.webhook_create(project_id=project.pk, url=receiver.url, events=[], actor=TEST_ACTOR)
@@ -245,7 +245,7 @@ def test_deliver__receiver_answers_200__signed_json_with_event_headers(receiver:
 
 
 def test_deliver__receiver_answers_500__retried_with_exponential_backoff_then_failed(
-    receiver: Receiver, fast_webhooks: Any
+    receiver: Receiver, allow_loopback: Any, fast_webhooks: Any
 ) -> None:
     # Given a receiver that always answers 500, and at most 3 attempts
     receiver.script = [(500, 0.0)]
@@ -277,7 +277,7 @@ def test_deliver__receiver_answers_500__retried_with_exponential_backoff_then_fa
     assert services.deliver_due() == 0 and len(receiver.received) == 3
 
 
-def test_deliver__fails_then_succeeds__delivered_on_the_retry(receiver: Receiver, fast_webhooks: Any) -> None:
+def test_deliver__fails_then_succeeds__delivered_on_the_retry(receiver: Receiver, allow_loopback: Any, fast_webhooks: Any) -> None:
     receiver.script = [(503, 0.0), (204, 0.0)]
     project = make_project()
     _webhook(project, url=receiver.url)
@@ -292,7 +292,7 @@ def test_deliver__fails_then_succeeds__delivered_on_the_retry(receiver: Receiver
     assert first.body == second.body and first.headers["x-featureops-delivery"] == second.headers["x-featureops-delivery"]
 
 
-def test_deliver__receiver_too_slow__timeout_counts_as_a_failed_attempt(receiver: Receiver, fast_webhooks: Any) -> None:
+def test_deliver__receiver_too_slow__timeout_counts_as_a_failed_attempt(receiver: Receiver, allow_loopback: Any, fast_webhooks: Any) -> None:
     # Given a receiver slower than the 0.5 s timeout
     receiver.script = [(200, 2.0)]
     project = make_project()
@@ -308,7 +308,7 @@ def test_deliver__receiver_too_slow__timeout_counts_as_a_failed_attempt(receiver
     assert "timed out" in delivery.last_error.lower()
 
 
-def test_deliver__redirect__not_followed_and_counted_as_failure(receiver: Receiver, fast_webhooks: Any) -> None:
+def test_deliver__redirect__not_followed_and_counted_as_failure(receiver: Receiver, allow_loopback: Any, fast_webhooks: Any) -> None:
     receiver.script = [(302, 0.0)]
     project = make_project()
     _webhook(project, url=receiver.url)
@@ -318,7 +318,7 @@ def test_deliver__redirect__not_followed_and_counted_as_failure(receiver: Receiv
     assert delivery.last_status_code == 302 and len(receiver.received) == 1
 
 
-def test_deliver__nobody_listening__connection_error_recorded(fast_webhooks: Any) -> None:
+def test_deliver__nobody_listening__connection_error_recorded(fast_webhooks: Any, allow_loopback: Any) -> None:
     project = make_project()
     _webhook(project, url=f"http://127.0.0.1:{free_port()}/hook")
     (delivery,) = _dispatch(project)
@@ -340,7 +340,7 @@ def test_sweep__last_attempt_claimed_but_never_recorded__closed_as_failed(fast_w
     assert delivery.status == "failed" and "never recorded" in delivery.last_error
 
 
-def test_deliver__webhook_deactivated_after_dispatch__failed_without_a_request(receiver: Receiver) -> None:
+def test_deliver__webhook_deactivated_after_dispatch__failed_without_a_request(receiver: Receiver, allow_loopback: Any) -> None:
     project = make_project()
     webhook = _webhook(project, url=receiver.url)
     (delivery,) = _dispatch(project)
@@ -355,7 +355,7 @@ def test_deliver__delivery_gone__nothing_to_do() -> None:
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_races__same_attempt_by_many_workers__sent_once(receiver: Receiver) -> None:
+def test_races__same_attempt_by_many_workers__sent_once(receiver: Receiver, allow_loopback: Any) -> None:
     # Given a due delivery and a receiver slow enough for the attempts to overlap
     receiver.script = [(200, 0.3)]
     project = make_project()
@@ -384,24 +384,3 @@ def test_races__same_attempt_by_many_workers__sent_once(receiver: Receiver) -> N
     assert len(made) == 6 and made.count("succeeded") + made.count("1") == 1
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("succeeded", 1)
-
-
-def test_deliver__private_address_refused_unless_allowed_and_no_response_body_kept(
-    receiver: Receiver, fast_webhooks: Any
-) -> None:
-    # Given a webhook pointing at a loopback receiver that answers 403 with a body
-    receiver.script = [(403, 0.0)]
-    project = make_project()
-    _webhook(project, url=receiver.url)
-    (delivery,) = _dispatch(project)
-    # When private addresses are not allowed (production), nothing is sent
-    fast_webhooks.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = False
-    services.deliver(delivery_id=delivery.pk)
-    delivery.refresh_from_db()
-    assert receiver.received == [] and "private or loopback" in delivery.last_error
-    # And when they are (development), the receiver's answer body never reaches the log
-    fast_webhooks.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-    services.deliver(delivery_id=delivery.pk)
-    delivery.refresh_from_db()
-    assert len(receiver.received) == 1 and delivery.last_error == "HTTP 403 Forbidden"

@@ -28,7 +28,7 @@ def test_beat_schedule__retries_due_webhooks_every_30_seconds() -> None:
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_deliver_task__real_worker_and_broker__receiver_gets_the_signed_event(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    receiver: Receiver, allow_loopback: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from celery.contrib.testing.worker import start_worker
 

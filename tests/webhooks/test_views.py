@@ -12,6 +12,7 @@ from flags import services as flag_services
 from flags.constants import Role
 from flags.models import Project
 from tests.factories import TEST_ACTOR, make_project
+from webhooks.egress import NOT_ALLOWED
 from webhooks.models import Webhook, WebhookDelivery
 from webhooks.services import webhook_create
 
@@ -80,6 +81,21 @@ def test_create__bad_url__422_with_the_error_beside_the_field(client: Any, admin
     assert response.status_code == 422
     html = response.content.decode()
     assert 'class="field has-error"' in html and "Enter an http:// or https:// address" in html
+    assert not Webhook.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8000/admin/",
+                                 "http://[::ffff:127.0.0.1]/", "http://100.64.0.1/"])
+def test_create__internal_address__422_with_the_refusal_beside_the_field(
+    client: Any, admin: Any, url: str
+) -> None:
+    client.force_login(admin)
+    response = client.post(URL, {"url": url, "events": ["flag."]})
+    assert response.status_code == 422
+    html = response.content.decode()
+    field = html[html.index('<div class="field has-error">'):]
+    field = field[:field.index("</div>")]
+    assert 'name="url"' in field and NOT_ALLOWED in field
     assert not Webhook.objects.exists()
 
 
