@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from flags.forms import add_service_errors
 from flags.models import Flag, Project, Targeting
-from flags.permissions import has_project_permission
+from flags.permissions import has_project_permission, holders_of
 from flags.views import denied, project_for, targeting_card_context
 from rollouts import plan_pages, selectors, services
 from rollouts.forms import (
@@ -133,8 +133,12 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
     else:
         problems = [f"{name.replace('_', ' ') if name != '__all__' else 'form'}: {' '.join(errors)}"
                     for name, errors in form.errors.items()]
+    needs = preview is not None and not preview.applies_now
     return render(request, "rollouts/propose.html#preview", {
         "preview": preview, "problems": problems, "targeting": targeting,
+        # who could approve it: the approvers other than the person proposing
+        "eligible_approvers": (holders_of(project, "approve_change").exclude(pk=request.user.pk).count()
+                               if needs else 0),
     })
 
 

@@ -56,6 +56,18 @@ def test_preview__needs_two_approvals_because_escalation(client, demo) -> None:
     assert not ChangeRequest.objects.exists()
 
 
+def test_preview__too_few_other_approvers__says_so_before_submitting(client, demo) -> None:
+    # Given lead, one of the project's two approvers, proposes an escalation needing two
+    shown = as_user(client, "lead").post(f"{FLAG}propose/production/preview/", propose_data(reason=""),
+                                         headers=HTMX).content.decode()
+    # Then the preview says it could never be approved as things stand
+    assert 'data-testid="preview-shortfall"' in shown and "Only 1 person besides you holds the approver role" in shown
+    # while the owner, whom both approvers can approve, sees no such warning
+    shown = as_user(client, "owner").post(f"{FLAG}propose/production/preview/", propose_data(reason=""),
+                                          headers=HTMX).content.decode()
+    assert "This change needs 2 approvals" in shown and "preview-shortfall" not in shown
+
+
 def test_propose__submits_a_change_request_and_shows_its_page(client, demo) -> None:
     before = production().version
     response = as_user(client, "owner").post(f"{FLAG}propose/production/", propose_data())
