@@ -80,3 +80,34 @@ class AuditAction(models.TextChoices):
     GROUP_CREATED = "group.created", "Permission group created"
     GROUP_UPDATED = "group.updated", "Permission group changed"
     GROUP_DELETED = "group.deleted", "Permission group deleted"
+
+
+# One limit per free-text field that reaches the audit trail (docs/architecture.md, "Free-text
+# limits"). The services refuse longer text with a ValidationError on the field, before anything
+# is written (audit.validators); nothing is ever cut. Names and other short fields keep their
+# column's max_length, which full_clean() enforces.
+TEXT_LIMITS: dict[str, int] = {
+    # Why a change is made: change requests (targeting, flag-wide, segment, contract imports),
+    # kill switch, incident mode and its lift, archive and restore, the reason of a direct edit,
+    # role and SDK key revocations, webhook changes.
+    "reason": 2_000,
+    # A rollout plan's decisions. The plan writes the reason into the change request it opens,
+    # after up to 200 characters naming the plan and the stage, and that reason keeps 2,000.
+    "plan_reason": 1_800,
+    # Approval and rejection comments, and the discussion on a change request.
+    "comment": 5_000,
+    # What a second person found when acknowledging a follow-up.
+    "note": 2_000,
+    # Descriptions of projects, flags, variations, segments and metrics; a flag's cleanup rule
+    # and rollback action.
+    "description": 5_000,
+    "cleanup_rule": 2_000,
+    "rollback_action": 2_000,
+    # Built by code from the change. Longer ones are shortened with a visible "…", never
+    # refused: the change itself is in before/after, in full.
+    "summary": 1_000,
+    # What audit.record() accepts as a row's reason: the longest text people give (a 5,000
+    # character comment) plus room for the context code puts before a reason ("CR-12: ",
+    # "Kill switch: ", "Rollout plan 3, stage 2 (beta): "). Longer is a caller's bug: it raises.
+    "audit_reason": 6_000,
+}

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from audit.validators import shortened
+
 
 @dataclass(frozen=True)
 class AuditContext:
@@ -29,7 +31,7 @@ def current_context() -> AuditContext:
 def audit_context(
     *, request_ip: str | None = None, user_agent: str = ""
 ) -> Iterator[AuditContext]:
-    ctx = AuditContext(request_ip=request_ip, user_agent=user_agent[:400])
+    ctx = AuditContext(request_ip=request_ip, user_agent=shortened(user_agent, 400))
     token = _current.set(ctx)
     try:
         yield ctx

@@ -1,5 +1,7 @@
 """Reading the audit trail: combinable filters, keyset pages (newest first, no OFFSET) and
-constant-memory iteration for exports. Callers pass the project ids the reader may see."""
+constant-memory iteration for exports. Callers pass the project ids the reader may see, and
+whether they may see the account-level rows (those with no project: sign-ins, account and
+group changes, exports of the whole trail)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from audit.models import AuditEvent
 PAGE_SIZE = 50
 EXPORT_CHUNK = 2_000
 SYSTEM_ACTOR = "system"
+ANONYMOUS_ACTOR = "anonymous"  # someone not signed in: failed and throttled sign-ins
 
 
 @dataclass(frozen=True)
 class AuditFilters:
     project_ids: frozenset[int]  # the reader's scope: rows of other projects are never returned
+    account_events: bool = False  # the reader's scope also holds the rows that belong to no project
+    account_only: bool = False  # the "Account events" filter: only those rows
     project: int | None = None
     environment: int | None = None
     flag: int | None = None
@@ -33,8 +38,8 @@ class AuditFilters:
 
     @property
     def active(self) -> bool:
-        return any((self.project, self.environment, self.flag, self.actor, self.action, self.date_from,
-                    self.date_to, self.q))
+        return any((self.account_only, self.project, self.environment, self.flag, self.actor, self.action,
+                    self.date_from, self.date_to, self.q))
 
 
 def _day_start(day: datetime.date) -> datetime.datetime:
@@ -42,7 +47,12 @@ def _day_start(day: datetime.date) -> datetime.datetime:
 
 
 def filtered_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
-    events = AuditEvent.objects.filter(project_id__in=filters.project_ids)
+    scope = Q(project_id__in=filters.project_ids)
+    if filters.account_events:
+        scope |= Q(project_id__isnull=True)
+    events = AuditEvent.objects.filter(scope)
+    if filters.account_only:
+        events = events.filter(project_id__isnull=True)
     if filters.project is not None:
         events = events.filter(project_id=filters.project)
     if filters.environment is not None:
@@ -51,6 +61,8 @@ def filtered_events(filters: AuditFilters) -> QuerySet[AuditEvent]:
         events = events.filter(flag_id=filters.flag)
     if filters.actor == SYSTEM_ACTOR:
         events = events.filter(actor_kind=ActorKind.SYSTEM)
+    elif filters.actor == ANONYMOUS_ACTOR:
+        events = events.filter(actor_kind=ActorKind.USER, actor__isnull=True)
     elif filters.actor.isascii() and filters.actor.isdigit() and len(filters.actor) <= 18:
         events = events.filter(actor_id=int(filters.actor))
     if filters.action:

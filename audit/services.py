@@ -7,6 +7,10 @@ receive each new `AuditEvent` after its transaction commits (never for a rolled-
 That is how webhooks fire on flag changes while `audit` imports no other app. Observers run
 outside any transaction, must not raise (a failure is logged and the next observer still
 runs), and cost `record()` no query: it only schedules them.
+
+Nothing is cut silently. A reason longer than TEXT_LIMITS["audit_reason"] raises (the services
+refuse what people type at its own, smaller limit, before writing anything); a summary or a
+label snapshot built by code that is longer than its column is shortened with a visible "…".
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from django.utils.ipv6 import clean_ipv6_address
 from django.utils.module_loading import import_string
 
 from audit.chain import ADVISORY_LOCK_KEY, GENESIS, HASHED_FIELDS, canonical_json, row_hash
-from audit.constants import ActorKind, AuditAction
+from audit.constants import TEXT_LIMITS, ActorKind, AuditAction
 from audit.context import current_context
 from audit.models import AuditEvent
+from audit.validators import check_text_limit, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +120,9 @@ def record(
         raise AuditOutsideTransactionError(
             "audit.record() must run inside the transaction of the change it records."
         )
+    # Refused, never cut: the row must say what the person said. Raising here rolls back the
+    # change it would have recorded.
+    check_text_limit("reason", reason, limit="audit_reason")
     if isinstance(actor, SystemActor):
         kind, user = ActorKind.SYSTEM, None
     elif isinstance(actor, SdkKeyActor):
@@ -130,20 +138,20 @@ def record(
     event = AuditEvent(
         created_at=None,
         actor=user,
-        actor_label=actor_label(actor)[:200],
+        actor_label=shortened(actor_label(actor), 200),
         actor_kind=kind,
         action=AuditAction(action),
         target_type=target_type,
-        target_id=str(target.pk)[:64],
-        target_label=str(target)[:300],
+        target_id=shortened(str(target.pk), 64),
+        target_label=shortened(str(target), 300),
         project_id=project.pk if project else None,
-        project_label=str(project)[:200] if project else "",
+        project_label=shortened(str(project), 200) if project else "",
         environment_id=environment.pk if environment else None,
-        environment_label=str(environment)[:200] if environment else "",
+        environment_label=shortened(str(environment), 200) if environment else "",
         flag_id=flag.pk if flag else None,
         before=before,
         after=after,
-        summary=summary or AuditAction(action).label,
+        summary=shortened(summary or AuditAction(action).label, TEXT_LIMITS["summary"]),
         reason=reason,
         correlation_id=ctx.correlation_id,
         request_ip=_normalised_ip(ctx.request_ip),

@@ -11,6 +11,7 @@ from django.dispatch import receiver
 
 from audit.constants import AuditAction
 from audit.services import AnonymousActor, AuditTarget, record
+from audit.validators import shortened
 
 
 @receiver(user_logged_in)
@@ -29,7 +30,7 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 
 @receiver(user_login_failed)
 def _login_failed(sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any) -> None:
-    username = str(credentials.get("username", ""))[:150] or "(blank)"
+    username = shortened(str(credentials.get("username", "")), 150) or "(blank)"
     with transaction.atomic():
         record(actor=AnonymousActor(username), action=AuditAction.LOGIN_FAILED,
                target=AuditTarget("auth.user", username, username), summary=f"Failed sign-in as “{username}”")

@@ -1,7 +1,9 @@
 """The auditor's explorer and each flag's History tab: one component over audit.selectors.
 
 Reading only: nothing here needs a write permission. The explorer covers the projects where
-the user holds view_audit (auditors), exports need export_audit; a flag's History tab is open to anyone who may view the flag.
+the user holds view_audit (auditors, project admins), exports need export_audit; the rows that
+belong to no project (sign-ins, accounts, whole-trail exports) are added for those who hold
+view_account_audit (auditors). A flag's History tab is open to anyone who may view the flag.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -26,10 +29,10 @@ from django.views.decorators.vary import vary_on_headers
 from audit.constants import AuditAction
 from audit.diff import diff
 from audit.models import AuditEvent
-from audit.selectors import SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
+from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
 from audit.services import AuditTarget, record
 from flags.models import Environment, Flag, Project
-from flags.permissions import audit_project_ids, can_view_project
+from flags.permissions import audit_project_ids, can_view_project, sees_account_events
 from flags.views import denied
 
 EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
@@ -51,26 +54,38 @@ def _date(value: str | None) -> datetime.date | None:
         return None
 
 
-def _filters(request: HttpRequest, scope: frozenset[int], **fixed: Any) -> AuditFilters:
+ACCOUNT_SCOPE = "account"  # ?project=account: the rows that belong to no project
+
+
+def _filters(request: HttpRequest, scope: frozenset[int], *, account_events: bool = False,
+             **fixed: Any) -> AuditFilters:
     get = request.GET
     values: dict[str, Any] = {
+        "account_only": get.get("project") == ACCOUNT_SCOPE,
         "project": _int(get.get("project")), "environment": _int(get.get("environment")),
         "flag": _int(get.get("flag")), "actor": get.get("actor", "")[:20].replace("\x00", ""),
         "action": get.get("action", "") if get.get("action", "") in AuditAction.values else "",
         "date_from": _date(get.get("from")), "date_to": _date(get.get("to")), "q": get.get("q", "").replace("\x00", "").strip()[:200],
     }
     values.update(fixed)
-    return AuditFilters(project_ids=scope, **values)
+    return AuditFilters(project_ids=scope, account_events=account_events, **values)
 
 
-def _choices(scope: frozenset[int]) -> dict[str, Any]:
+def _choices(scope: frozenset[int], *, account_events: bool) -> dict[str, Any]:
     """Options for the filter form: a handful of small queries, whatever the trail's size."""
-    users = get_user_model().objects.filter(memberships__project_id__in=scope).distinct().order_by("username")
+    members = Q(memberships__project_id__in=scope)
+    if account_events:
+        members |= Q(is_superuser=True)  # who changes accounts and groups in the admin
+    users = get_user_model().objects.filter(members).distinct().order_by("username")
+    actors = [(str(u.pk), u.get_full_name() or u.get_username()) for u in users] + [(SYSTEM_ACTOR, "System jobs")]
+    if account_events:
+        actors.append((ANONYMOUS_ACTOR, "Not signed in (failed sign-ins)"))
     return {
+        "account_events": account_events,
         "projects": Project.objects.filter(pk__in=scope).order_by("name"),
         "environments": Environment.objects.filter(project_id__in=scope).select_related("project"),
         "flags": Flag.objects.filter(project_id__in=scope).order_by("key").only("pk", "key"),
-        "actors": [(str(u.pk), u.get_full_name() or u.get_username()) for u in users] + [(SYSTEM_ACTOR, "System jobs")],
+        "actors": actors,
         "actions": AuditAction.choices,
     }
 
@@ -87,10 +102,12 @@ def _page_context(request: HttpRequest, filters: AuditFilters, base_url: str) ->
 @vary_on_headers("HX-Request")
 def audit_explorer(request: HttpRequest) -> HttpResponse:
     scope = audit_project_ids(request.user)
-    if not scope:
+    account_events = sees_account_events(request.user)
+    if not scope and not account_events:
         return denied(request, "The audit trail is open to auditors and project admins.")
-    filters = _filters(request, scope)
-    context = {**_page_context(request, filters, request.path), **_choices(scope), "get": request.GET}
+    filters = _filters(request, scope, account_events=account_events)
+    context = {**_page_context(request, filters, request.path), **_choices(scope, account_events=account_events),
+               "get": request.GET}
     if request.htmx and not request.htmx.history_restore_request:
         response = render(request, "audit/explorer.html#audit-table", context)
         # The export links carry the filter too: swap them out of band.
@@ -106,7 +123,8 @@ def flag_history(request: HttpRequest, project_key: str, flag_key: str) -> HttpR
     if not can_view_project(request.user, project):
         raise Http404("No such project.")
     flag = get_object_or_404(Flag, project=project, key=flag_key)
-    filters = _filters(request, frozenset({project.pk}), project=project.pk, flag=flag.pk, environment=None)
+    filters = _filters(request, frozenset({project.pk}), project=project.pk, flag=flag.pk, environment=None,
+                       account_only=False)
     return render(request, "audit/explorer.html#audit-table", _page_context(request, filters, request.path))
 
 
@@ -114,7 +132,10 @@ def flag_history(request: HttpRequest, project_key: str, flag_key: str) -> HttpR
 @require_GET
 def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     event = get_object_or_404(AuditEvent, pk=event_id)
-    allowed = event.project_id is not None and event.project_id in audit_project_ids(request.user)
+    if event.project_id is None:
+        allowed = sees_account_events(request.user)
+    else:
+        allowed = event.project_id in audit_project_ids(request.user)
     if not allowed and event.flag_id is not None:
         # A flag's History tab shows its rows to anyone who may view the flag.
         project = Project.objects.filter(pk=event.project_id).first()
@@ -171,7 +192,8 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
     scope = audit_project_ids(request.user, "export_audit")
     if not scope:
         return denied(request, "Exports of the audit trail are open to auditors and project admins.")
-    filters = _filters(request, scope)
+    # Account-level rows go into the export for whoever sees them in the explorer.
+    filters = _filters(request, scope, account_events=sees_account_events(request.user))
     described = {k: v for k, v in request.GET.items() if k != "before" and v}
     with transaction.atomic():
         # The export is itself recorded; it covers the trail as it stood just before.

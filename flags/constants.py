@@ -65,6 +65,9 @@ PROJECT_PERMISSIONS = (
     ("flip_killswitch", "Flip kill switches and incident mode (move traffic to fallbacks)"),
     ("view_audit", "Read the whole audit trail"),
     ("export_audit", "Export the audit trail"),
+    # Held on any one project, it opens the rows that belong to no project: sign-ins, failed
+    # and throttled sign-ins, sign-outs, account and group changes in the admin, exports.
+    ("view_account_audit", "Read account-level audit events (sign-ins, accounts, exports)"),
     ("manage_members", "Add members, grant and revoke roles"),
     ("manage_environments", "Create and change environments"),
     ("manage_sdk_keys", "Create and revoke SDK keys"),
@@ -77,9 +80,10 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.EDITOR: frozenset({"view_project", "edit_catalog", "propose_change"}),
     Role.APPROVER: frozenset({"view_project", "approve_change"}),
     Role.OPERATOR: frozenset({"view_project", "flip_killswitch"}),
-    Role.AUDITOR: frozenset({"view_project", "view_audit", "export_audit"}),
-    Role.ADMIN: frozenset({"view_project", "manage_members", "manage_environments", "manage_sdk_keys",
-                           "manage_approval_policy"}),
+    Role.AUDITOR: frozenset({"view_project", "view_audit", "export_audit", "view_account_audit"}),
+    # Admins read and export their projects' trail; account-level events stay the auditors'.
+    Role.ADMIN: frozenset({"view_project", "view_audit", "export_audit", "manage_members", "manage_environments",
+                           "manage_sdk_keys", "manage_approval_policy"}),
 }
 
 # A flag's owner may edit that flag even without the editor role (flags.Flag Meta.permissions).

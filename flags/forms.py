@@ -12,11 +12,23 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
+from audit.validators import TextLimitValidator
 from flags.constants import KEY_HELP, BehaviorSurface, Lifetime, Role, ValueType
 from flags.evaluation.targeting_schema import SPLIT_TOTAL
 from flags.models import Flag, Project, Targeting, Variation, key_validator
 
 MAX_JSON_CHARS = 200_000
+
+
+class LimitedTextField(forms.CharField):
+    """Free text under its audit.constants.TEXT_LIMITS entry: a longer text is refused beside
+    the field, with the count, in the services' words. No HTML maxlength: a browser cuts pasted
+    text at it without a word, the silent truncation the limit is there to prevent."""
+
+    def __init__(self, *, limit: str, rows: int = 2, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": rows}))
+        super().__init__(**kwargs)
+        self.validators.append(TextLimitValidator(limit))
 
 
 def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
@@ -102,16 +114,16 @@ class FlagContractForm(forms.Form):
     """The contract fields shared by create and edit."""
 
     name = forms.CharField(max_length=200)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    description = LimitedTextField(limit="description", required=False)
     behavior_surface = forms.ChoiceField(choices=BehaviorSurface.choices)
     lifetime = forms.ChoiceField(choices=Lifetime.choices)
     owner_user = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False, label="Owner (person)")
     owner_team = forms.CharField(max_length=100, required=False, label="Owner (team)")
     review_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    cleanup_rule = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    cleanup_rule = LimitedTextField(limit="cleanup_rule", required=False)
     primary_metric = forms.CharField(max_length=100, required=False)
     guardrail_metrics = forms.CharField(required=False, help_text="Comma-separated metric keys.")
-    rollback_action = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    rollback_action = LimitedTextField(limit="rollback_action", required=False)
     first_audience = forms.CharField(max_length=200, required=False)
     tags = forms.CharField(required=False, help_text="Comma-separated.")
     json_schema = forms.CharField(
@@ -227,7 +239,7 @@ class VariationForm(forms.Form):
     key = KeyField()
     name = forms.CharField(max_length=200, required=False)
     value = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}), strip=False)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    description = LimitedTextField(limit="description", required=False)
     risk_rank = forms.IntegerField(min_value=0, max_value=1000, initial=0, help_text="0 is the safest.")
 
     def __init__(self, *args: Any, flag: Flag, variation: Variation | None = None, **kwargs: Any) -> None:
@@ -362,7 +374,7 @@ class TargetingForm(forms.Form):
 class SegmentForm(forms.Form):
     key = KeyField()
     name = forms.CharField(max_length=200)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    description = LimitedTextField(limit="description", required=False)
     included_keys = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                                     help_text="Keys always in the segment, one per line or comma-separated.")
     excluded_keys = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
@@ -373,8 +385,7 @@ class SegmentForm(forms.Form):
 
     # Edits only. Not required here: whether an edit needs a reason (it does when it waits for
     # approval) is the change-control service's decision, which names this field when it refuses.
-    reason = forms.CharField(max_length=2000, required=False,
-                             widget=forms.Textarea(attrs={"rows": 2, "maxlength": 2000}))
+    reason = LimitedTextField(limit="reason", required=False)
     version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:

@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from audit.validators import TextLimitValidator
 from flags.constants import (
     FLAG_OWNER_PERMISSION,
     KEY_ERROR,
@@ -55,7 +56,7 @@ def validate_time_zone(value: str) -> None:
 class Project(models.Model):
     key = _key_field(unique=True)
     name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[TextLimitValidator("description")])
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone],
                                  help_text="Review dates and reminder days are dates in this time zone.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -142,7 +143,7 @@ class Flag(models.Model):
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="flags")
     key = _key_field()
     name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[TextLimitValidator("description")])
     behavior_surface = models.CharField(max_length=32, choices=BehaviorSurface.choices)
     value_type = models.CharField(max_length=16, choices=ValueType.choices)
     json_schema = models.JSONField(null=True, blank=True)
@@ -160,10 +161,10 @@ class Flag(models.Model):
     owner_team = models.CharField(max_length=100, blank=True)
     lifetime = models.CharField(max_length=32, choices=Lifetime.choices)
     review_date = models.DateField(null=True, blank=True)
-    cleanup_rule = models.TextField(blank=True)
+    cleanup_rule = models.TextField(blank=True, validators=[TextLimitValidator("cleanup_rule")])
     primary_metric = models.CharField(max_length=100, blank=True)
     guardrail_metrics = models.JSONField(default=list, blank=True)
-    rollback_action = models.TextField(blank=True)
+    rollback_action = models.TextField(blank=True, validators=[TextLimitValidator("rollback_action")])
     first_audience = models.CharField(max_length=200, blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="flags")
     stage = models.CharField(max_length=16, choices=LifecycleStage.choices, default=LifecycleStage.DRAFT)
@@ -232,7 +233,7 @@ class Variation(models.Model):
     key = _key_field()
     name = models.CharField(max_length=200, blank=True)
     value = models.JSONField(help_text="Typed by the flag's value type.")
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[TextLimitValidator("description")])
     risk_rank = models.PositiveSmallIntegerField(default=0, help_text="0 is the safest.")
     sort_order = models.PositiveSmallIntegerField(default=0)
 
@@ -253,7 +254,7 @@ class Segment(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="segments")
     key = _key_field()
     name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[TextLimitValidator("description")])
     included_keys = models.JSONField(default=list, blank=True)
     excluded_keys = models.JSONField(default=list, blank=True)
     rules = models.JSONField(default=list, blank=True)

@@ -90,8 +90,19 @@ def can_manage_sdk_keys(user: User, project: Project) -> bool:
 
 
 def audit_project_ids(user: User, codename: str = "view_audit") -> frozenset[int]:
-    """Projects whose whole audit trail the user may browse (view_audit) or export (export_audit)."""
+    """Projects whose whole audit trail the user may browse (view_audit) or export (export_audit):
+    auditors' and project admins'."""
     return frozenset(projects_with(user, codename).values_list("pk", flat=True))
+
+
+def sees_account_events(user: User) -> bool:
+    """Whether the user may read the audit rows that belong to no project: sign-ins (failed and
+    throttled ones too), sign-outs, account and group changes in the admin, exports of the whole
+    trail. They concern the whole console, so view_account_audit on any one project opens them
+    (the auditor role holds it; project admins do not). Superusers read them in the admin."""
+    if not user.is_authenticated:
+        return False
+    return ProjectUserObjectPermission.objects.filter(user=user, permission__codename="view_account_audit").exists()
 
 
 def role_labels(user: User, project: Project) -> list[str]:

@@ -108,7 +108,7 @@ def member_revoke(request: HttpRequest, project_key: str) -> HttpResponse:
                                    and len(user_id) <= 18 else -1, role=role)
     try:
         services.membership_revoke(project=project, user=membership.user, role=Role(role), actor=request.user,
-                                   reason=request.POST.get("reason", "")[:500])
+                                   reason=request.POST.get("reason", ""))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -144,6 +144,11 @@ def sdk_key_revoke(request: HttpRequest, project_key: str, key_id: int) -> HttpR
     if not can_manage_sdk_keys(request.user, project):
         return denied(request, "SDK keys are managed by the project's admins.")
     sdk_key = get_object_or_404(SdkKey, pk=key_id, environment__project=project)
-    services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user, reason=request.POST.get("reason", "")[:500])
-    messages.success(request, f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a second.")
+    try:
+        services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user, reason=request.POST.get("reason", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a "
+                                  "second.")
     return redirect("flags:sdk_keys", project_key=project.key)

@@ -95,9 +95,13 @@ def webhook_delete(request: HttpRequest, project_key: str, webhook_id: int) -> H
         return denied(request, DENIED)
     webhook = _webhook_for(project, webhook_id)
     label = str(webhook)
-    webhook_services.webhook_delete(webhook=webhook, actor=request.user, project_label=str(project),
-                                    reason=request.POST.get("reason", "")[:500])
-    messages.success(request, f"Deleted webhook “{label}” and its delivery log.")
+    try:
+        webhook_services.webhook_delete(webhook=webhook, actor=request.user, project_label=str(project),
+                                        reason=request.POST.get("reason", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Deleted webhook “{label}” and its delivery log.")
     return redirect("flags:webhooks", project_key=project.key)
 
 

@@ -9,34 +9,38 @@ from django import forms
 from django.utils import timezone
 
 from flags.constants import BehaviorSurface
-from flags.forms import FlagEditForm, TargetingForm, VariationForm
+from flags.forms import FlagEditForm, LimitedTextField, TargetingForm, VariationForm
 from flags.models import Environment
 from rollouts.contracts.document import MAX_IMPORT_CHARS
-
-REASON_WIDGET = forms.Textarea(attrs={"rows": 2, "maxlength": 2000})
 
 
 class ProposeForm(TargetingForm):
     """The targeting form, plus the reason that travels with the change request."""
 
-    reason = forms.CharField(
-        max_length=2000, widget=REASON_WIDGET,
-        help_text="Why this change, and why now. Approvers read it; the audit trail keeps it.",
+    reason = LimitedTextField(
+        limit="reason", help_text="Why this change, and why now. Approvers read it; the audit trail keeps it.",
     )
 
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET,
-                             help_text="Required: it goes to the audit trail, the owner and the approvers.")
+    reason = LimitedTextField(limit="reason",
+                              help_text="Required: it goes to the audit trail, the owner and the approvers.")
+
+
+class PlanReasonForm(forms.Form):
+    """A rollout plan's decision: its reason also opens the stage's change request, after the
+    plan's own words, hence its smaller limit."""
+
+    reason = LimitedTextField(limit="plan_reason",
+                              help_text="Required: it goes to the plan's decision log and the audit trail.")
 
 
 class DecisionForm(forms.Form):
-    comment = forms.CharField(max_length=5000, required=False, widget=forms.Textarea(attrs={"rows": 2}),
-                              label="Comment (optional)")
+    comment = LimitedTextField(limit="comment", required=False, label="Comment (optional)")
 
 
 class CommentForm(forms.Form):
-    body = forms.CharField(max_length=5000, widget=forms.Textarea(attrs={"rows": 3}), label="Comment")
+    body = LimitedTextField(limit="comment", rows=3, label="Comment")
 
 
 class ScheduleForm(forms.Form):
@@ -56,8 +60,7 @@ class ScheduleForm(forms.Form):
 
 
 class AcknowledgeForm(forms.Form):
-    note = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
-                           label="What was found, what happens next")
+    note = LimitedTextField(limit="note", label="What was found, what happens next")
 
 
 class IncidentForm(forms.Form):
@@ -67,7 +70,7 @@ class IncidentForm(forms.Form):
         choices=BehaviorSurface.choices, required=False, widget=forms.CheckboxSelectMultiple,
         label="Behavior surfaces", help_text="Leave all unticked to send every flag of the environment to its fallback.",
     )
-    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET)
+    reason = LimitedTextField(limit="reason")
 
     def __init__(self, *args: Any, project: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,13 +87,13 @@ class GovernedVariationForm(VariationForm):
     """A variation edit for a flag served in a governed environment: a reason travels with a
     new value, which waits for approval."""
 
-    reason = forms.CharField(max_length=2000, required=False, widget=REASON_WIDGET,
-                             help_text="Needed when the value changes: approvers read it.")
+    reason = LimitedTextField(limit="reason", required=False,
+                              help_text="Needed when the value changes: approvers read it.")
 
 
 class GovernedFlagEditForm(FlagEditForm):
-    reason = forms.CharField(max_length=2000, required=False, widget=REASON_WIDGET,
-                             help_text="Needed when the fallback or the JSON Schema changes: approvers read it.")
+    reason = LimitedTextField(limit="reason", required=False,
+                              help_text="Needed when the fallback or the JSON Schema changes: approvers read it.")
 
 
 class ContractImportForm(forms.Form):
@@ -102,8 +105,8 @@ class ContractImportForm(forms.Form):
                            help_text="One ai_featureops_contract, or a YAML list of them, as the export writes.")
     upload = forms.FileField(required=False, label="Or upload a file",
                              help_text="A .yaml file; it replaces what is pasted above.")
-    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET,
-                             help_text="Why: it stays with every change in the audit trail and goes to approvers.")
+    reason = LimitedTextField(limit="reason",
+                              help_text="Why: it stays with every change in the audit trail and goes to approvers.")
     fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def clean(self) -> dict[str, Any]:
@@ -139,8 +142,8 @@ class PlanForm(forms.Form):
                                   choices=(("pause", "Pause the plan (traffic stays as it is)"),
                                            ("rollback", "Roll back: everyone to the baseline at once")),
                                   initial="pause")
-    reason = forms.CharField(max_length=2000, widget=REASON_WIDGET,
-                             help_text="Why this rollout: the decision log and the audit trail keep it.")
+    reason = LimitedTextField(limit="plan_reason",
+                              help_text="Why this rollout: the decision log and the audit trail keep it.")
 
     def __init__(self, *args: Any, environments: list[Environment], variations: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

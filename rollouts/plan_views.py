@@ -24,7 +24,7 @@ from flags.models import Flag, Project
 from flags.permissions import has_project_permission
 from flags.views import denied, project_for
 from rollouts import plan_pages, plans, services
-from rollouts.forms import GuardrailFormSet, PlanForm, ReasonForm, StageFormSet
+from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
 from rollouts.views import _with_messages
 from telemetry.models import Metric
@@ -75,9 +75,9 @@ def _plannable(user: Any, project: Project) -> list[Flag]:
     return [flag for flag in flags.filter(owner_user=user) if services.may_propose(user, flag)]
 
 
-def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: ReasonForm | None = None,
+def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: PlanReasonForm | None = None,
                   **extra: Any) -> dict[str, Any]:
-    return {"project": project, **plan_pages.plan_page(plan, request.user), "form": form or ReasonForm(), **extra}
+    return {"project": project, **plan_pages.plan_page(plan, request.user), "form": form or PlanReasonForm(), **extra}
 
 
 @login_required
@@ -99,7 +99,7 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
     if not plans.may_act(request.user, plan, action):
         return denied(request, f"{Action(action).label}: {plans.PERMISSION_REFUSALS[plans._permission_kind(action)]} "
                                "in this project.")
-    form = ReasonForm(request.POST)
+    form = PlanReasonForm(request.POST)
     problem = ""
     if form.is_valid():
         service, done = ACTIONS[action]
@@ -112,7 +112,7 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
             if not request.htmx:
                 return redirect("rollouts:plan_detail", project_key=project.key, pk=plan.pk)
             plan = _plan_for(project, plan.pk)
-            form = ReasonForm()
+            form = PlanReasonForm()
     status = 422 if problem or form.errors else 200
     if not request.htmx:
         if problem:

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, SystemActor, record
+from audit.validators import check_text_limit
 from flags.models import Environment, Flag, Segment, Targeting
 from flags.permissions import has_project_permission, holders_of
 from flags.snapshots import targeting_state
@@ -174,6 +175,8 @@ def plans_evidence(plan_list: list[RolloutPlan], *, stages_by_plan: dict[int, li
 def _require_reason(reason: str) -> str:
     if not reason or not reason.strip():
         raise ValidationError({"reason": "Say why: the reason stays with the decision in the plan's log."})
+    # Shorter than other reasons: a stage's change request carries it after the plan's context.
+    check_text_limit("reason", reason.strip(), limit="plan_reason")
     return reason.strip()
 
 
@@ -236,6 +239,7 @@ def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidat
     """A draft plan, validated as a whole: baseline ≠ candidate, both variations of the flag,
     segments of the project, exposure that only grows from stage to stage. The candidate's
     risk rank is not judged here: the approval policy judges each stage's change."""
+    check_text_limit("reason", reason, limit="plan_reason")
     if not services.may_propose(actor, flag):
         raise ValidationError("Planning a rollout needs the flag owner or editor role.")
     if environment.project_id != flag.project_id:

@@ -22,6 +22,7 @@ from audit.chain import canonical_json
 from audit.constants import AuditAction
 from audit.diff import diff as audit_diff
 from audit.services import Actor, SystemActor, record
+from audit.validators import check_text_limit
 from flags import services as flag_services
 from flags.constants import BehaviorSurface
 from flags.models import Environment, Flag, Project, Segment, Targeting
@@ -153,6 +154,7 @@ def _user(actor: Actor) -> AbstractBaseUser | None:
 def _require_reason(reason: str) -> str:
     if not reason or not reason.strip():
         raise ValidationError({"reason": "Say why: the reason stays with the change in the audit trail."})
+    check_text_limit("reason", reason)
     return reason.strip()
 
 
@@ -165,6 +167,7 @@ def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], re
     `expected_version` refuses a proposal made against a state that has since moved.
     `force_request` opens a change request whatever the policy says (a rollout stage that
     needs approval, in any environment)."""
+    check_text_limit("reason", reason)  # also where no reason is required
     targeting = Targeting.objects.select_related("flag__fallback_variation", "environment__project").get(pk=targeting.pk)
     if expected_version is not None and targeting.version != expected_version:
         raise flag_services.ConflictError(
@@ -415,10 +418,15 @@ def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
     if change_schema and json_schema != flag.json_schema:
         proposed["json_schema"] = json_schema
     if risk_ranks:
+        for key, rank in risk_ranks.items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= 32767:
+                raise ValidationError({"risk_rank": f"The risk rank of {key} must be a whole number from 0 (safest)."})
         current = dict(flag.variations.values_list("key", "risk_rank"))
-        lowered = {key: rank for key, rank in risk_ranks.items() if key in current and rank < current[key]}
-        if lowered:
-            proposed["risk_ranks"] = lowered
+        # Every rank the edit changes travels with a request if one is opened, so what is
+        # approved (the served state, ranks included) is what applying produces.
+        changed = {key: rank for key, rank in risk_ranks.items() if key in current and rank != current[key]}
+        if changed:
+            proposed["risk_ranks"] = changed
     served = flag_services.governed_served_variations(flag)
     if not proposed or not served:
         return None
@@ -426,19 +434,29 @@ def flag_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str = "",
     classification = _classify_flag(flag, proposed, served)
     if not classification.raises_risk:
         return None
+    # Sized by what each governed environment would serve: a new fallback riskier than
+    # anything served there is a risk escalation, like any other.
+    overrides = _flag_overrides(flag, proposed)
+    now = served_states(project_id=flag.project_id, flag_ids=[flag.pk])
+    results = served_states(project_id=flag.project_id, flag_ids=[flag.pk], overrides=overrides)
+    escalations = [PolicyReason(r.code, f"{was.environment_name}: {r.text}", escalation=True)
+                   for key, was in now.items()
+                   for r in classify_served_change(before=was.state, after=results[key].state).reasons
+                   if r.escalation]
+    reasons = (*classification.reasons, *escalations)
+    escalation = any(r.escalation for r in reasons)
     policy = _governed_policy(flag.project)
-    required = policy.approvals_for_escalation if classification.escalation else policy.approvals_otherwise
+    required = policy.approvals_for_escalation if escalation else policy.approvals_otherwise
     reason = _require_reason(reason)
     base_state = _flag_state(flag, proposed)
     change_request = ChangeRequest(
         project=flag.project, flag=flag, kind=ChangeRequest.Kind.FLAG, environment=None,
         base_version=flag.version, base_state=base_state, proposed=proposed,
-        reasons=[asdict(r) for r in classification.reasons],
-        escalation=classification.escalation, required_approvals=required, requester=actor,
+        reasons=[asdict(r) for r in reasons],
+        escalation=escalation, required_approvals=required, requester=actor,
         requester_label=actor.get_username(), reason=reason,
     )
-    _bind(change_request, served_states(project_id=flag.project_id, flag_ids=[flag.pk],
-                                        overrides=_flag_overrides(flag, proposed)))
+    _bind(change_request, results)
     return _opened(change_request, actor, f"Requested a flag-wide change to {flag.key}")
 
 
@@ -447,6 +465,7 @@ def variation_change_submit(*, variation: Any, actor: AbstractBaseUser, reason: 
                             **changes: Any) -> tuple[Any, ChangeRequest | None]:
     """A variation edit. A new value for a variation served in a governed environment waits
     in a change request; the name, description and risk rank save at once."""
+    check_text_limit("reason", reason)
     flag = variation.flag
     values = {variation.key: changes["value"]} if "value" in changes and changes["value"] != variation.value else None
     ranks = {variation.key: changes["risk_rank"]} if "risk_rank" in changes else None
@@ -467,6 +486,7 @@ def contract_change_submit(*, flag: Flag, actor: AbstractBaseUser, reason: str =
                            **changes: Any) -> tuple[Flag, ChangeRequest | None]:
     """A contract edit. A new fallback or JSON Schema for a flag served in a governed
     environment waits in a change request; the rest of the contract saves at once."""
+    check_text_limit("reason", reason)
     current = Flag.objects.get(pk=flag.pk)
     if expected_version is not None and current.version != expected_version:
         raise flag_services.ConflictError("Someone changed this flag since you opened it. Reload and try again.")
@@ -494,6 +514,7 @@ def segment_change_submit(*, segment: Segment, changes: dict[str, Any], actor: A
     on risk (a widened audience, people falling through to something riskier), it saves at
     once; otherwise the whole edit waits in one change request, bound to what each of those
     environments would serve."""
+    check_text_limit("reason", reason)
     segment = Segment.objects.select_related("project").get(pk=segment.pk)
     project = segment.project
     if not can_edit_catalog(actor, project):
@@ -693,6 +714,7 @@ def valid_approvals(change_request: ChangeRequest) -> int:
 
 @transaction.atomic
 def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBaseUser, comment: str = "") -> ChangeRequest:
+    check_text_limit("comment", comment)
     change_request = _locked(change_request)
     if change_request.status not in (Status.PENDING, Status.APPROVED):
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be approved.")
@@ -724,6 +746,7 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
 @transaction.atomic
 def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseUser, comment: str = "") -> ChangeRequest:
     """Any rejection closes the request."""
+    check_text_limit("comment", comment)
     change_request = _locked(change_request)
     if change_request.status not in ChangeRequest.OPEN:
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be rejected.")
@@ -829,6 +852,7 @@ def change_request_schedule(*, change_request: ChangeRequest, when: datetime.dat
 
 @transaction.atomic
 def change_request_cancel(*, change_request: ChangeRequest, actor: AbstractBaseUser, reason: str = "") -> ChangeRequest:
+    check_text_limit("reason", reason)
     change_request = _locked(change_request)
     if change_request.requester_id != actor.pk:
         raise ValidationError("Only the requester can cancel a request.")
@@ -924,8 +948,7 @@ def change_request_comment(*, change_request: ChangeRequest, body: str, actor: A
     body = (body or "").strip()
     if not body:
         raise ValidationError({"body": "Write a comment first."})
-    if len(body) > 5000:
-        raise ValidationError({"body": "Keep comments under 5,000 characters."})
+    check_text_limit("body", body, limit="comment")
     comment = ChangeRequestComment.objects.create(change_request=change_request, author=actor,
                                                   author_label=actor.get_username(), body=body)
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_COMMENTED, target=change_request, project=project,
@@ -1116,6 +1139,7 @@ def follow_up_acknowledge(*, follow_up: FollowUp, note: str, actor: AbstractBase
     note = (note or "").strip()
     if not note:
         raise ValidationError({"note": "Say what was found and what happens next."})
+    check_text_limit("note", note)
     follow_up.acknowledged_at = timezone.now()
     follow_up.acknowledged_by = actor
     follow_up.note = note

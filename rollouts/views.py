@@ -418,7 +418,8 @@ def incident_lift(request: HttpRequest, project_key: str, pk: int) -> HttpRespon
         return denied(request, "Lifting incident mode is for operators of this project.")
     form = ReasonForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Say why incident mode can be lifted: the reason stays in the audit trail.")
+        messages.error(request, " ".join(form.errors["reason"]) if request.POST.get("reason", "").strip()
+                       else "Say why incident mode can be lifted: the reason stays in the audit trail.")
     else:
         try:
             incident = services.incident_lift(incident=incident, reason=form.cleaned_data["reason"],

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
+from audit.validators import check_text_limit
 from flags.models import Project
 from telemetry import histogram
 from telemetry.constants import AGGREGATION_BUDGET_SECONDS, AGGREGATION_CHUNK, CURSOR_NAME, EventKind, MetricKind
@@ -45,6 +46,7 @@ def _metric_state(metric: Metric) -> dict[str, Any]:
 @transaction.atomic
 def metric_create(*, project: Project, key: str, name: str, kind: str, higher_is_better: bool, unit: str = "",
                   description: str = "", actor: Actor) -> Metric:
+    check_text_limit("description", description)
     if Metric.objects.filter(project=project, key=key).exists():
         raise ValidationError({"key": f"A metric with key “{key}” already exists in this project."})
     metric = Metric(project=project, key=key, name=name, kind=kind, higher_is_better=higher_is_better, unit=unit,
@@ -66,6 +68,7 @@ def metric_update(*, metric: Metric, actor: Actor, **changes: Any) -> Metric:
     unknown = set(changes) - set(METRIC_FIELDS)
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    check_text_limit("description", changes.get("description"))
     metric = Metric.objects.select_for_update().select_related("project").get(pk=metric.pk)
     before = _metric_state(metric)
     for name, value in changes.items():

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, AuditTarget, actor_label, record
+from audit.validators import check_text_limit
 from webhooks import egress
 from webhooks.constants import SECRET_BYTES, TEST_EVENT, DeliveryStatus
 from webhooks.models import Webhook, WebhookDelivery, redacted_url
@@ -107,6 +108,7 @@ def webhook_update(*, webhook: Webhook, actor: Actor, project_label: str = "", r
     unknown = set(changes) - WEBHOOK_EDITABLE_FIELDS
     if unknown:
         raise ValidationError({name: "Unknown webhook field." for name in sorted(unknown)})
+    check_text_limit("reason", reason)
     webhook = Webhook.objects.select_for_update().get(pk=webhook.pk)
     before = _state(webhook)
     raw_before = {name: getattr(webhook, name) for name in changes}
@@ -132,6 +134,7 @@ def webhook_update(*, webhook: Webhook, actor: Actor, project_label: str = "", r
 @transaction.atomic
 def webhook_delete(*, webhook: Webhook, actor: Actor, project_label: str = "", reason: str = "") -> None:
     """Delete a webhook with its delivery log."""
+    check_text_limit("reason", reason)
     webhook = Webhook.objects.select_for_update().get(pk=webhook.pk)
     label_target = AuditTarget("webhooks.webhook", webhook.pk, str(webhook))
     before = _state(webhook)

@@ -13,6 +13,7 @@ from django.db.models import F
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
+from audit.validators import check_text_limit
 from flags.constants import LifecycleStage, ValueType
 from flags.evaluation.targeting_schema import (
     served_variations,
@@ -90,6 +91,7 @@ def environment_govern(*, environment: Environment, actor: Actor, reason: str = 
     """Put an environment under change control: from now on what it serves changes only as
     the approval policy allows. One way only: nothing here takes governance away, since that
     would let any change through."""
+    check_text_limit("reason", reason)
     environment = Environment.objects.select_for_update().select_related("project").get(pk=environment.pk)
     if environment.is_governed:
         return environment

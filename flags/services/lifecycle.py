@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, SystemActor, record
+from audit.validators import check_text_limit
 from flags.constants import LifecycleStage
 from flags.models import (
     Flag,
@@ -126,6 +127,7 @@ def flag_archive(*, flag: Flag, actor: Actor, reason: str) -> Flag:
         raise ValidationError(problem)
     if not reason or not reason.strip():
         raise ValidationError({"reason": "Say why: the reason stays with the flag in the audit trail."})
+    check_text_limit("reason", reason.strip())
     now = timezone.now()
     before = {"stage": flag.stage}
     flag.stage = LifecycleStage.ARCHIVED
@@ -148,6 +150,7 @@ def flag_restore(*, flag: Flag, actor: Actor, reason: str) -> Flag:
         raise ValidationError("Only an archived flag can be restored.")
     if not reason or not reason.strip():
         raise ValidationError({"reason": "Say why: the reason stays with the flag in the audit trail."})
+    check_text_limit("reason", reason.strip())
     now = timezone.now()
     if flag.retired_at is not None:
         # Retired means applications stopped getting it: coming back on in a governed

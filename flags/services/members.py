@@ -8,6 +8,7 @@ from django.db import transaction
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
+from audit.validators import check_text_limit
 from flags.constants import FLAG_OWNER_PERMISSION, ROLE_PERMISSIONS, Role
 from flags.models import Flag, FlagUserObjectPermission, Membership, Project, ProjectUserObjectPermission
 
@@ -45,6 +46,7 @@ def membership_grant(*, project: Project, user: AbstractBaseUser, role: Role, ac
 @transaction.atomic
 def membership_revoke(*, project: Project, user: AbstractBaseUser, role: Role, actor: Actor, reason: str = "") -> None:
     role = Role(role)
+    check_text_limit("reason", reason)
     # Lock the project's admin rows so two admins cannot remove each other at once.
     admins = list(Membership.objects.select_for_update().filter(project=project, role=Role.ADMIN))
     membership = Membership.objects.select_for_update().filter(project=project, user=user, role=role).first()

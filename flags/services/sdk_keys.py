@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, record
+from audit.validators import check_text_limit
 from flags.models import (
     Environment,
     SdkKey,
@@ -45,6 +46,7 @@ def sdk_key_create(*, environment: Environment, name: str, actor: Actor) -> tupl
 
 @transaction.atomic
 def sdk_key_revoke(*, sdk_key: SdkKey, actor: Actor, reason: str = "") -> SdkKey:
+    check_text_limit("reason", reason)
     sdk_key = SdkKey.objects.select_for_update(of=("self",)).select_related("environment__project").get(pk=sdk_key.pk)
     if sdk_key.revoked_at:
         return sdk_key

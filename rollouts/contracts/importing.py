@@ -16,9 +16,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 
-from audit.constants import AuditAction
+from audit.constants import TEXT_LIMITS, AuditAction
 from audit.diff import diff as json_diff
 from audit.services import record
+from audit.validators import text_limit_message
 from flags import services as flag_services
 from flags.models import Flag, Project, Targeting
 from flags.permissions import can_edit_catalog, has_project_permission
@@ -382,6 +383,8 @@ def import_contracts(*, project: Project, text: str, actor: AbstractBaseUser, re
     if not reason:
         result.file_problems.append(ContractProblem("", "reason", "Say why: the reason stays with every change "
                                                                   "in the audit trail."))
+    elif len(reason) > TEXT_LIMITS["reason"]:
+        result.file_problems.append(ContractProblem("", "reason", text_limit_message("reason", len(reason))))
     if not actor.is_active:
         result.file_problems.append(ContractProblem("", "actor", f"{actor.get_username()} is not an active user."))
     contracts, problems = parse_contracts(text)

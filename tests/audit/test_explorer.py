@@ -9,6 +9,7 @@ import json
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 
 from audit.constants import AuditAction
@@ -47,7 +48,9 @@ def test_explorer__auditor__sees_project_history_newest_first(client, demo) -> N
     response = client.get("/audit/")
     assert response.status_code == 200
     ids = [e.pk for e in response.context["page"].events]
-    assert ids == sorted(ids, reverse=True) and len(ids) == min(50, AuditEvent.objects.filter(project_id=demo.pk).count())
+    # their project's rows and the account-level ones (their own sign-in, for a start)
+    visible = AuditEvent.objects.filter(Q(project_id=demo.pk) | Q(project_id__isnull=True))
+    assert ids == sorted(ids, reverse=True) and len(ids) == min(50, visible.count())
 
 
 def test_explorer__flag_editor_without_audit_role__403_and_export_403(client, demo) -> None:
@@ -212,3 +215,150 @@ def test_logins__success_and_failure__recorded(client, demo) -> None:
     assert failed.actor_id is None and failed.actor_label == "auditor (not signed in)"
     ok = AuditEvent.objects.get(action=AuditAction.LOGIN_SUCCEEDED)
     assert ok.actor_label.endswith("(auditor)") and ok.request_ip == "127.0.0.1"
+
+
+# --- account-level events: rows with no project (sign-ins, accounts, whole-trail exports) ----------
+
+
+def _all_pages(client, url: str) -> list[AuditEvent]:
+    """Every row the explorer shows for `url`, following its keyset pages."""
+    events: list[AuditEvent] = []
+    separator = "&" if "?" in url else "?"
+    page = client.get(url).context["page"]
+    events += page.events
+    while page.next_before:
+        page = client.get(f"{url}{separator}before={page.next_before}").context["page"]
+        events += page.events
+    return events
+
+
+def _csv(response) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+def test_explorer__auditor_filters_by_failed_sign_in__sees_the_row(client, demo) -> None:
+    # Given a failed sign-in: a row that belongs to no project
+    client.post("/login/", {"username": "operator", "password": "wrong"})
+    failed = AuditEvent.objects.get(action=AuditAction.LOGIN_FAILED)
+    assert failed.project_id is None
+    # When an auditor filters the explorer by its action
+    _login(client, "auditor")
+    response = client.get("/audit/?action=auth.login_failed")
+    # Then the row is there, and so is its detail
+    assert [e.pk for e in response.context["page"].events] == [failed.pk]
+    assert "Failed sign-in as “operator”" in response.content.decode()
+    assert client.get(f"/audit/events/{failed.pk}/").status_code == 200
+
+
+def test_explorer__auditor_chooses_account_events__sign_ins_and_throttles_only(client, demo, settings,
+                                                                              monkeypatch) -> None:
+    # Given a failed sign-in, then a throttled one (the clock stands still, so the delay holds)
+    from django.core.cache import cache
+
+    from audit import throttle
+
+    cache.clear()
+    monkeypatch.setattr(throttle, "_now", lambda: 1_800_000_000.0)
+    settings.LOGIN_FAILURES_PER_ACCOUNT = 1
+    client.post("/login/", {"username": "operator", "password": "wrong"})
+    client.post("/login/", {"username": "operator", "password": "featureops-demo"})
+    throttled = AuditEvent.objects.get(action=AuditAction.LOGIN_THROTTLED)
+    # When an auditor picks the "Account events" scope
+    _login(client, "auditor")
+    response = client.get("/audit/?project=account")
+    # Then the throttled sign-in is there, with the failed one and the auditor's own sign-in, and
+    # nothing that belongs to a project
+    events = _all_pages(client, "/audit/?project=account")
+    assert {e.action for e in events} == {"auth.login_failed", "auth.login_throttled", "auth.login"}
+    assert throttled.pk in [e.pk for e in events] and {e.project_id for e in events} == {None}
+    html = response.content.decode()
+    assert '<option value="account" selected>Account events' in html and "Account-level" in html
+    # and the action filter finds it in the whole trail too
+    assert [e.pk for e in client.get("/audit/?action=auth.login_throttled").context["page"].events] == [throttled.pk]
+
+
+def test_explorer__project_admin__200_with_their_projects_trail_and_no_account_events(client, demo) -> None:
+    # Given another project, and an account-level row
+    other = make_project("elsewhere")
+    make_string_flag(other)
+    client.post("/login/", {"username": "operator", "password": "wrong"})
+    failed = AuditEvent.objects.get(action=AuditAction.LOGIN_FAILED)
+    # When the project admin (a superuser too, in the demo) opens the audit page
+    _login(client, "admin")
+    response = client.get("/audit/")
+    # Then it opens, on their project's rows only
+    assert response.status_code == 200
+    events = _all_pages(client, "/audit/")
+    assert len(events) == AuditEvent.objects.filter(project_id=demo.pk).count()
+    assert {e.project_id for e in events} == {demo.pk}
+    assert 'value="account"' not in response.content.decode()
+    assert client.get("/audit/?project=account").context["page"].events == []
+    assert client.get(f"/audit/events/{failed.pk}/").status_code == 404
+    # and they export the same rows
+    rows = _csv(client.get("/audit/export.csv"))
+    assert {r["project_id"] for r in rows} == {str(demo.pk)}
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.EDITOR])
+def test_explorer__viewer_or_editor__403_and_no_account_event(client, demo, make_user, role) -> None:
+    client.post("/login/", {"username": "operator", "password": "wrong"})
+    failed = AuditEvent.objects.get(action=AuditAction.LOGIN_FAILED)
+    member = make_user(f"only_{role}")
+    grant(demo, member, role)
+    client.force_login(member)
+    assert client.get("/audit/?action=auth.login_failed").status_code == 403
+    assert client.get("/audit/?project=account").status_code == 403
+    assert client.get("/audit/export.csv?project=account").status_code == 403
+    assert client.get(f"/audit/events/{failed.pk}/").status_code == 404
+
+
+def test_explorer__auditor_sees_account_events__another_projects_rows_stay_hidden(client, demo) -> None:
+    other = make_project("elsewhere")
+    make_string_flag(other)
+    foreign = set(AuditEvent.objects.filter(project_id=other.pk).values_list("pk", flat=True))
+    _login(client, "auditor")
+    for url in ("/audit/", "/audit/?action=flag.created", f"/audit/?project={other.pk}", "/audit/?project=account"):
+        assert not foreign & {e.pk for e in _all_pages(client, url)}, url
+    rows = _csv(client.get("/audit/export.csv"))
+    assert {r["project_id"] for r in rows} == {str(demo.pk), ""}
+
+
+def test_explorer__account_events__keyset_pages_no_offset_no_query_per_row(client, demo) -> None:
+    # Given 120 failed sign-ins
+    from django.db import transaction
+
+    from audit.services import AnonymousActor, AuditTarget, record
+
+    with transaction.atomic():
+        for n in range(120):
+            record(actor=AnonymousActor(f"guess{n}"), action=AuditAction.LOGIN_FAILED,
+                   target=AuditTarget("auth.user", f"guess{n}", f"guess{n}"))
+    _login(client, "auditor")
+    # When an auditor pages through them
+    seen: list[int] = []
+    per_page: list[int] = []
+    url = "/audit/?project=account&action=auth.login_failed"
+    with CaptureQueriesContext(connection) as queries:
+        while url:
+            start = len(queries.captured_queries)
+            page = client.get(url).context["page"]
+            per_page.append(len(queries.captured_queries) - start)
+            seen += [e.pk for e in page.events]
+            url = (f"/audit/?project=account&action=auth.login_failed&before={page.next_before}"
+                   if page.next_before else "")
+    # Then every row comes once, newest first, by keyset; pages of 50 and of 20 cost the same
+    assert len(seen) == 120 == len(set(seen)) and seen == sorted(seen, reverse=True)
+    assert not any("OFFSET" in q["sql"].upper() for q in queries.captured_queries)
+    assert len(per_page) == 3 and len(set(per_page)) == 1
+
+
+def test_export__auditor_account_events__csv_holds_sign_ins_and_the_export_is_account_level(client, demo) -> None:
+    client.post("/login/", {"username": "operator", "password": "wrong"})
+    _login(client, "auditor")
+    rows = _csv(client.get("/audit/export.csv?project=account"))
+    assert {r["action"] for r in rows} == {"auth.login_failed", "auth.login"}
+    assert {r["project_id"] for r in rows} == {""}
+    export = AuditEvent.objects.get(action=AuditAction.AUDIT_EXPORTED)
+    assert export.project_id is None and export.after["filters"] == {"project": "account"}
+    # the next auditor sees that export among the account events
+    assert export.pk in [e.pk for e in client.get("/audit/?project=account").context["page"].events]

@@ -76,3 +76,39 @@ def test_audit_admin__offers_no_add_change_or_delete(admin_client) -> None:
     assert AuditEvent.objects.filter(pk=event.pk).exists()
     # Reading stays possible for support staff.
     assert admin_client.get("/admin/audit/auditevent/").status_code == 200
+
+
+def test_record__reason_longer_than_the_audit_keeps__raises_and_writes_nothing() -> None:
+    from django.core.exceptions import ValidationError
+
+    from audit.constants import TEXT_LIMITS
+
+    project = make_project()
+    rows = AuditEvent.objects.count()
+    limit = TEXT_LIMITS["audit_reason"]
+    # Refused, not cut
+    with pytest.raises(ValidationError) as refused, transaction.atomic():
+        record(actor=SystemActor("t"), action="flag.updated", target=project, project=project, reason="r" * (limit + 1))
+    assert refused.value.message_dict == {"reason": ["Keep the reason to 6,000 characters at most (this one has 6,001)."]}
+    assert AuditEvent.objects.count() == rows
+    # At the limit it is kept whole
+    with transaction.atomic():
+        event = record(actor=SystemActor("t"), action="flag.updated", target=project, project=project, reason="r" * limit)
+    assert AuditEvent.objects.get(pk=event.pk).reason == "r" * limit
+
+
+def test_record__code_built_summary_and_labels_too_long__shortened_with_a_visible_ellipsis() -> None:
+    from audit.constants import TEXT_LIMITS
+    from audit.services import AuditTarget
+    from audit.verify import verify_chain
+
+    project = make_project()
+    left = [f"flag_{n:04}" for n in range(300)]
+    with transaction.atomic():
+        event = record(actor=SystemActor("t"), action="incident.lifted", target=AuditTarget("x", "1", "L" * 400),
+                       project=project, after={"left": left}, summary="Left as they are: " + ", ".join(left))
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert len(stored.summary) == TEXT_LIMITS["summary"] and stored.summary.endswith("…")
+    assert stored.after == {"left": left}  # the full change is in before/after
+    assert stored.target_label == "L" * 299 + "…"
+    assert verify_chain().ok

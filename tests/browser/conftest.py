@@ -1,6 +1,8 @@
 """Browser fixtures: one Chromium per session (Debian's, driven by sync Playwright), a fresh
 context and page per test against pytest-django's live server, the demo catalog, and a
-screenshot in test-artifacts/<test name>.png when a test fails."""
+screenshot in test-artifacts/<test name>.png when a test fails. Every context records the
+Content-Security-Policy violations and refused htmx evals of its pages (`watch_csp`); a test
+that passes with one recorded fails at teardown."""
 
 from __future__ import annotations
 
@@ -28,6 +30,37 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 10_000
+
+# Runs in every document before the page's own scripts. Each report goes to Python through
+# the __cspReport binding (it survives navigations) and to window.__cspReports (so a test
+# can wait for one in the page).
+CSP_WATCH_SCRIPT = """
+(() => {
+  window.__cspReports = [];
+  const report = (detail) => {
+    const entry = {page: location.pathname, ...detail};
+    window.__cspReports.push(entry);
+    if (window.__cspReport) { window.__cspReport(entry); }
+  };
+  document.addEventListener("securitypolicyviolation", (event) => report({
+    kind: "csp-violation", directive: event.effectiveDirective, blocked: event.blockedURI,
+    source: `${event.sourceFile}:${event.lineNumber}`}), true);
+  document.addEventListener("htmx:evalDisallowedError", (event) => report({
+    kind: "htmx-eval-refused", element: String(event.target && event.target.outerHTML).slice(0, 200)}), true);
+})();
+"""
+
+
+def watch_csp(context: BrowserContext, reports: list[dict[str, Any]]) -> None:
+    """Append to `reports` each CSP violation (and each eval htmx refused) in any page of `context`."""
+    context.expose_binding("__cspReport", lambda _source, entry: reports.append(entry))
+    context.add_init_script(CSP_WATCH_SCRIPT)
+
+
+def fail_on_csp_reports(reports: list[dict[str, Any]]) -> None:
+    if reports:
+        pytest.fail("the Content-Security-Policy refused something in the page:\n"
+                    + "\n".join(str(entry) for entry in reports), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -75,9 +108,17 @@ def demo(transactional_db: None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def context(browser: Browser, live_server: Any, demo: dict[str, Any]) -> Iterator[BrowserContext]:
+def csp_violations() -> list[dict[str, Any]]:
+    """What the CSP refused in the test's pages (see watch_csp)."""
+    return []
+
+
+@pytest.fixture
+def context(browser: Browser, live_server: Any, demo: dict[str, Any],
+            csp_violations: list[dict[str, Any]]) -> Iterator[BrowserContext]:
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
+    watch_csp(context, csp_violations)
     try:
         yield context
     finally:
@@ -89,13 +130,16 @@ def _artifact_name(nodename: str) -> str:
 
 
 @pytest.fixture
-def page(context: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Page]:
+def page(context: BrowserContext, request: pytest.FixtureRequest,
+         csp_violations: list[dict[str, Any]]) -> Iterator[Page]:
     page = context.new_page()
     yield page
     failed = any(
         getattr(request.node, f"rep_{when}", None) is not None and getattr(request.node, f"rep_{when}").failed
         for when in ("setup", "call")
     )
+    if not failed and not page.is_closed():
+        page.wait_for_timeout(100)  # a violation is reported in a task of its own, just after
     if failed and not page.is_closed():
         artifacts = Path(request.config.rootpath) / "test-artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -104,6 +148,8 @@ def page(context: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Pa
         except Exception as exc:  # a failed screenshot must not hide the test failure
             request.node.add_report_section("teardown", "screenshot", f"could not save a screenshot: {exc}")
     page.close()
+    if not failed:
+        fail_on_csp_reports(csp_violations)
 
 
 @pytest.fixture

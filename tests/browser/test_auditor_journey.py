@@ -208,3 +208,49 @@ def test_audit_trail__flag_owner_without_auditor_role__no_nav_link_and_not_allow
     expect(page.get_by_role("heading", name="Not allowed", level=1)).to_be_visible()
     expect(page.get_by_role("alert")).to_have_text("The audit trail is open to auditors and project admins.")
     expect(audit_rows(page)).to_have_count(0)
+
+
+# --- account-level events: sign-ins belong to no project -----------------------------------
+
+
+def test_auditor_walk__picks_account_events_after_a_failed_sign_in__row_shown_admin_sees_only_their_project(
+    page: Page, login: Callable[[str], Page],
+) -> None:
+    # Given someone failed to sign in as the operator, through the login form
+    page.goto("/login/")
+    page.get_by_label("Username").fill("operator")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Please enter a correct username and password")).to_be_visible()
+    failed = AuditEvent.objects.get(action="auth.login_failed")
+
+    # When the auditor opens the audit trail and picks "Account events"
+    login("auditor")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit trail").click()
+    set_page_marker(page)
+    page.get_by_label("Project", exact=True).select_option(label="Account events (sign-ins, accounts, exports)")
+
+    # Then the table (swapped by htmx) holds the account-level rows only, the failed sign-in among them
+    expect(page).to_have_url(re.compile(r"[?&]project=account(&|$)"))
+    expect(audit_rows(page).filter(has_text="Failed sign-in as “operator”")).to_have_count(1)
+    assert failed.pk in row_ids(page)
+    expect(audit_rows(page).filter(has_text="Support assistant")).to_have_count(0)
+    assert_no_full_page_load(page)
+
+    # When they narrow it to the failed sign-ins by action
+    page.get_by_label("Action", exact=True).select_option(value="auth.login_failed")
+
+    # Then only that row is left
+    expect(audit_rows(page)).to_have_count(1)
+    assert row_ids(page) == [failed.pk]
+
+    # When the project admin signs in instead and opens the trail
+    page.context.clear_cookies()
+    login("admin")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit trail").click()
+
+    # Then it opens on their project's rows, without the account events
+    expect(page.get_by_role("heading", name="Audit trail", level=1)).to_be_visible()
+    expect(audit_rows(page).first).to_be_visible()
+    expect(page.get_by_label("Project", exact=True).locator("option[value=account]")).to_have_count(0)
+    expect(audit_rows(page).filter(has_text="Failed sign-in")).to_have_count(0)

@@ -39,6 +39,7 @@ from flags import services as flag_services
 from flags.models import Environment, Targeting
 from flags.snapshot_store import SnapshotStore, reset_store
 from rollouts.models import Approval, ChangeRequest, FollowUp
+from tests.browser.conftest import fail_on_csp_reports, watch_csp
 
 pytestmark = pytest.mark.browser
 
@@ -65,15 +66,17 @@ INTERNAL_ACCOUNT = {"targetingKey": "acct-internal-001", "accountId": "acct-inte
 
 
 @pytest.fixture
-def as_user(browser: Browser, live_server: Any, demo: dict[str, Any],
-            request: pytest.FixtureRequest) -> Iterator[Callable[[str], Page]]:
+def as_user(browser: Browser, live_server: Any, demo: dict[str, Any], request: pytest.FixtureRequest,
+            csp_violations: list[dict[str, Any]]) -> Iterator[Callable[[str], Page]]:
     """Open a fresh browser context for a demo user and log in through the login form; lands
-    on the project list. On failure each open page is saved to test-artifacts/<test>-<user>.png."""
+    on the project list. On failure each open page is saved to test-artifacts/<test>-<user>.png;
+    a passing test whose pages met a CSP refusal fails at teardown."""
     opened: list[tuple[str, BrowserContext, Page]] = []
 
     def open_as(username: str) -> Page:
         context = browser.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(TIMEOUT_MS)
+        watch_csp(context, csp_violations)
         page = context.new_page()
         opened.append((username, context, page))
         page.goto("/login/")
@@ -96,6 +99,8 @@ def as_user(browser: Browser, live_server: Any, demo: dict[str, Any],
             except Exception as exc:  # a failed screenshot must not hide the test failure
                 request.node.add_report_section("teardown", "screenshot", f"{username}: no screenshot: {exc}")
         context.close()
+    if not failed:
+        fail_on_csp_reports(csp_violations)
 
 
 # --- OFREP over HTTP, on the real WSGI application -----------------------------------------

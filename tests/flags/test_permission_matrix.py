@@ -89,8 +89,8 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "webhook_set_active": ("POST", ADMINS, _webhook_kwargs, lambda p: {"active": "0"}),
     "webhook_delete": ("POST", ADMINS, _webhook_kwargs, lambda p: {}),
     "webhook_test": ("POST", ADMINS, _webhook_kwargs, lambda p: {}),
-    "audit_explorer": ("GET", AUDITORS, lambda p: {}, lambda p: {}),
-    "audit_export": ("GET", AUDITORS, lambda p: {"fmt": "csv"}, lambda p: {}),
+    "audit_explorer": ("GET", AUDITORS | ADMINS, lambda p: {}, lambda p: {}),
+    "audit_export": ("GET", AUDITORS | ADMINS, lambda p: {"fmt": "csv"}, lambda p: {}),
     "audit_event_detail": ("GET", ANY_MEMBER, lambda p: {"event_id": p["flag_event"].pk}, lambda p: {}),
     # rollouts: change control (the change request was opened by the editor)
     "rollouts:inbox": ("GET", None, lambda p: {}, lambda p: {}),

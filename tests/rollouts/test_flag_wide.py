@@ -119,3 +119,30 @@ def test_two_requests_on_one_value__second_conflicts_when_first_applied(demo) ->
     assert variation("citation_first_v4").value["temperature"] == 0.3
     lines = [line.text for line in services.describe_conflict(result)]
     assert lines == ["Value of citation_first_v4 (served in Production): temperature 0.2 → 0.3"]
+
+
+def test_served_value_and_raised_rank__held_together__the_approved_request_applies(demo) -> None:
+    # Given an edit of a served variation's value that also raises its risk rank
+    v4 = variation("citation_first_v4")
+    saved, change_request = services.variation_change_submit(variation=v4, actor=user("owner"), reason="warmer",
+                                                             value=warmer_v4(), risk_rank=2)
+    # Then the rank waits with the value (approvers approve what applying produces)
+    assert change_request.proposed == {"variations": {"citation_first_v4": warmer_v4()},
+                                       "risk_ranks": {"citation_first_v4": 2}}
+    assert variation("citation_first_v4").risk_rank == 1
+    # and once approved, applying gives exactly that
+    for approver in ("pm", "lead")[:change_request.required_approvals]:
+        services.change_request_approve(change_request=change_request, actor=user(approver))
+    applied = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    assert applied.status == ChangeRequest.Status.APPLIED
+    assert (variation("citation_first_v4").value, variation("citation_first_v4").risk_rank) == (warmer_v4(), 2)
+
+
+@pytest.mark.parametrize("rank", [-1, "2", 1.5, True, 40000])
+def test_risk_rank_not_a_whole_number_from_zero__refused_before_any_request(demo, rank) -> None:
+    before = ChangeRequest.objects.count()
+    with pytest.raises(ValidationError) as caught:
+        services.variation_change_submit(variation=variation("citation_first_v4"), actor=user("owner"),
+                                         reason="x", value=warmer_v4(), risk_rank=rank)
+    assert "risk_rank" in caught.value.message_dict
+    assert ChangeRequest.objects.count() == before and variation("citation_first_v4").risk_rank == 1

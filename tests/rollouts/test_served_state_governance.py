@@ -99,7 +99,9 @@ def test_fallback_request__fallback_value_edited_after_approval__conflicted_noth
                                                         fallback_variation_key="cached_answer",
                                                         reason="Cache while the model is down")
     assert change_request is not None
-    approve(change_request, "pm")
+    # (cached_answer is riskier than anything production serves: an escalation, two approvals)
+    assert change_request.escalation and change_request.required_approvals == 2
+    approve(change_request, "pm", "lead")
     # and the owner then edited cached_answer's value (not served yet: it applies at once)
     cached = Variation.objects.get(flag=flag, key="cached_answer")
     services.variation_change_submit(variation=cached, actor=user("owner"), value="unreviewed_answer", reason="x")
@@ -118,7 +120,7 @@ def test_fallback_request__untouched__applies_the_approved_value(demo) -> None:
     flag = Flag.objects.get(key=INCIDENT_FALLBACK)
     _, change_request = services.contract_change_submit(flag=flag, actor=user("owner"),
                                                         fallback_variation_key="cached_answer", reason="Cache")
-    approve(change_request, "pm")
+    approve(change_request, "pm", "lead")
     result = services.change_request_apply(change_request=change_request, actor=user("owner"))
     assert result.status == ChangeRequest.Status.APPLIED
     assert served(INCIDENT_FALLBACK, "acct-1") == "cached_answer"
