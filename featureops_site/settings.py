@@ -262,6 +262,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Raw telemetry events are deleted this long after receipt once aggregated (the aggregates,
+# which plans and guardrails read, are kept); the beat job below runs every 10 minutes.
+TELEMETRY_RAW_RETENTION_HOURS = env_int("TELEMETRY_RAW_RETENTION_HOURS", 48)
+if TELEMETRY_RAW_RETENTION_HOURS < 1:
+    raise ImproperlyConfigured("TELEMETRY_RAW_RETENTION_HOURS must be at least 1.")
+
 # The one place the beat schedule is declared.
 CELERY_BEAT_SCHEDULE = {
     "recompute-lifecycle-stages": {
@@ -287,6 +293,10 @@ CELERY_BEAT_SCHEDULE = {
     "aggregate-telemetry": {
         "task": "telemetry.tasks.aggregate_events",
         "schedule": timedelta(seconds=env_int("TELEMETRY_AGGREGATE_SECONDS", 10)),
+    },
+    "prune-raw-telemetry": {
+        "task": "telemetry.tasks.prune_raw_events",
+        "schedule": timedelta(seconds=env_int("TELEMETRY_PRUNE_SECONDS", 600)),
     },
     "check-rollout-guardrails": {
         "task": "rollouts.tasks.check_guardrails",

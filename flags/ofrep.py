@@ -7,7 +7,7 @@ the engine → JSON. Bodies follow the OFREP OpenAPI file (`open-feature/protoco
 `service/openapi.yaml`).
 
 Status codes: 200; 304 (bulk, If-None-Match matches the ETag); 400 with `errorCode`
-PARSE_ERROR / INVALID_CONTEXT / TARGETING_KEY_MISSING / GENERAL; 404 FLAG_NOT_FOUND; 401 for
+PARSE_ERROR (also a body nesting over MAX_JSON_DEPTH) / INVALID_CONTEXT / TARGETING_KEY_MISSING / GENERAL; 404 FLAG_NOT_FOUND; 401 for
 a missing or unknown key; 403 for a revoked key; 405 for another method; 413 for a body over
 OFREP_MAX_BODY_BYTES; 503 when no snapshot could ever be loaded (database down at start).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,6 +41,33 @@ _STATUS = {200: "200 OK", 204: "204 No Content", 304: "304 Not Modified", 400: "
            401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
            413: "413 Content Too Large", 500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+MAX_JSON_DEPTH = 64  # arrays and objects inside one another; far beyond any evaluation context
+_JSON_TOKEN = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)  # an escape pair, a quote, a bracket
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays/objects more than `limit` deep (brackets in strings skipped).
+
+    Checked before json.loads, whose recursion would otherwise end in RecursionError for a
+    body of a few kilobytes, and so that nothing downstream walks a pathological tree. One
+    linear pass: escape pairs are consumed whole, so an escaped quote never ends a string.
+    """
+    depth, in_string = 0, False
+    for match in _JSON_TOKEN.finditer(body):
+        token = match.group()
+        if token == b'"':
+            in_string = not in_string
+        elif in_string or token[0] == 0x5C:  # inside a string, or an escape pair
+            continue
+        elif token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class _Reply(Exception):
@@ -103,9 +131,12 @@ def _read_context(environ: dict[str, Any]) -> dict[str, Any]:
     body = environ["wsgi.input"].read(length) if length > 0 else b""
     if not body.strip():
         return {}
+    if json_too_deep(body):
+        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR,
+                           "errorDetails": f"The body nests arrays or objects more than {MAX_JSON_DEPTH} deep."})
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "The body is not valid JSON."}) from exc
     if not isinstance(payload, dict):
         raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR,

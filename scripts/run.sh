@@ -8,6 +8,17 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 export DEBUG=${DEBUG:-1}
 mkdir -p var
+# The development settings this run uses, for manage.py commands typed in another terminal
+# (manage.py reads var/dev.env only when the environment sets neither SECRET_KEY nor DEBUG).
+umask_was=$(umask); umask 077
+{
+  echo "# Written by scripts/run.sh (make run): the development settings of the running demo."
+  echo "DEBUG=$DEBUG"
+  for name in DATABASE_URL CELERY_BROKER_URL CACHE_URL FEATUREOPS_VAR_DIR; do
+    if [ -n "${!name:-}" ]; then echo "$name=${!name}"; fi
+  done
+} >var/dev.env
+umask "$umask_was"
 
 "$PY" manage.py migrate --no-input
 "$PY" manage.py seed_demo
@@ -18,6 +29,9 @@ mkdir -p var
 # Reminders due today (the demo has an overdue review and one due within a week) land in the
 # inbox now; their emails go out through the worker below. Beat repeats the sweep hourly.
 "$PY" manage.py send_reminders
+# One signed audit checkpoint now (beat publishes hourly), so `manage.py verify_audit
+# --checkpoints var/audit-checkpoints.jsonl` has one to check against from the start.
+"$PY" manage.py publish_audit_checkpoint
 
 "$PY" -m celery -A featureops_site worker --beat --loglevel=INFO --concurrency=1 \
   --schedule=var/celerybeat-schedule >var/celery.log 2>&1 &

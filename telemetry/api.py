@@ -8,10 +8,11 @@ snapshot, and the only database work is storing the batch. It wraps the OFREP di
 Body: `{"batch_id": "<idempotency key>", "events": [...]}`, at most 1,000 events and
 TELEMETRY_MAX_BODY_BYTES (1 MiB). Answers:
 - 200 `{"accepted": n, "rejected": [{"index": i, "errors": {field: message}}]}`: valid events
-  are stored, invalid ones are not. A repeated batch_id for the environment answers the first
+  are stored, invalid ones are not (by field: NUL bytes and lone surrogates in strings, times
+  out of range in UTC included). A repeated batch_id for the environment answers the first
   delivery's counts, stores nothing, and says `Idempotent-Replayed: true`.
-- 400 INVALID_JSON / INVALID_BATCH / INVALID_BATCH_ID / INVALID_CONTENT_LENGTH; 401 a missing
-  or unknown key; 403 a revoked key; 405; 413 BODY_TOO_LARGE / TOO_MANY_EVENTS;
+- 400 INVALID_JSON / INVALID_BATCH / INVALID_BATCH_ID (NUL or lone surrogate included) /
+  INVALID_CONTENT_LENGTH; 401 a missing or unknown key; 403 a revoked key; 405; 413 BODY_TOO_LARGE / TOO_MANY_EVENTS;
   503 flag data not loaded yet, or the database unreachable (retry: nothing was stored).
 """
 

@@ -18,6 +18,10 @@ BUCKET = datetime.timedelta(minutes=1)
 AGGREGATION_CHUNK = 20_000
 AGGREGATION_BUDGET_SECONDS = 8.0
 CURSOR_NAME = "events"
+# Pruning of raw events (settings.TELEMETRY_RAW_RETENTION_HOURS): rows deleted per statement,
+# and how long one run may keep going.
+PRUNE_BATCH = 10_000
+PRUNE_BUDGET_SECONDS = 20.0
 
 
 class EventKind(models.TextChoices):

@@ -64,6 +64,22 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored (NUL bytes, lone UTF-16 surrogates), or None."""
+    if "\x00" in value:
+        return "Must not contain NUL characters."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Must be valid Unicode (no lone surrogates)."
+    return None
+
+
+def _printable_name(name: str) -> str:
+    """A field name fit to echo back and store: NUL and lone surrogates escaped, at most 100 characters."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:100]
+
+
 def parse_batch(body: bytes) -> tuple[str, list[Any]]:
     """The batch id and the raw events, or BatchError for a body of the wrong shape."""
     try:
@@ -74,11 +90,14 @@ def parse_batch(body: bytes) -> tuple[str, list[Any]]:
         raise BatchError(400, "INVALID_BATCH", 'The body must be a JSON object: {"batch_id": "...", "events": [...]}.')
     unknown = sorted(set(payload) - BATCH_FIELDS)
     if unknown:
-        raise BatchError(400, "INVALID_BATCH", f"Unknown fields: {', '.join(unknown)}.")
+        raise BatchError(400, "INVALID_BATCH", f"Unknown fields: {', '.join(map(_printable_name, unknown))}.")
     batch_id, events = payload.get("batch_id"), payload.get("events")
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= MAX_BATCH_ID_LENGTH or not batch_id.strip():
         raise BatchError(400, "INVALID_BATCH_ID",
                          f"batch_id must be a non-blank string of 1 to {MAX_BATCH_ID_LENGTH} characters.")
+    problem = text_problem(batch_id)
+    if problem:
+        raise BatchError(400, "INVALID_BATCH_ID", f"batch_id: {problem}")
     if not isinstance(events, list) or not events:
         raise BatchError(400, "INVALID_BATCH", "events must be a non-empty JSON array.")
     if len(events) > MAX_EVENTS_PER_BATCH:
@@ -102,6 +121,10 @@ def _text(event: dict[str, Any], name: str, limit: int, errors: dict[str, str], 
     if len(value) > limit:
         errors[name] = f"At most {limit} characters."
         return ""
+    problem = text_problem(value)
+    if problem:
+        errors[name] = problem
+        return ""
     return value
 
 
@@ -119,11 +142,17 @@ def _time(event: dict[str, Any], now: datetime.datetime, errors: dict[str, str])
     if when is None or when.tzinfo is None:
         errors["time"] = "Must be an RFC 3339 date-time with a time zone, e.g. 2026-11-21T10:15:00Z."
         return None
+    try:
+        # Years 1 and 9999 with an offset overflow when converted to UTC.
+        when = when.astimezone(datetime.UTC)
+    except OverflowError:
+        errors["time"] = "Out of range once converted to UTC."
+        return None
     if when < now - MAX_PAST:
         errors["time"] = f"More than {MAX_PAST.days} days old."
     elif when > now + MAX_FUTURE:
         errors["time"] = f"More than {int(MAX_FUTURE.total_seconds() // 60)} minutes in the future."
-    return when.astimezone(datetime.UTC)
+    return when
 
 
 def validate_event(event: Any, *, snapshot: Snapshot, metric_ids: MetricIds,
@@ -137,7 +166,7 @@ def validate_event(event: Any, *, snapshot: Snapshot, metric_ids: MetricIds,
     errors: dict[str, str] = {}
     allowed = EXPOSURE_FIELDS if kind == EventKind.EXPOSURE else OUTCOME_FIELDS
     for name in sorted(set(event) - allowed):
-        errors[str(name)[:100]] = f"Unknown field for a {kind} event."
+        errors[_printable_name(str(name))] = f"Unknown field for a {kind} event."
     unit = _text(event, "unit", MAX_UNIT_LENGTH, errors)
     when = _time(event, now, errors)
     flag_key = _text(event, "flag", MAX_KEY_LENGTH, errors, required=kind == EventKind.EXPOSURE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -18,7 +19,15 @@ from audit.services import Actor, record
 from audit.validators import check_text_limit
 from flags.models import Project
 from telemetry import histogram
-from telemetry.constants import AGGREGATION_BUDGET_SECONDS, AGGREGATION_CHUNK, CURSOR_NAME, EventKind, MetricKind
+from telemetry.constants import (
+    AGGREGATION_BUDGET_SECONDS,
+    AGGREGATION_CHUNK,
+    CURSOR_NAME,
+    PRUNE_BATCH,
+    PRUNE_BUDGET_SECONDS,
+    EventKind,
+    MetricKind,
+)
 from telemetry.models import (
     AggregationCursor,
     DailyExposureBucket,
@@ -33,6 +42,8 @@ from telemetry.models import (
     OutcomeRollup,
     UnitExposure,
 )
+
+logger = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("name", "unit", "kind", "higher_is_better", "description")
 
@@ -108,6 +119,40 @@ def events_aggregate(*, chunk_size: int = AGGREGATION_CHUNK, budget_seconds: flo
         if processed < chunk_size or time.monotonic() >= deadline:
             break
     return total
+
+
+def raw_events_prune(*, retention: datetime.timedelta, batch_size: int = PRUNE_BATCH,
+                     budget_seconds: float = PRUNE_BUDGET_SECONDS,
+                     now: datetime.datetime | None = None) -> dict[str, int]:
+    """Delete raw events received before `now - retention` that aggregation has already read.
+
+    Only events at or below the aggregation watermark ((txid, id) <= the cursor's) go: an
+    event not yet folded into the aggregates is kept however old it is. Aggregates, roll-ups
+    and unit exposures (what guardrails and plan evidence read) are other tables and are not
+    touched. Each batch is one short DELETE of at most `batch_size` rows (its own transaction),
+    and the run stops once caught up or after `budget_seconds`; the next run goes on.
+    Returns {"deleted": rows, "batches": statements}.
+    """
+    cutoff = (now or timezone.now()) - retention
+    cursor_row = AggregationCursor.objects.filter(name=CURSOR_NAME).first()
+    deleted = batches = 0
+    if cursor_row is None:
+        return {"deleted": 0, "batches": 0}
+    aggregated = Q(txid__lt=cursor_row.last_txid) | Q(txid=cursor_row.last_txid, id__lte=cursor_row.last_id)
+    deadline = time.monotonic() + budget_seconds
+    while True:
+        ids = list(Event.objects.filter(aggregated, received_at__lt=cutoff)
+                   .order_by("txid", "id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            break
+        deleted += Event.objects.filter(id__in=ids).delete()[0]
+        batches += 1
+        if len(ids) < batch_size or time.monotonic() >= deadline:
+            break
+    if deleted:
+        logger.info("Pruned %d raw telemetry events received before %s in %d batches.", deleted,
+                    cutoff.isoformat(), batches)
+    return {"deleted": deleted, "batches": batches}
 
 
 def _lock_cursor() -> AggregationCursor | None:

@@ -269,17 +269,23 @@ def _apply_variations(plan: FlagPlan, flag: Flag, actor: AbstractBaseUser, reaso
     variations = {v.key: v for v in flag.variations.select_related("flag")}
     for key, changes in plan.variation_changes.items():
         changes = dict(changes)
-        if "value" in changes and (waiting := _waiting_flag_part(requests, "variations", changes["value"], key)):
-            plan.outcomes.append(Outcome(WAITING, f"variation {key}: value", waiting.pk))
-            del changes["value"]
+        # A served variation's value and risk rank wait in a flag-wide request (`variations`,
+        # `risk_ranks`); one already open for the same change is not submitted again.
+        for name, part in (("value", "variations"), ("risk_rank", "risk_ranks")):
+            if name in changes and (waiting := _waiting_flag_part(requests, part, changes[name], key)):
+                plan.outcomes.append(Outcome(WAITING, f"variation {key}: {name}", waiting.pk))
+                del changes[name]
         if not changes:
             continue
         with _step(plan, f"variations.{key}"):
             _, change_request = services.variation_change_submit(variation=variations[key], actor=actor,
                                                                  reason=reason, **changes)
         if change_request is not None:
-            plan.outcomes.append(_request_outcome(change_request, f"variation {key}: value"))
-            changes.pop("value")
+            held = [name for name, part in (("value", "variations"), ("risk_rank", "risk_ranks"))
+                    if name in changes and part in change_request.proposed]
+            plan.outcomes.append(_request_outcome(change_request, f"variation {key}: {', '.join(held)}"))
+            for name in held:
+                changes.pop(name)
         if changes:
             plan.outcomes.append(Outcome(APPLIED, f"variation {key}: {', '.join(changes)}"))
 

@@ -267,3 +267,23 @@ def test_property__no_body_or_key_produces_a_500(keys: dict[str, str], body: obj
     response = evaluate(flag_key or None, keys["production"], body=body)
     assert response.status in {200, 400, 404}
     assert isinstance(response.json(), dict)
+
+
+# --- bad input (issue 15) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener,closer,depth", [("[", "]", 20_000), ('{"a":', "}", 8_000), ("[", "]", 100)])
+@pytest.mark.parametrize("path", ["/ofrep/v1/evaluate/flags", f"/ofrep/v1/evaluate/flags/{PROFILE}"])
+def test_body__nested_deep_under_limit__400_parse_error(keys: dict[str, str], path: str, opener: str,
+                                                        closer: str, depth: int) -> None:
+    body = '{"context":{"deep":' + opener * depth + "1" + closer * depth + "}}"
+    assert len(body) < 64 * 1024
+    response = call("POST", path, body=body, headers={"Authorization": f"Bearer {keys['production']}"})
+    assert response.status == 400 and response.json()["errorCode"] == "PARSE_ERROR"
+
+
+@pytest.mark.parametrize("path", ["/ofrep/v1/evaluate/flags", f"/ofrep/v1/evaluate/flags/{PROFILE}"])
+def test_body__lone_surrogate_in_context__evaluated_not_5xx(keys: dict[str, str], path: str) -> None:
+    body = json.dumps({"context": {"targetingKey": "\ud800", "\udfff": "x"}})
+    response = call("POST", path, body=body, headers={"Authorization": f"Bearer {keys['production']}"})
+    assert response.status < 500  # nothing is stored, so a lone surrogate is only an odd key
