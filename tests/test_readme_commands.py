@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,7 +55,8 @@ def test_the_readme_shows_the_second_terminal_commands() -> None:
 def test_every_readme_manage_command_works_as_written_after_make_run(tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(ROOT, project, ignore=IGNORED)
-    (project / ".venv").symlink_to(ROOT / ".venv")
+    # the virtualenv running this suite (`make test` may use another VENV than ./.venv)
+    (project / ".venv").symlink_to(Path(sys.prefix))
     (project / "path" / "to" / "repo").mkdir(parents=True)  # the README's placeholder source tree
     (project / "path" / "to" / "repo" / "app.py").write_text('client.get_boolean_value("support_ai_incident_fallback")\n')
     port = free_port()
