@@ -73,8 +73,8 @@ class ChangeRequest(models.Model):
     base_version = models.PositiveIntegerField()
     base_state = models.JSONField()
     proposed = models.JSONField()
-    # The value and risk rank of every variation when the request was made: part of what is
-    # approved (in the diff hash); a later change to any of them conflicts the request.
+    # Requests made before served-state binding kept every variation's value and rank here;
+    # new ones leave it empty: `served_hashes` binds what they serve (values and ranks included).
     variations_at_request = models.JSONField(default=dict, blank=True)
     served_hashes = models.JSONField(default=dict, blank=True)
     served_states = models.JSONField(default=dict, blank=True)

@@ -141,12 +141,6 @@ def _authorization(change_request: ChangeRequest) -> Authorization:
     return Authorization(change_request.served_hashes, f"CR-{change_request.pk}")
 
 
-def _variations_now(flag: Flag) -> dict[str, list[Any]]:
-    """Every variation's value and risk rank: what an approver of a targeting change approves
-    people will get."""
-    return {key: [value, rank] for key, value, rank in flag.variations.values_list("key", "value", "risk_rank")}
-
-
 def _user(actor: Actor) -> AbstractBaseUser | None:
     return actor if isinstance(actor, AbstractBaseUser) else None
 
@@ -226,7 +220,6 @@ def _change_request_open(*, targeting: Targeting, proposed: dict[str, Any], clas
     change_request = ChangeRequest(
         project=targeting.environment.project, flag=targeting.flag, environment=targeting.environment,
         base_version=targeting.version, base_state=_state(targeting), proposed=proposed,
-        variations_at_request=_variations_now(targeting.flag),
         reasons=[asdict(r) for r in classification.reasons],
         escalation=classification.escalation, required_approvals=required, requester=_user(actor),
         requester_label=str(actor if not isinstance(actor, AbstractBaseUser) else actor.get_username()),
@@ -792,7 +785,6 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     policy = policy_for(change_request.environment)
     before = {"proposed": change_request.proposed, "status": change_request.status}
     change_request.proposed = proposed
-    change_request.variations_at_request = _variations_now(flag)
     targeting = Targeting.objects.select_related("environment").get(flag=flag, environment=change_request.environment)
     pair = served_pair(targeting, proposed)
     _bind(change_request, {pair[1].key: pair[1]} if pair else {})
