@@ -27,6 +27,11 @@ def current_context() -> AuditContext:
     return _current.get() or AuditContext()
 
 
+def active_context() -> AuditContext | None:
+    """The context a request or job opened, if any (log lines carry its correlation id)."""
+    return _current.get()
+
+
 @contextlib.contextmanager
 def audit_context(
     *, request_ip: str | None = None, user_agent: str = ""

@@ -38,6 +38,7 @@ def prepare_database() -> str:
     from flags.constants import BehaviorSurface, Lifetime, ValueType
     from flags.demo import seed_demo
     from flags.models import Environment, Targeting
+    from tests.factories import as_approved
 
     actor = SystemActor("bench")
     project, _ = seed_demo()
@@ -55,14 +56,15 @@ def prepare_database() -> str:
     for targeting in Targeting.objects.filter(flag__project=project, flag__key__startswith="bench_flag_",
                                               environment=production, enabled=False).select_related("flag"):
         services.flag_update(flag=targeting.flag, actor=actor, **contract)
-        services.targeting_update(
+        # Production is governed: turning a flag on is set up as if an approved change request applied it.
+        as_approved(lambda targeting=targeting: services.targeting_update(
             targeting=targeting, actor=actor, enabled=True,
             assignment_unit="accountId",
             rules=[{"id": "internal", "clauses": [{"op": "in_segment", "values": ["internal_users"]}],
                     "serve": {"variation": "candidate"}}],
             default_serve={"split": [{"variation": "baseline", "weight": 90_000},
                                      {"variation": "candidate", "weight": 10_000}]},
-        )
+        ))
     return services.sdk_key_create(environment=production, name="bench", actor=actor)[1]
 
 

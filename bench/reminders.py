@@ -22,9 +22,10 @@ DATABASE_URL = os.environ.get("BENCH_REMINDERS_DATABASE_URL",
                               "postgres://postgres@127.0.0.1:5432/featureops_bench_reminders")
 os.environ["DATABASE_URL"] = DATABASE_URL
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-# A queue nobody consumes: the benchmark measures enqueueing, then purges it.
-QUEUE = f"bench-reminders-{uuid.uuid4().hex[:8]}"
-os.environ["CELERY_TASK_DEFAULT_QUEUE"] = QUEUE
+# Queues nobody consumes (a prefix of its own): the benchmark measures enqueueing, then purges.
+PREFIX = f"bench-reminders-{uuid.uuid4().hex[:8]}."
+os.environ["CELERY_QUEUE_PREFIX"] = PREFIX
+QUEUE = f"{PREFIX}reminders"
 SIZES = [int(n) for n in os.environ.get("BENCH_REMINDER_SIZES", "10000,100000").split(",")]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 

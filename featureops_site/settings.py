@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from featureops_site.queues import task_routes
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("FEATUREOPS_VAR_DIR", BASE_DIR / "var"))
 
@@ -126,6 +128,14 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default is shared by the server and `make run`'s four workers: WAL lets
+    # readers read while one writes, IMMEDIATE transactions take the write lock up front (no
+    # "database is locked" on a lock upgrade), and a writer waits up to 20 s for its turn.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE", "timeout": 20,
+    })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -237,26 +247,80 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "featureops@localhost"
 CONSOLE_BASE_URL = os.environ.get("CONSOLE_BASE_URL", "http://127.0.0.1:8000")
 
 # Celery: Redis in production and CI; kombu's filesystem transport by default, so that
-# `make run` really runs scheduled jobs with no broker server.
+# `make run` really runs scheduled jobs with no broker server. filesystem:// and redis:// go
+# through a transport of featureops_site/broker.py (kombu's, with the broker faults that killed
+# workers made survivable); an explicit transport wins over the URL's scheme in kombu's Connection.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # Messages written aside and renamed into place, claimed by rename: no consumer ever reads
+    # a half-written message (kombu's own transport can, and the worker dies of it).
+    CELERY_BROKER_TRANSPORT = "featureops_site.broker:FilesystemTransport"
     _queue_dir = Path(os.environ.get("CELERY_FILESYSTEM_DIR", VAR_DIR / "celery-broker"))
-    # kombu's filesystem transport expects its folders to exist.
-    for _folder in ("queue", "processed", "control"):
+    # kombu's filesystem transport expects its folders to exist; `corrupt` holds any message
+    # file that cannot be decoded (set aside with an error in the log, never delivered).
+    for _folder in ("queue", "processed", "control", "corrupt"):
         (_queue_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir / "queue"),
         "data_folder_out": str(_queue_dir / "queue"),
         "processed_folder": str(_queue_dir / "processed"),
         "control_folder": str(_queue_dir / "control"),
+        "corrupt_folder": str(_queue_dir / "corrupt"),
         "store_processed": False,
+        # An idle worker looks for messages five times a second (kombu's default: once), and a
+        # worker with all its processes busy waits as long before looking again.
+        "polling_interval": 0.2,
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    if CELERY_BROKER_URL.startswith("redis://"):
+        # kombu's, guarded against what Redis restarts did with acks_late: the worker exited
+        # (an AttributeError when the connection dropped with a task unacknowledged), and a
+        # message Redis was handing over as it died was dropped. (Not for rediss://: kombu
+        # turns TLS on by default only for its own "rediss" transport name.)
+        CELERY_BROKER_TRANSPORT = "featureops_site.broker:RedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A message a worker took but never acknowledged (it died, or lost its connection
+        # mid-task: the ack then fails) is delivered again after this many seconds. It must
+        # exceed the longest time from a task's delivery to its end, or a task still running
+        # is delivered twice. kombu's default, written down.
+        "visibility_timeout": 3600,
+        # Bounded waits on a Redis that stops answering without closing the connection
+        # (a network partition, a frozen host); the ping checks a connection idle this long
+        # before reusing it. No retry_on_timeout: replaying a timed-out LPUSH can publish
+        # twice, and Celery's publish retries (below) cover a broker that went away.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+# Never give up on the broker: reconnect forever (Celery's default stops after 100 tries,
+# and the worker exits), while a supervisor restarts what dies anyway.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A broker's channel error (Redis answering "OOM command not allowed" at its memory limit, or
+# "MISCONF" when it cannot persist) reconnects and retries like a lost connection, instead of
+# stopping the worker.
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+# A task running when the connection drops finishes (its ack then fails and the message comes
+# back after the visibility timeout): cancelling it would throw its work away for the same
+# redelivery. Written down because Celery 6.0 changes the default (Celery 5 warns of it at
+# every reconnect, whatever the setting).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Publishing (`.delay()`, on commit) rides out a broker restart of a few seconds (about 6 s of
+# retries; Celery's default gives up after 0.6 s) before the caller's fallback (a sweep sends
+# what could not be enqueued) takes over; each try blocks the caller, so not forever.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 6, "interval_start": 0, "interval_step": 0.5, "interval_max": 1.5}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 CELERY_TASK_ACKS_LATE = True
-# The queue tasks go to when nothing routes them elsewhere (tests give a worker a queue of its own).
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
+# Every task of ours is routed to one of four queues (featureops_site/queues.py): safety,
+# telemetry, notifications, reminders; each has its own worker. CELERY_QUEUE_PREFIX prefixes
+# every queue name, so deployments (or tests) sharing a broker never take each other's tasks.
+CELERY_QUEUE_PREFIX = os.environ.get("CELERY_QUEUE_PREFIX", "")
+CELERY_TASK_ROUTES = task_routes(CELERY_QUEUE_PREFIX)
+# Where a task of no queue above would go (none today; tests check that every task is routed).
+CELERY_TASK_DEFAULT_QUEUE = f"{CELERY_QUEUE_PREFIX}default"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
@@ -362,9 +426,43 @@ OFREP_SNAPSHOT_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_POLL_SECONDS"
 OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
 OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")
 
+# Logs go to stderr. LOG_FORMAT "json" (the default without DEBUG) writes one JSON object per line
+# for a log collector: timestamp, level, logger, message, exception, request id
+# (featureops_site/log_format.py); Celery workers and gunicorn (featureops_site/gunicorn.conf.py)
+# follow it. "text" (the default with DEBUG) is for people.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "").strip().lower() or ("text" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+LOGGING_CONFIG = "featureops_site.log_format.configure"  # dictConfig, plus warnings through logging
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "featureops_site.log_format.json_formatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# Operability: /healthz, /readyz and /metrics (featureops_site/health.py, metrics.py) and the
+# System status page. Each Celery worker writes a heartbeat every WORKER_HEARTBEAT_SECONDS; one
+# silent for WORKER_STALE_SECONDS (three heartbeats by default) counts as gone: /readyz fails
+# for its queues when no other worker consumes them, and the console warns admins.
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 15)
+WORKER_STALE_SECONDS = env_int("WORKER_STALE_SECONDS", 3 * WORKER_HEARTBEAT_SECONDS)
+if WORKER_HEARTBEAT_SECONDS < 1 or WORKER_STALE_SECONDS <= WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("WORKER_HEARTBEAT_SECONDS must be at least 1, and WORKER_STALE_SECONDS longer.")
+# Who may read /metrics. With METRICS_TOKEN set: requests carrying "Authorization: Bearer <token>",
+# from anywhere (Prometheus's `authorization` setting). Without it: clients in
+# METRICS_ALLOWED_NETWORKS (comma-separated CIDR; loopback by default), the client address found
+# as for sign-ins (TRUSTED_PROXY_COUNT), so a request relayed by a proxy on the same host is not
+# taken for a local one. Everyone else gets 403.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 32 characters (or unset).")
+try:
+    METRICS_ALLOWED_NETWORKS = [str(ipaddress.ip_network(network, strict=False))
+                                for network in env_list("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from exc

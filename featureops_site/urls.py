@@ -5,12 +5,16 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from featureops_site.auth import ThrottledLoginView
+from featureops_site.status_views import system_status
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("notifications/", include("notifications.urls")),
+    # Site staff and project admins: workers, queues, task failures (/healthz, /readyz and /metrics
+    # are served before Django, featureops_site/health.py).
+    path("system/", system_status, name="system_status"),
     path("", include("rollouts.urls")),
     path("", include("flags.urls")),
 ]

@@ -10,6 +10,9 @@ Status codes: 200; 304 (bulk, If-None-Match matches the ETag); 400 with `errorCo
 PARSE_ERROR (also a body nesting over MAX_JSON_DEPTH) / INVALID_CONTEXT / TARGETING_KEY_MISSING / GENERAL; 404 FLAG_NOT_FOUND; 401 for
 a missing or unknown key; 403 for a revoked key; 405 for another method; 413 for a body over
 OFREP_MAX_BODY_BYTES; 503 when no snapshot could ever be loaded (database down at start).
+
+Each answer is counted by endpoint and status, and timed, in memory (featureops_site/instruments.py,
+exposed by /metrics): no I/O on the request path.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
 
+from featureops_site.instruments import ofrep_request_observe
 from flags.evaluation.engine import ErrorCode, EvaluationResult, Snapshot, context_problem, evaluate
 from flags.services.sdk_keys import hash_sdk_key
 from flags.snapshot_store import get_store
@@ -198,10 +203,12 @@ def _configuration() -> dict[str, Any]:
 
 
 def ofrep_application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    started = time.perf_counter()
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD", "GET")
     cors = _cors_headers(environ)
     status, headers = 500, []
+    endpoint = "other"  # for /metrics: single, bulk, configuration, other (preflights, unknown paths)
     body: bytes
     try:
         if method == "OPTIONS":
@@ -211,10 +218,12 @@ def ofrep_application(environ: dict[str, Any], start_response: StartResponse) ->
                            ("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type, If-None-Match"),
                            ("Access-Control-Max-Age", "600")]
         elif path == BULK_PATH or path == BULK_PATH + "/":
+            endpoint = "bulk"
             if method != "POST":
                 raise _Reply(405, {"errorDetails": "Use POST."}, [("Allow", "POST, OPTIONS")])
             status, body, headers = _evaluate_bulk(environ)
         elif path.startswith(SINGLE_PREFIX):
+            endpoint = "single"
             if method != "POST":
                 raise _Reply(405, {"errorDetails": "Use POST."}, [("Allow", "POST, OPTIONS")])
             flag_key = path[len(SINGLE_PREFIX):].rstrip("/")
@@ -226,6 +235,7 @@ def ofrep_application(environ: dict[str, Any], start_response: StartResponse) ->
                 raise
             body = _dumps(payload).encode()
         elif path == CONFIGURATION_PATH:
+            endpoint = "configuration"
             if method != "GET":
                 raise _Reply(405, {"errorDetails": "Use GET."}, [("Allow", "GET, OPTIONS")])
             _authenticate(environ)
@@ -241,6 +251,7 @@ def ofrep_application(environ: dict[str, Any], start_response: StartResponse) ->
     response_headers = [("Content-Type", "application/json")] if body else []
     response_headers += [("Content-Length", str(len(body))), *headers, *cors]
     start_response(_STATUS.get(status, f"{status} Error"), response_headers)
+    ofrep_request_observe(endpoint, status, time.perf_counter() - started)
     return [body]
 
 

@@ -65,6 +65,8 @@ class SnapshotStore:
         self._last_use_flush = time.monotonic()
         self.last_success: float = 0.0
         self.last_error: str = ""
+        # environment id -> when a poll last found its snapshot at the database's version (time.time())
+        self._confirmed_at: dict[int, float] = {}
 
     # -- reading (the request path) --
 
@@ -93,6 +95,14 @@ class SnapshotStore:
             self._start()
         return self._state[0].get(environment_id)
 
+    def freshness(self) -> list[tuple[Snapshot, float]]:
+        """Each loaded snapshot, and when a poll last found it current (time.time()): for /readyz
+        and /metrics. A snapshot that stopped compiling stays, with the time it was last current."""
+        if self._pid != os.getpid():
+            self._start()
+        confirmed = self._confirmed_at
+        return [(snapshot, confirmed.get(env_id, snapshot.built_at)) for env_id, snapshot in self._state[0].items()]
+
     # -- refreshing (the poller, or a caller that just wrote) --
 
     def refresh(self) -> set[int]:
@@ -105,6 +115,8 @@ class SnapshotStore:
             gone = set(current) - set(versions)
             if not changed and not gone:
                 self.last_success = time.time()
+                self.last_error = ""  # the database is back, with nothing changed meanwhile
+                self._confirm(current, versions)
                 return set()
             snapshots = {env_id: snap for env_id, snap in current.items() if env_id not in gone}
             key_sets = {env_id: dict(snap.sdk_keys) for env_id, snap in snapshots.items()}
@@ -122,7 +134,14 @@ class SnapshotStore:
             self._state = (snapshots, keys)
             self.last_success = time.time()
             self.last_error = ""
+            self._confirm(snapshots, versions)
             return changed
+
+    def _confirm(self, snapshots: dict[int, Snapshot], versions: dict[int, int]) -> None:
+        previous, now = self._confirmed_at, self.last_success
+        self._confirmed_at = {
+            env_id: now if snapshot.version == versions.get(env_id) else previous.get(env_id, snapshot.built_at)
+            for env_id, snapshot in snapshots.items()}
 
     def _start(self) -> None:
         with self._start_lock:
@@ -131,6 +150,7 @@ class SnapshotStore:
                 return
             if self._pid is not None:  # a forked child: the parent's snapshots and poller are not ours
                 self._state = ({}, {})
+                self._confirmed_at = {}
             self._stop = threading.Event()
             self.poll_once()
             # Only now: requests arriving meanwhile wait on the lock instead of reading an

@@ -14,7 +14,7 @@ umask_was=$(umask); umask 077
 {
   echo "# Written by scripts/run.sh (make run): the development settings of the running demo."
   echo "DEBUG=$DEBUG"
-  for name in DATABASE_URL CELERY_BROKER_URL CACHE_URL FEATUREOPS_VAR_DIR; do
+  for name in DATABASE_URL CELERY_BROKER_URL CELERY_QUEUE_PREFIX CACHE_URL FEATUREOPS_VAR_DIR; do
     if [ -n "${!name:-}" ]; then echo "$name=${!name}"; fi
   done
 } >var/dev.env
@@ -33,18 +33,42 @@ umask "$umask_was"
 # --checkpoints var/audit-checkpoints.jsonl` has one to check against from the start.
 "$PY" manage.py publish_audit_checkpoint
 
-"$PY" -m celery -A featureops_site worker --beat --loglevel=INFO --concurrency=1 \
-  --schedule=var/celerybeat-schedule >var/celery.log 2>&1 &
-CELERY_PID=$!
+# One worker per queue (featureops_site/queues.py), so a backlog on one never delays another,
+# and beat in a process of its own (a beat embedded in a worker outlives a killed worker and
+# doubles the schedule). Each is supervised: when one exits (a crash, a kill), it is started
+# again two seconds later, and its log says so. Logs: var/celery-<queue>.log, var/celery-beat.log.
+supervise() {  # supervise NAME COMMAND...
+  local name=$1 child="" status
+  shift
+  trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    "$@" >>"var/celery-$name.log" 2>&1 &
+    child=$!
+    status=0
+    wait "$child" || status=$?
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) supervisor: the $name worker exited (status $status); restarting in 2 s" \
+      >>"var/celery-$name.log"
+    sleep 2
+  done
+}
+WORKER_PIDS=()
+for queue in safety telemetry notifications reminders; do
+  supervise "$queue" "$PY" -m celery -A featureops_site worker --loglevel=INFO --concurrency=1 \
+    --queues="${CELERY_QUEUE_PREFIX:-}$queue" --hostname="$queue@%h" &
+  WORKER_PIDS+=($!)
+done
+supervise beat "$PY" -m celery -A featureops_site beat --loglevel=INFO --schedule=var/celerybeat-schedule &
+WORKER_PIDS+=($!)
 # An imaginary support app: every few seconds it evaluates the demo flag for a batch of
 # accounts and reports exposures and outcomes to the events API (waiting until the server is up).
 "$PY" manage.py simulate_traffic --url "http://$HOST:$PORT" >var/traffic.log 2>&1 &
 TRAFFIC_PID=$!
-trap 'kill $CELERY_PID $TRAFFIC_PID 2>/dev/null || true; wait $CELERY_PID $TRAFFIC_PID 2>/dev/null || true' \
+trap 'kill "${WORKER_PIDS[@]}" $TRAFFIC_PID 2>/dev/null || true; wait "${WORKER_PIDS[@]}" $TRAFFIC_PID 2>/dev/null || true' \
   EXIT INT TERM
 
 echo
-echo "FeatureOps Console: http://$HOST:$PORT/  (Celery worker + beat running; log in var/celery.log)"
+echo "FeatureOps Console: http://$HOST:$PORT/  (Celery workers for safety, telemetry, notifications and reminders," \
+  "with beat; logs in var/celery-<queue>.log)"
 echo "Django admin:       http://$HOST:$PORT/admin/  (log in as admin)"
 echo "Rollout demo:       http://$HOST:$PORT/p/support-assistant/rollouts/  (traffic in var/traffic.log; to breach" \
   "its latency guardrail: $PY manage.py simulate_traffic --url http://$HOST:$PORT --regress-latency 2)"

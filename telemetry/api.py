@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from featureops_site.instruments import events_ingested_add
 from flags.evaluation.engine import Snapshot
 from flags.services.sdk_keys import hash_sdk_key
 from flags.snapshot_store import get_store
@@ -111,6 +112,8 @@ def _post_events(environ: dict[str, Any]) -> tuple[int, dict[str, Any], list[tup
     headers = [("Cache-Control", "no-store")]
     if result.replayed:
         headers.append(("Idempotent-Replayed", "true"))
+    else:
+        events_ingested_add(accepted=result.accepted, rejected=len(result.rejected))  # for /metrics
     return 200, result.body(), headers
 
 

@@ -97,3 +97,16 @@ def eager_celery() -> Iterator[None]:
     celery_app.conf.task_eager_propagates = True
     yield
     celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture
+def fresh_caches() -> Iterator[None]:
+    from flags.snapshot_store import reset_store
+    from telemetry import ingest
+
+    """Empty process caches (snapshots, metric ids) around a test that evaluates or ingests."""
+    reset_store(None)
+    ingest.metric_ids.clear()
+    yield
+    reset_store(None)
+    ingest.metric_ids.clear()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from featureops_site.queues import QUEUES
 from tests.servers import gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,21 @@ def test_static_files__production_environment_after_collectstatic__served_over_h
         assert headers["content-type"].startswith("text/css")
         assert headers["strict-transport-security"].startswith("max-age=31536000")
         assert _get(base, "/static/css/missing.css", https)[0] == 404
+
+
+def test_the_production_layout_runs_a_supervised_worker_for_every_queue_and_one_beat() -> None:
+    units = ROOT / "deploy" / "systemd"
+    worker = (units / "featureops-worker@.service").read_text()
+    beat = (units / "featureops-beat.service").read_text()
+    readme = (ROOT / "README.md").read_text()
+    # each unit restarts its process whenever it exits
+    for unit in (worker, beat):
+        assert re.search(r"^Restart=always$", unit, re.M), unit
+    # the worker unit consumes the queue it is instantiated for (prefixed as configured)
+    assert "--queues=${CELERY_QUEUE_PREFIX}%i" in worker
+    assert re.search(r"ExecStart=.* beat ", beat)
+    # and the README enables one instance per queue, and the beat
+    enable = re.search(r"^systemctl enable --now (.*?)\n(?!  )", readme.replace("\\\n", " "), re.M | re.S)
+    assert enable, "README shows no `systemctl enable --now` line"
+    enabled = set(enable.group(1).split())
+    assert enabled == {f"featureops-worker@{queue}" for queue in QUEUES} | {"featureops-beat"}

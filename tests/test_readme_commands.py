@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from featureops_site.queues import QUEUES
+
 ROOT = Path(__file__).resolve().parent.parent
 IGNORED = shutil.ignore_patterns(".venv", "var", "db.sqlite3", ".git", "test-artifacts", "staticfiles",
                                  "__pycache__", ".pytest_cache", ".ruff_cache", "control", "node_modules")
@@ -87,6 +89,16 @@ def test_every_readme_manage_command_works_as_written_after_make_run(tmp_path: P
             assert "ImproperlyConfigured" not in output, (command, output)
             ok = result.returncode == 0 or ("scan_code_refs" in command and result.returncode == 1)
             assert ok, (command, result.returncode, output)
+        # and a worker for every queue runs, supervised: a killed worker is started again
+        workers = {queue: wait_for_worker(run.pid, queue) for queue in QUEUES}
+        os.kill(workers["safety"], signal.SIGKILL)
+        safety_log = project / "var" / "celery-safety.log"
+        said = "supervisor: the safety worker exited (status 137); restarting in 2 s"
+        deadline = time.monotonic() + 30
+        while said not in safety_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert said in safety_log.read_text(), safety_log.read_text()[-2000:]
+        assert wait_for_worker(run.pid, "safety", other_than=workers["safety"]) != workers["safety"]
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         try:
@@ -95,6 +107,19 @@ def test_every_readme_manage_command_works_as_written_after_make_run(tmp_path: P
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
         log.close()
+
+
+def wait_for_worker(session: int, queue: str, other_than: int | None = None, seconds: float = 60) -> int:
+    """The pid of the main process of the `make run` worker for `queue` (the oldest process of
+    the run's session started with --hostname=<queue>@...), waiting for one to be running."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = subprocess.run(["pgrep", "-o", "-s", str(session), "-f", f"hostname={queue}@"],
+                               capture_output=True, text=True, check=False).stdout.split()
+        if found and int(found[0]) != other_than:
+            return int(found[0])
+        assert time.monotonic() < deadline, f"no {queue} worker running"
+        time.sleep(0.5)
 
 
 def test_a_deployment_never_reads_the_development_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

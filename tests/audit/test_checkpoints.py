@@ -32,8 +32,8 @@ from featureops_site.celery import app as celery_app
 from flags import services
 from flags.constants import Role
 from flags.models import Flag
-from tests.conftest import missing_service
 from tests.factories import TEST_ACTOR, grant, make_project, make_string_flag
+from tests.workers import require_broker
 from webhooks.models import WebhookDelivery
 from webhooks.services import webhook_create, webhook_update
 
@@ -264,11 +264,7 @@ def test_publish_task__real_worker_and_broker__line_written_and_auditor_emailed_
 ) -> None:
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given committed history and an auditor
     grant(make_project(), make_user("auditor", email="auditor@example.com"), Role.AUDITOR)
     head = AuditEvent.objects.order_by("-id").values("id", "hash").first()

@@ -18,10 +18,8 @@ API); what is asserted happens in the browser, over OFREP, or in the worker.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -29,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from audit.services import SystemActor
-from featureops_site.celery import app as celery_app
 from flags import services as flag_services
 from flags.models import Environment, Flag, Targeting
 from notifications.models import Notification
@@ -44,6 +40,7 @@ from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
 from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 from telemetry.services import events_aggregate
+from tests import workers
 from tests.browser import test_change_control_journeys as change_control
 from tests.browser.test_change_control_journeys import (
     Evaluate,
@@ -53,9 +50,8 @@ from tests.browser.test_change_control_journeys import (
     set_page_marker,
     wait_for_ofrep,
 )
-from tests.conftest import missing_service
 from tests.ofrep_client import call
-from tests.servers import database_url_from_settings
+from tests.workers import require_broker, unique_prefix, worker_env
 
 pytestmark = pytest.mark.browser
 # The change-control walks' fixtures: one browser context per person, and OFREP over HTTP on
@@ -386,22 +382,14 @@ def regression(variant: str, i: int) -> dict[str, float]:
     return {"latency_p95": (1000.0 if variant == CANDIDATE else 400.0) + (i % 10) * 4}
 
 
-def start_worker(tmp_path: Path, queue: str) -> subprocess.Popen[bytes]:
-    """A Celery worker with embedded beat on the test database and the configured broker, on
-    its own queue (others may share the broker); events are aggregated every 2 s, the
-    guardrail sweep every SWEEP_SECONDS."""
-    env = {
-        **os.environ, "DEBUG": "0", "SECRET_KEY": "test-worker", "ALLOWED_HOSTS": "localhost",
-        "DATABASE_URL": database_url_from_settings(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_DEFAULT_QUEUE": queue, "EMAIL_BACKEND": "file", "EMAIL_FILE_PATH": str(tmp_path / "mail"),
-        "FEATUREOPS_VAR_DIR": str(tmp_path), "TELEMETRY_AGGREGATE_SECONDS": "2",
-        "ROLLOUT_GUARDRAIL_CHECK_SECONDS": str(SWEEP_SECONDS),
-    }
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "celery", "-A", "featureops_site", "worker", "-B", "-Q", queue, "-c", "1",
-         "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "WARNING",
-         "-s", str(tmp_path / "beat-schedule")],
-        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def start_workers(tmp_path: Path, prefix: str) -> list[subprocess.Popen[bytes]]:
+    """Workers as deployed, one per queue group, with beat beside the safety worker, on the test
+    database and the configured broker, on queues of the test's own (others may share the
+    broker); events are aggregated every 2 s, the guardrail sweep every SWEEP_SECONDS."""
+    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="2", ROLLOUT_GUARDRAIL_CHECK_SECONDS=str(SWEEP_SECONDS))
+    return [workers.start_worker(tmp_path, prefix, queues=["safety"], beat=True, name="safety", env=env),
+            workers.start_worker(tmp_path, prefix, queues=["telemetry"], name="telemetry", env=env),
+            workers.start_worker(tmp_path, prefix, queues=["notifications", "reminders"], name="notifications", env=env)]
 
 
 @pytest.mark.postgres
@@ -410,11 +398,7 @@ def test_injected_latency_regression_pauses_the_plan_by_itself__owner_sees_pause
     page: Page, login: Callable[[str], Page], demo: dict[str, Any], tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given a plan running in production at its first stage, judged on latency (p95 at most
     # 1.2 × the baseline's, from 20 samples), committed
     seed_demo_metrics(demo["project"])
@@ -442,8 +426,8 @@ def test_injected_latency_regression_pauses_the_plan_by_itself__owner_sees_pause
     # (just now: after the stage was entered)
     report(sdk_key("walk telemetry"), regression, lambda i: datetime.timedelta(seconds=2))
     # and a worker with beat runs; nobody acts (the test only watches the database)
-    queue = f"test-rollout-walk-{uuid.uuid4().hex[:12]}"
-    worker = start_worker(tmp_path, queue)
+    prefix = unique_prefix("rollout-walk")
+    running = start_workers(tmp_path, prefix)
     started = time.monotonic()
     try:
         # the first sweep comes one interval after beat starts; allow for start-up and a slow machine
@@ -452,8 +436,8 @@ def test_injected_latency_regression_pauses_the_plan_by_itself__owner_sees_pause
             time.sleep(0.5)
         paused_after = time.monotonic() - started
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+        output = "\n".join(workers.stop_worker(worker) for worker in running)
+        workers.delete_queues(prefix)
     record_property("worker_start_to_pause_seconds", round(paused_after, 1))
 
     # Then the plan was paused by the system

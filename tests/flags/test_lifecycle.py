@@ -16,8 +16,8 @@ from flags import services
 from flags.constants import LifecycleStage, Lifetime
 from flags.models import Flag, Targeting
 from flags.tasks import recompute_lifecycle_stages
-from tests.conftest import missing_service
 from tests.factories import make_project, make_string_flag, set_up_targeting
+from tests.workers import require_broker
 
 
 def _turn_on(flag: Flag, environment_key: str, **changes: object) -> Targeting:
@@ -87,11 +87,7 @@ def test_beat_schedule__declares_the_lifecycle_task() -> None:
 def test_recompute_task__real_worker_and_broker__stage_changes_in_database() -> None:
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given a temporary flag whose review date has passed, still recorded as draft
     flag = make_string_flag(make_project(), review_date=timezone.localdate() - datetime.timedelta(days=2))
     assert flag.stage == LifecycleStage.DRAFT

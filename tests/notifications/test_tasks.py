@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from smtplib import SMTPServerDisconnected
 from typing import Any
@@ -20,7 +19,7 @@ from django.utils import timezone
 from featureops_site.celery import app as celery_app
 from notifications import services, tasks
 from notifications.models import Notification
-from tests.conftest import missing_service
+from tests.workers import require_broker, routed_with_prefix, unique_prefix
 
 
 class RefusingBackend(BaseEmailBackend):
@@ -196,18 +195,13 @@ def test_notify__real_worker_and_broker__email_arrives_once_even_when_redelivere
 ) -> None:
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with celery_app.connection_for_write() as broker:
-            broker.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
-    # Given two recipients, and a queue of this test's own as the default queue, so that no
-    # other consumer of the broker can take the messages notify() sends
+    require_broker()
+    # Given two recipients, and queues of this test's own, so that no other consumer of the
+    # broker can take the messages notify() sends
     alice, bob = make_user(email="alice@example.com"), make_user(email="bob@example.com")
-    queue = f"test-notifications-{uuid.uuid4().hex[:12]}"
-    default_queue = celery_app.conf.task_default_queue
-    celery_app.conf.task_default_queue = queue
-    try:
+    prefix = unique_prefix("notifications")
+    queue = f"{prefix}notifications"
+    with routed_with_prefix(prefix):
         # When a change notifies alice and commits (no test transaction: on_commit is real)
         (for_alice,) = _notify(alice)
         # And the broker holds her task a second time (a redelivery)
@@ -222,8 +216,6 @@ def test_notify__real_worker_and_broker__email_arrives_once_even_when_redelivere
         # tasks have run.
         with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
             _wait_for_email(mailoutbox, "bob@example.com")
-    finally:
-        celery_app.conf.task_default_queue = default_queue
     # Then the worker emailed each of them exactly once
     assert [m.to for m in mailoutbox] == [["alice@example.com"], ["bob@example.com"]]
     for_alice.refresh_from_db()

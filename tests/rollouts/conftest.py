@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from flags.demo import seed_demo
-from flags.snapshot_store import reset_store
-from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 
 
@@ -25,11 +22,3 @@ def catalog(demo: Any) -> Any:
     return demo
 
 
-@pytest.fixture
-def fresh_caches() -> Iterator[None]:
-    """Empty process caches (snapshots, metric ids) around a test that evaluates or ingests."""
-    reset_store(None)
-    ingest.metric_ids.clear()
-    yield
-    reset_store(None)
-    ingest.metric_ids.clear()

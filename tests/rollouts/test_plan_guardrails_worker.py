@@ -8,24 +8,18 @@ in the same sweeps keeps running."""
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from audit.constants import ActorKind
 from audit.models import AuditEvent
 from audit.services import SystemActor
-from featureops_site.celery import app as celery_app
 from flags import services as flag_services
 from flags.constants import Role
 from flags.demo import DEMO_USERS, seed_demo
@@ -34,11 +28,11 @@ from flags.snapshot_store import reset_store
 from notifications.models import Notification
 from rollouts import plans
 from rollouts.models import ReleaseDecision, RolloutPlan
-from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
-from tests.conftest import missing_service
 from tests.ofrep_client import call, evaluate
-from tests.servers import database_url_from_settings
+from tests.workers import delete_queues, require_broker, start_worker, stop_worker, unique_prefix, worker_env
+
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 PROFILE = "support_assistant_profile"
 BASELINE, CANDIDATE = "baseline_v3", "citation_first_v4"
@@ -57,13 +51,6 @@ CONTEXTS = ([{"targetingKey": f"acct-agent-{i}", "accountId": f"acct-agent-{i}",
                 "plan": "standard"} for i in range(30)])
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches() -> Iterator[None]:
-    reset_store(None)
-    ingest.metric_ids.clear()
-    yield
-    reset_store(None)
-    ingest.metric_ids.clear()
 
 
 def user(name: str) -> Any:
@@ -110,14 +97,6 @@ def post_cases(sdk_key: str, variants: dict[str, str], latency: dict[str, float]
 SWEEP_SECONDS = 5
 
 
-def worker_env(tmp_path: Path, queue: str) -> dict[str, str]:
-    return {
-        **os.environ, "DEBUG": "0", "SECRET_KEY": "test-worker", "ALLOWED_HOSTS": "localhost",
-        "DATABASE_URL": database_url_from_settings(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_DEFAULT_QUEUE": queue, "EMAIL_BACKEND": "file", "EMAIL_FILE_PATH": str(tmp_path / "mail"),
-        "FEATUREOPS_VAR_DIR": str(tmp_path),
-        "TELEMETRY_AGGREGATE_SECONDS": "2", "ROLLOUT_GUARDRAIL_CHECK_SECONDS": str(SWEEP_SECONDS),
-    }
 
 
 def within(value: float, low: float, high: float) -> bool:
@@ -129,11 +108,7 @@ def within(value: float, low: float, high: float) -> bool:
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_running(tmp_path: Path) -> None:
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given the demo, committed, and two plans at their first stage: a green one in staging
     # (made first, so each sweep judges it before the other) and one in production
     project, _ = seed_demo()
@@ -154,20 +129,20 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     sent = post_cases(keys["production"], before["production"], {BASELINE: 400.0, CANDIDATE: 800.0})
     post_cases(keys["staging"], before["staging"], {BASELINE: 400.0, CANDIDATE: 400.0})
     # When a worker with beat runs (aggregation every 2 s, the guardrail sweep every 5 s)
-    queue = f"test-guardrails-{uuid.uuid4().hex[:12]}"
-    worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "celery", "-A", "featureops_site", "worker", "-B", "-Q", queue, "-c", "1",
-         "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "WARNING",
-         "-s", str(tmp_path / "beat-schedule")],
-        env=worker_env(tmp_path, queue), cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # (each queue with a worker of its own, as deployed; beat beside the safety worker)
+    prefix = unique_prefix("guardrails")
+    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="2", ROLLOUT_GUARDRAIL_CHECK_SECONDS=str(SWEEP_SECONDS))
+    workers = [start_worker(tmp_path, prefix, queues=["safety"], beat=True, name="safety", env=env),
+               start_worker(tmp_path, prefix, queues=["telemetry"], name="telemetry", env=env),
+               start_worker(tmp_path, prefix, queues=["notifications", "reminders"], name="notifications", env=env)]
     try:
         # the first sweep comes one interval after beat starts; allow for start-up and a slow machine
         deadline = time.monotonic() + SWEEP_SECONDS + 60
         while time.monotonic() < deadline and RolloutPlan.objects.get(pk=red.pk).status == "running":
             time.sleep(0.5)
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+        output = "\n".join(stop_worker(worker) for worker in workers)
+        delete_queues(prefix)
     # Then the production plan was paused by the system, after recording the breach
     red, green = RolloutPlan.objects.get(pk=red.pk), RolloutPlan.objects.get(pk=green.pk)
     assert red.status == "paused", output[-3000:]

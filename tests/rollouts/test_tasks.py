@@ -16,8 +16,8 @@ from flags.demo import seed_demo
 from rollouts import services
 from rollouts.models import ChangeRequest
 from rollouts.tasks import apply_scheduled_changes, expire_undecided_changes
-from tests.conftest import missing_service
 from tests.rollouts.support import escalate, production, user
+from tests.workers import require_broker
 
 
 def test_beat__schedules_the_sweeps() -> None:
@@ -31,11 +31,7 @@ def test_beat__schedules_the_sweeps() -> None:
 def test_scheduled_apply__real_worker_and_broker__applied_once_at_its_time() -> None:
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given an approved escalation, scheduled two seconds ahead
     seed_demo()
     change_request = escalate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,8 +15,6 @@ from audit.services import SystemActor
 from flags import services
 from flags.demo import seed_demo
 from flags.models import Environment, Flag
-from flags.snapshot_store import reset_store
-from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 from tests.ofrep_client import WsgiResponse, call
 
@@ -26,12 +24,8 @@ TOOL_MODE = "support_agent_tool_mode"
 
 
 @pytest.fixture(autouse=True)
-def fresh_caches() -> Iterator[None]:
-    reset_store(None)
-    ingest.metric_ids.clear()
-    yield
-    reset_store(None)
-    ingest.metric_ids.clear()
+def _fresh_caches(fresh_caches: None) -> None:
+    """Every telemetry test starts and ends with empty process caches."""
 
 
 @pytest.fixture

@@ -5,17 +5,12 @@ aggregates and the evidence read from them stay as they were; an unaggregated ev
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -33,9 +28,9 @@ from telemetry.models import (
 from telemetry.selectors import evidence
 from telemetry.services import events_aggregate, raw_events_prune
 from telemetry.tasks import prune_raw_events
-from tests.conftest import missing_service
 from tests.telemetry.conftest import exposure, outcome
 from tests.telemetry.test_aggregation import METRICS, scenario, window
+from tests.workers import require_broker, start_worker, stop_worker, unique_prefix, worker_env
 
 pytestmark = pytest.mark.django_db
 Post = Callable[..., Any]
@@ -127,36 +122,21 @@ def test_task__eager__prunes_with_the_setting_and_beat_declares_it(post: Post, e
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_prune__real_worker_with_beat__aggregates_then_prunes(post: Post, tmp_path: Any) -> None:
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given committed events, not yet aggregated, received 49 hours ago
     scenario(post)
     age_all_events()
-    database = connection.settings_dict
-    queue = f"test-prune-{uuid.uuid4().hex[:12]}"
-    env = {
-        **os.environ, "DEBUG": "0", "SECRET_KEY": "test-worker", "ALLOWED_HOSTS": "localhost",
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/"
-                        f"{database['NAME']}",
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "FEATUREOPS_VAR_DIR": str(tmp_path), "TELEMETRY_AGGREGATE_SECONDS": "1", "TELEMETRY_PRUNE_SECONDS": "1",
-    }
-    # When a worker with beat runs (aggregation and pruning every second)
-    worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "celery", "-A", "featureops_site", "worker", "-B", "-Q", queue, "-c", "2",
-         "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "INFO",
-         "-s", str(tmp_path / "beat-schedule")],
-        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    prefix = unique_prefix("prune")
+    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="1", TELEMETRY_PRUNE_SECONDS="1")
+    # When a worker with beat runs on the telemetry queue (aggregation and pruning every second)
+    worker = start_worker(tmp_path, prefix, queues=["telemetry"], beat=True, concurrency=2, env=env,
+                          loglevel="INFO")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and Event.objects.exists():
             time.sleep(0.3)
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+        output = stop_worker(worker, prefix)
     # Then every raw event was aggregated first and then deleted
     assert not Event.objects.exists(), output[-3000:]
     result = evidence(**window(), metric_keys=METRICS)

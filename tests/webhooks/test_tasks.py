@@ -10,9 +10,9 @@ import pytest
 from django.db import transaction
 
 from featureops_site.celery import app as celery_app
-from tests.conftest import missing_service
 from tests.factories import TEST_ACTOR, make_project
 from tests.webhooks.conftest import Receiver
+from tests.workers import require_broker
 from webhooks import tasks
 from webhooks.models import WebhookDelivery
 from webhooks.services import dispatch, webhook_create
@@ -32,11 +32,7 @@ def test_deliver_task__real_worker_and_broker__receiver_gets_the_signed_event(
 ) -> None:
     from celery.contrib.testing.worker import start_worker
 
-    try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the broker means it is absent
-        missing_service(f"the Celery broker {celery_app.conf.broker_url} is unreachable: {exc}")
+    require_broker()
     # Given a webhook pointing at a real receiver
     project = make_project()
     _, secret = webhook_create(project_id=project.pk, url=receiver.url, events=["flag."], actor=TEST_ACTOR)
