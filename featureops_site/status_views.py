@@ -30,18 +30,21 @@ def system_status(request: HttpRequest) -> HttpResponse:
     workers = selectors.worker_statuses(now=now)
     queues = selectors.queue_statuses(workers, selectors.queue_depths())
     prefix = settings.CELERY_QUEUE_PREFIX
+    without_worker = [queue.name for queue in queues if not queue.live_workers]
     context = {
         "now": now,
         "queues": queues,
         "workers": workers,
         "broker_up": any(queue.depth is not None for queue in queues),
-        "queues_without_worker": [queue.name for queue in queues if not queue.live_workers],
+        "queues_without_worker": without_worker,
         "failures": selectors.task_failure_counts(),
         "aggregation_lag": selectors.aggregation_lag_seconds(now=now),
         "stale_seconds": settings.WORKER_STALE_SECONDS,
         "heartbeat_seconds": settings.WORKER_HEARTBEAT_SECONDS,
         "refresh_seconds": REFRESH_SECONDS,
-        "start_command": "celery -A featureops_site worker -Q " + ",".join(f"{prefix}{queue}" for queue in QUEUES),
+        # One worker per queue, as deployed (safety never shares a worker with notifications).
+        "start_commands": [f"celery -A featureops_site worker --queues={prefix}{queue}"
+                           for queue in (without_worker if workers else QUEUES)],
     }
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "ops/system_status.html#status-body", context)

@@ -407,8 +407,8 @@ def test_status_page__no_worker_yet__empty_state_with_the_command(client: Any, p
     client.force_login(people["admin"])
     page = client.get("/system/").content.decode()
     assert "No worker has reported yet" in page
-    assert "celery -A featureops_site worker -Q staging.safety,staging.telemetry,staging.notifications," \
-           "staging.reminders" in page
+    for queue in ("safety", "telemetry", "notifications", "reminders"):
+        assert f"celery -A featureops_site worker --queues=staging.{queue}" in page
 
 
 def test_status_page__live_stale_and_stopped_workers__each_queue_with_its_workers(
@@ -423,6 +423,9 @@ def test_status_page__live_stale_and_stopped_workers__each_queue_with_its_worker
     page = client.get("/system/").content.decode()
     # Then safety is flagged as having no live worker, with both of its workers listed
     assert "No live worker for: <strong>safety</strong>" in page
+    # with the command that starts one for that queue alone
+    assert "<code>celery -A featureops_site worker --queues=safety</code>." in page
+    assert "--queues=telemetry" not in page
     safety_row = page.split('data-testid="queue-safety"')[1].split("</tr>")[0]
     assert "safety@host-b" in safety_row and "spare@host-c" in safety_row and "no live worker" in safety_row
     telemetry_row = page.split('data-testid="queue-telemetry"')[1].split("</tr>")[0]
