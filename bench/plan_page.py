@@ -99,30 +99,31 @@ def _make_plan(now: datetime.datetime) -> Any:
     from django.contrib.auth import get_user_model
 
     from flags.models import Environment, Flag
-    from rollouts import plans, services
+    from rollouts.change_control import applying, approving
     from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
+    from rollouts.plans import design, transitions
 
     users = {u.username: u for u in get_user_model().objects.filter(username__in=["owner", "pm", "lead"])}
     production = Environment.objects.get(project__key="support-assistant", key="production")
-    plan = plans.plan_from_template(flag=Flag.objects.get(key=PROFILE), environment=production, candidate=CANDIDATE,
+    plan = design.plan_from_template(flag=Flag.objects.get(key=PROFILE), environment=production, candidate=CANDIDATE,
                                     actor=users["owner"], reason="Citation-first v4 is ready")
-    plan = plans.plan_start(plan=plan, reason="Internal users first", actor=users["owner"])
+    plan = transitions.plan_start(plan=plan, reason="Internal users first", actor=users["owner"])
     for stage in range(1, len(STAGE_AGO)):
         RolloutPlan.objects.filter(pk=plan.pk).update(stage_entered_at=now - datetime.timedelta(days=20))
-        plan = plans.plan_advance(plan=RolloutPlan.objects.get(pk=plan.pk), reason=f"Stage {stage} baked",
+        plan = transitions.plan_advance(plan=RolloutPlan.objects.get(pk=plan.pk), reason=f"Stage {stage} baked",
                                   actor=users["owner"])
         if plan.pending_change_request is not None:
             request = plan.pending_change_request
             for approver in ("pm", "lead"):
                 if ChangeRequest.objects.get(pk=request.pk).status == ChangeRequest.Status.PENDING:
-                    services.change_request_approve(change_request=request, actor=users[approver])
-            services.change_request_apply(change_request=request, actor=users["owner"])
-            plan = plans.plan_sync(plan)
+                    approving.change_request_approve(change_request=request, actor=users[approver])
+            applying.change_request_apply(change_request=request, actor=users["owner"])
+            plan = transitions.plan_sync(plan)
         assert plan.stage_index == stage, f"the plan did not reach stage {stage + 1}"
     # Fake the history: each decision when its stage was entered (requests half an hour before).
     for decision in ReleaseDecision.objects.filter(plan=plan).order_by("id"):
         entered = now - STAGE_AGO[decision.to_stage]
-        requested = decision.change_request_id is not None and decision.actor_label != str(plans.PLAN_SYNC)
+        requested = decision.change_request_id is not None and decision.actor_label != str(transitions.PLAN_SYNC)
         ReleaseDecision.objects.filter(pk=decision.pk).update(
             created_at=entered - datetime.timedelta(minutes=30) if requested else entered)
     RolloutPlan.objects.filter(pk=plan.pk).update(created_at=now - STAGE_AGO[0] - datetime.timedelta(minutes=20),
@@ -303,8 +304,8 @@ def measure() -> dict[str, Any]:
     from django.utils import timezone
 
     from flags.demo import DEMO_PASSWORD
-    from rollouts import plans
     from rollouts.models import RolloutPlan
+    from rollouts.plans import design, measurement
     from telemetry.models import (
         DailyOutcomeBucket,
         Event,
@@ -316,7 +317,7 @@ def measure() -> dict[str, Any]:
     from telemetry.selectors import evidence, series
 
     plan = RolloutPlan.objects.select_related("flag").get(flag__key=PROFILE, environment__key="production")
-    stages = plans.plan_stages(plan)
+    stages = design.plan_stages(plan)
     with connection.cursor() as cursor:
         cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'telemetry_event'")
         stored = cursor.fetchone()[0]
@@ -363,7 +364,7 @@ def measure() -> dict[str, Any]:
         reads[f"evidence, stage {index + 1} window"] = _timed(lambda i=index, k=window_keys: evidence(
             flag_id=plan.flag_id, environment_id=plan.environment_id, start=entered[i].replace(second=0),
             end=entered[i + 1], metric_keys=k), 7)
-    reads["plan_evidence (current stage)"] = _timed(lambda: plans.plan_evidence(plan, stages=stages), 7)
+    reads["plan_evidence (current stage)"] = _timed(lambda: measurement.plan_evidence(plan, stages=stages), 7)
     for key in keys:
         reads[f"series {key}, 360 min × 14 days"] = _timed(lambda k=key: series(
             flag_id=plan.flag_id, environment_id=plan.environment_id, metric_key=k, start=start, end=now,

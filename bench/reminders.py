@@ -2,7 +2,7 @@
 10 s, with a number of queries that does not grow with the number of flags.
 
 Builds (once) a PostgreSQL database with one project and N flags whose review dates, serving
-state and last evaluations spread over every reminder kind, then times `rollouts.reminders.sweep`
+state and last evaluations spread over every reminder kind, then times `reminders.sweep.sweep`
 (decide + claim + enqueue to the broker) at 10,000 and at 100,000 flags, counting queries.
 Delivery (the notification and email per reminder) is the workers' job and is not timed here.
 
@@ -75,8 +75,9 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
 
     from featureops_site.celery import app as celery_app
-    from flags.models import Flag, Reminder
-    from rollouts.reminders import sweep
+    from flags.models import Flag
+    from reminders.models import Reminder
+    from reminders.sweep import sweep
 
     print(f"machine: {_setup.machine()}; PostgreSQL; broker {celery_app.conf.broker_url}")
     results = {}

@@ -32,8 +32,8 @@ QUEUES: dict[str, tuple[str, ...]] = {
     ),
     # Reminders and housekeeping: lifecycle stages, review reminders, audit checkpoints.
     "reminders": (
-        "rollouts.tasks.send_reminders",
-        "rollouts.tasks.deliver_reminders",
+        "reminders.tasks.send_reminders",
+        "reminders.tasks.deliver_reminders",
         "flags.tasks.recompute_lifecycle_stages",
         "audit.tasks.publish_checkpoint",
     ),

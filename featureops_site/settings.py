@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "audit",
     "flags",
     "rollouts",
+    "reminders",
     "notifications",
     "webhooks",
     "telemetry",
@@ -367,7 +368,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=env_int("ROLLOUT_GUARDRAIL_CHECK_SECONDS", 60)),
     },
     "send-reminders": {
-        "task": "rollouts.tasks.send_reminders",
+        "task": "reminders.tasks.send_reminders",
         "schedule": timedelta(seconds=env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),
     },
     "publish-audit-checkpoint": {
@@ -391,6 +392,13 @@ except ValueError as exc:
 # Dotted paths called after commit with each new audit row (audit.services.record): webhooks
 # hear of flag changes and change-request decisions this way, without audit importing anyone.
 AUDIT_COMMIT_OBSERVERS = ["flags.webhook_events.audit_event_committed"]
+# What change control announces, and who hears it (rollouts.change_control.observers):
+# rollout plans follow closed requests (after the commit) and pause when their flags are
+# stopped (inside the stop's transaction), without change control importing plans.
+CHANGE_CONTROL_OBSERVERS = {
+    "request_closed": ["rollouts.plans.observers.change_request_closed"],
+    "flags_stopped": ["rollouts.plans.observers.flags_stopped"],
+}
 # Audit checkpoints (audit/checkpoints.py): the chain's head, signed with HMAC-SHA256 under this
 # key and published outside the database. The key is never stored in the database; like
 # SECRET_KEY it has no default outside DEBUG (the beat task then logs and publishes nothing).

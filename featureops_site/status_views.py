@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 from featureops_site import selectors
 from featureops_site.permissions import can_view_system_status
 from featureops_site.queues import QUEUES
-from flags.views import denied
+from flags.shortcuts import denied
 
 REFRESH_SECONDS = 10
 

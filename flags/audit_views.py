@@ -33,7 +33,7 @@ from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_p
 from audit.services import AuditTarget, record
 from flags.models import Environment, Flag, Project
 from flags.permissions import audit_project_ids, can_view_project, sees_account_events
-from flags.views import denied
+from flags.shortcuts import denied
 
 EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
                  "project_label", "environment_label", "target_type", "target_id", "target_label", "summary",

@@ -29,7 +29,7 @@ from django.conf import settings
 
 from featureops_site.instruments import ofrep_request_observe
 from flags.evaluation.engine import ErrorCode, EvaluationResult, Snapshot, context_problem, evaluate
-from flags.services.sdk_keys import hash_sdk_key
+from flags.sdk_auth import SdkKeyRefused, authenticate
 from flags.snapshot_store import get_store
 
 logger = logging.getLogger(__name__)
@@ -106,23 +106,10 @@ def _cors_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _authenticate(environ: dict[str, Any]) -> Snapshot:
-    raw_key = ""
-    authorization = environ.get("HTTP_AUTHORIZATION", "")
-    if authorization[:7].lower() == "bearer ":
-        raw_key = authorization[7:].strip()
-    if not raw_key:
-        raw_key = environ.get("HTTP_X_API_KEY", "").strip()
-    if not raw_key:
-        raise _Reply(401, {"errorDetails": "An SDK key is required: Authorization: Bearer <key> or X-API-Key."},
-                     [("WWW-Authenticate", 'Bearer realm="ofrep"')])
-    found = get_store().lookup(hash_sdk_key(raw_key))
-    if found.status == "revoked":
-        raise _Reply(403, {"errorDetails": "This SDK key has been revoked."})
-    if found.status == "unavailable":
-        raise _Reply(503, {"errorDetails": "Flag data is not available yet; retry shortly."}, [("Retry-After", "1")])
-    if found.snapshot is None:
-        raise _Reply(401, {"errorDetails": "Unknown SDK key."}, [("WWW-Authenticate", 'Bearer realm="ofrep"')])
-    return found.snapshot
+    try:
+        return authenticate(environ, realm="ofrep")
+    except SdkKeyRefused as refused:
+        raise _Reply(refused.status, {"errorDetails": refused.details}, refused.headers) from None
 
 
 def _read_context(environ: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from flags.constants import ROLE_PERMISSIONS, Role
 from flags.forms import add_service_errors
 from flags.models import Environment, Membership, SdkKey
 from flags.permissions import can_manage_members, can_manage_sdk_keys
-from flags.views import denied, project_for
+from flags.shortcuts import denied, project_for
 
 
 class GrantRoleForm(forms.Form):

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from flags.constants import LifecycleStage
 from flags.models import Environment, Flag, SdkKey, Segment, Targeting, Variation
-from flags.snapshots import targeting_state
+from flags.row_states import targeting_state
 
 
 def read_environment_versions() -> dict[int, int]:

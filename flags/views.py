@@ -13,7 +13,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -37,42 +36,11 @@ from flags.permissions import (
     can_edit_targeting,
     can_manage_members,
     can_manage_sdk_keys,
-    can_view_project,
     has_project_permission,
     role_labels,
 )
 from flags.selectors import FlagFilters
-
-
-def project_for(request: HttpRequest, project_key: str) -> Project:
-    project = get_object_or_404(Project, key=project_key)
-    if not can_view_project(request.user, project):
-        raise Http404("No such project.")  # existence does not leak to non-members
-    return project
-
-
-def _flag_for(project: Project, flag_key: str) -> Flag:
-    try:
-        return selectors.flag_detail(project, flag_key)
-    except Flag.DoesNotExist as exc:
-        raise Http404("No such flag.") from exc
-
-
-def denied(request: HttpRequest, message: str) -> HttpResponse:
-    """403 with a readable fragment for htmx (swapped into the message area), a page otherwise."""
-    if request.htmx:
-        response = render(request, "includes/denied.html", {"message": message}, status=403)
-        response["HX-Retarget"] = "#messages"
-        response["HX-Reswap"] = "innerHTML"
-        return response
-    return render(request, "denied.html", {"message": message}, status=403)
-
-
-def _with_messages(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    """Append pending messages as an out-of-band swap so htmx actions show feedback."""
-    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
-    return response
-
+from flags.shortcuts import denied, flag_detail_for, project_for, with_messages
 
 # --- projects and the flag list ------------------------------------------------------------
 
@@ -145,7 +113,7 @@ def flag_create(request: HttpRequest, project_key: str) -> HttpResponse:
 @require_GET
 def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     variations = list(flag.variations.all())
     targetings = list(flag.targetings.all())
     can_edit = can_edit_catalog(request.user, project, flag)
@@ -171,7 +139,7 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
 @require_http_methods(["GET", "POST"])
 def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "You may not edit this flag's contract.")
     form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
@@ -200,7 +168,7 @@ def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResp
 def flag_archive(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
     """Archive (or, with `restore`, bring back) a flag, with a reason."""
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "Archiving needs the flag owner or editor role in this project.")
     restoring = request.POST.get("action") == "restore"
@@ -249,7 +217,7 @@ def _variation_for(flag: Flag, variation_key: str) -> Variation:
 @require_GET
 def variation_row(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     return render(request, "flags/flag_detail.html#variation-row", {
         "project": project, "flag": flag,
@@ -267,14 +235,14 @@ def variation_saved_response(request: HttpRequest, project: Project, flag: Flag,
         "project": project, "flag": flag, "can_edit": True, "just_saved": True,
         "row": _variation_view(flag, variation, services.governed_served_variations(flag)),
     })
-    return _with_messages(request, response)
+    return with_messages(request, response)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "You may not edit this flag's variations.")
@@ -303,7 +271,7 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
 @require_POST
 def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "You may not add variations to this flag.")
     form = VariationForm(request.POST, flag=flag, auto_id="id_new_%s")
@@ -325,7 +293,7 @@ def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> H
 @require_POST
 def variation_delete(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "You may not delete this flag's variations.")
@@ -384,7 +352,7 @@ def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpRespons
 @require_http_methods(["GET", "POST"])
 def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
@@ -413,7 +381,7 @@ def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, enviro
 @require_POST
 def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_detail_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
@@ -441,7 +409,7 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
         return redirect(url + f"#env-{targeting.environment.key}")
     response = render(request, "flags/flag_detail.html#targeting-card",
                       targeting_card_context(request, project, flag, targeting), status=status)
-    return _with_messages(request, response)
+    return with_messages(request, response)
 
 
 # --- segments ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from django.views.decorators.vary import vary_on_headers
 from flags.forms import add_service_errors
 from flags.models import Project
 from flags.permissions import can_manage_sdk_keys
-from flags.views import denied, project_for
+from flags.shortcuts import denied, project_for
 from webhooks import selectors as webhook_selectors
 from webhooks import services as webhook_services
 from webhooks.constants import EVENT_PREFIXES

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from flags.models import Flag, Project
 from flags.permissions import can_edit_catalog
-from flags.views import denied, project_for
+from flags.shortcuts import denied, project_for
 from rollouts import contracts
 from rollouts.forms import ContractImportForm
 

@@ -14,8 +14,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from flags.models import Environment, Flag, Targeting
-from rollouts import plans, services
+from rollouts.change_control import applying, approving
 from rollouts.models import ChangeRequest, RolloutPlan
+from rollouts.plans import design, transitions
 from telemetry.models import Metric
 
 DEMO_PROJECT = "support-assistant"
@@ -40,9 +41,9 @@ class DemoNotLoaded(RuntimeError):
 
 
 def demo_stages(flag: Flag) -> list[dict[str, Any]]:
-    """The seed template (`plans.template_stages`) with demo-sized bake times and sample sizes,
+    """The seed template (`design.template_stages`) with demo-sized bake times and sample sizes,
     and a guardrail on the flag's primary metric when the project registers it."""
-    stages = plans.template_stages(flag)
+    stages = design.template_stages(flag)
     primary = ({**PRIMARY_GUARDRAIL, "min_samples": DEMO_MIN_SAMPLES}
                if Metric.objects.filter(project_id=flag.project_id, key=PRIMARY_GUARDRAIL["metric"]).exists()
                else None)
@@ -64,9 +65,9 @@ def _approve_and_apply(change_request: ChangeRequest) -> None:
     same steps the console offers)."""
     for approver in ("pm", "lead"):
         if ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING:
-            services.change_request_approve(change_request=change_request, actor=_user(approver),
+            approving.change_request_approve(change_request=change_request, actor=_user(approver),
                                             comment="Demo: the first stage is the internal support team only.")
-    services.change_request_apply(change_request=change_request, actor=_user("owner"))
+    applying.change_request_apply(change_request=change_request, actor=_user("owner"))
 
 
 @transaction.atomic
@@ -89,13 +90,13 @@ def seed_rollout_demo() -> tuple[RolloutPlan, bool]:
         raise ValidationError(f"{flag.key} is off in {environment.name} (kill switch or incident mode); turn it "
                               "back on through a change first.")
     owner = _user("owner")
-    plan = plans.plan_create(flag=flag, environment=environment, baseline=flag.fallback_variation.key,
+    plan = design.plan_create(flag=flag, environment=environment, baseline=flag.fallback_variation.key,
                              candidate=DEMO_CANDIDATE, stages=demo_stages(flag), actor=owner, reason=CREATE_REASON)
-    plan = plans.plan_start(plan=plan, reason=START_REASON, actor=owner)
+    plan = transitions.plan_start(plan=plan, reason=START_REASON, actor=owner)
     if plan.pending_change_request is not None:
         # Production is governed: had the first stage raised risk there (it does not with the
         # seed's targeting, where internal users already get the candidate), it would wait
         # for approval. The demo approves it so that it opens with a running stage.
         _approve_and_apply(plan.pending_change_request)
-        plan = plans.plan_sync(plan)
+        plan = transitions.plan_sync(plan)
     return plan, True

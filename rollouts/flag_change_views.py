@@ -18,17 +18,10 @@ from flags import services as flag_services
 from flags.forms import add_service_errors
 from flags.models import Flag, Variation
 from flags.permissions import can_edit_catalog
-from flags.views import denied, project_for, variation_saved_response
-from rollouts import services
+from flags.shortcuts import denied, flag_for, project_for
+from flags.views import variation_saved_response
+from rollouts.change_control import submitting
 from rollouts.forms import GovernedFlagEditForm, GovernedVariationForm
-
-
-def _flag_for(project_key: str, flag_key: str, request: HttpRequest) -> Flag:
-    project = project_for(request, project_key)
-    flag = Flag.objects.filter(project=project, key=flag_key).select_related("project", "fallback_variation").first()
-    if flag is None:
-        raise Http404("No such flag.")
-    return flag
 
 
 def _after_request(request: HttpRequest, flag: Flag, change_request: object | None, saved_what: str) -> str:
@@ -44,7 +37,7 @@ def _after_request(request: HttpRequest, flag: Flag, change_request: object | No
 @login_required
 @require_http_methods(["GET", "POST"])
 def variation_change(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    flag = _flag_for(project_key, flag_key, request)
+    flag = flag_for(project_for(request, project_key), flag_key)
     project = flag.project
     variation = Variation.objects.filter(flag=flag, key=variation_key).select_related("flag").first()
     if variation is None:
@@ -57,7 +50,7 @@ def variation_change(request: HttpRequest, project_key: str, flag_key: str, vari
         changes = dict(form.cleaned_data)
         reason = changes.pop("reason")
         try:
-            saved, change_request = services.variation_change_submit(variation=variation, actor=request.user,
+            saved, change_request = submitting.variation_change_submit(variation=variation, actor=request.user,
                                                                      reason=reason, **changes)
         except ValidationError as exc:
             add_service_errors(form, exc)
@@ -76,14 +69,14 @@ def variation_change(request: HttpRequest, project_key: str, flag_key: str, vari
 @login_required
 @require_http_methods(["GET", "POST"])
 def contract_change(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    flag = _flag_for(project_key, flag_key, request)
+    flag = flag_for(project_for(request, project_key), flag_key)
     project = flag.project
     if not can_edit_catalog(request.user, project, flag):
         return denied(request, "You may not edit this flag's contract.")
     form = GovernedFlagEditForm(request.POST or None, flag=flag, initial=GovernedFlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         try:
-            _, change_request = services.contract_change_submit(
+            _, change_request = submitting.contract_change_submit(
                 flag=flag, actor=request.user, reason=form.cleaned_data["reason"],
                 expected_version=form.cleaned_data["version"],
                 fallback_variation_key=form.cleaned_data["fallback_variation"], tags=form.cleaned_data["tags"],

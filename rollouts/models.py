@@ -31,6 +31,11 @@ class ApprovalPolicy(models.Model):
     def __str__(self) -> str:
         return f"approval policy of {self.environment}"
 
+    def required_approvals(self, *, escalation: bool) -> int:
+        """The one rule for how many approvals a risky change needs under this policy: a risk
+        escalation needs `approvals_for_escalation`, any other risky change `approvals_otherwise`."""
+        return self.approvals_for_escalation if escalation else self.approvals_otherwise
+
 
 class ChangeRequestStatus(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -242,7 +247,7 @@ class RolloutPlanStatus(models.TextChoices):
 class RolloutPlan(models.Model):
     """One flag in one environment, moved from its baseline to a candidate variation through
     ordered stages. `stage_index` is -1 until the first stage is entered. Traffic changes only
-    through `rollouts.services.targeting_change_submit`; a stage waiting for approval is
+    through `change_control.submitting.targeting_change_submit`; a stage waiting for approval is
     `pending_change_request`."""
 
     class OnBreach(models.TextChoices):

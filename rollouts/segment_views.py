@@ -1,6 +1,6 @@
 """The segment editor. Every edit is submitted through change control: a segment that decides
 who a governed environment serves changes at once only when that raises no risk there, and
-otherwise waits in a change request (`rollouts.services.segment_change_submit`)."""
+otherwise waits in a change request (`rollouts.change_control.submitting.segment_change_submit`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from flags import services
 from flags.forms import SegmentForm, add_service_errors, format_value
 from flags.models import Project, Segment
 from flags.permissions import can_edit_catalog
-from flags.views import denied, project_for
-from rollouts import services as change_control
+from flags.shortcuts import denied, project_for
+from rollouts.change_control import submitting, wording
 from rollouts.models import ChangeRequest
 
 
@@ -46,14 +46,14 @@ def _segment_save(request: HttpRequest, project: Project, segment: Segment | Non
         return list_url
     changes = dict(data)
     expected_version, reason = changes.pop("version"), changes.pop("reason")
-    result = change_control.segment_change_submit(segment=segment, changes=changes, actor=request.user,
+    result = submitting.segment_change_submit(segment=segment, changes=changes, actor=request.user,
                                                   reason=reason, expected_version=expected_version)
     if isinstance(result, ChangeRequest):
         required = result.required_approvals
         messages.success(request, f"CR-{result.pk} opened: waits for {required} approval{pluralize(required)}. "
                                   f"Segment “{segment.key}” stays as it is until the request is approved and "
                                   "applied; the approvers have been notified.")
-        return change_control.change_request_url(result)
+        return wording.change_request_url(result)
     messages.success(request, f"Segment “{segment.key}” saved.")
     return list_url
 

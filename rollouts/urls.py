@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.urls import path
 
 import rollouts.contract_views as contract_views
-from rollouts import flag_change_views, plan_views, segment_views, views
+from rollouts import flag_change_views, segment_views, views
+from rollouts.plans import views as plan_views
 
 app_name = "rollouts"
 

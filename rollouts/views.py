@@ -4,6 +4,10 @@ policies. Function views; htmx requests get named partials.
 
 Every view loads its objects through a project the user belongs to (another project's ids
 answer 404) and checks the role on that project before acting; the services check again.
+
+Over 500 lines on purpose: one module per console, like the services' packages are per noun;
+each section (proposals, requests, the inbox, kill switch and incidents, follow-ups, policies)
+is short, and they share the request-page helpers.
 """
 
 from __future__ import annotations
@@ -23,9 +27,21 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from flags.forms import add_service_errors
 from flags.models import Flag, Project, Targeting
-from flags.permissions import has_project_permission, holders_of
-from flags.views import denied, project_for, targeting_card_context
-from rollouts import plan_pages, selectors, services
+from flags.permissions import has_project_permission
+from flags.shortcuts import denied, flag_for, project_for, with_messages
+from flags.views import targeting_card_context
+from rollouts import selectors
+from rollouts.change_control import (
+    applying,
+    approval_policy,
+    approving,
+    follow_ups,
+    incident_mode,
+    kill_switch,
+    permissions,
+    submitting,
+    wording,
+)
 from rollouts.forms import (
     AcknowledgeForm,
     CommentForm,
@@ -37,19 +53,7 @@ from rollouts.forms import (
     ScheduleForm,
 )
 from rollouts.models import ChangeRequest, FollowUp, Incident, RolloutPlan
-
-
-def _with_messages(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
-    return response
-
-
-def _flag_for(project: Project, flag_key: str) -> Flag:
-    flag = (Flag.objects.filter(project=project, key=flag_key)
-            .select_related("fallback_variation", "owner_user", "project").first())
-    if flag is None:
-        raise Http404("No such flag.")
-    return flag
+from rollouts.plans import pages as plan_pages
 
 
 def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
@@ -63,7 +67,7 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
 def can_propose(user: Any, project: Project, flag: Flag, targeting: Targeting) -> bool:
     """Flag owners and editors propose any change; in a governed environment operators use the
     same page to move traffic towards the fallback (the service refuses them anything riskier)."""
-    if services.may_propose(user, flag):
+    if permissions.may_propose(user, flag):
         return True
     return targeting.environment.is_governed and has_project_permission(user, project, "flip_killswitch")
 
@@ -86,14 +90,14 @@ def _propose_form(request: HttpRequest, targeting: Targeting) -> ProposeForm:
 @require_http_methods(["GET", "POST"])
 def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if not can_propose(request.user, project, flag, targeting):
         return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
     form = _propose_form(request, targeting)
     if request.method == "POST" and form.is_valid():
         try:
-            result = services.targeting_change_submit(
+            result = submitting.targeting_change_submit(
                 targeting=targeting, changes=form.changes(), reason=form.cleaned_data["reason"],
                 expected_version=form.cleaned_data["version"], actor=request.user)
         except ValidationError as exc:
@@ -108,8 +112,8 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
     return render(request, "rollouts/propose.html", {
         "project": project, "flag": flag, "targeting": targeting, "form": form,
         "segments": list(project.segments.values_list("key", flat=True)),
-        "policy": services.policy_for(targeting.environment),
-        "operator_only": not services.may_propose(request.user, flag),
+        "policy": approval_policy.policy_for(targeting.environment),
+        "operator_only": not permissions.may_propose(request.user, flag),
     }, status=422 if form.errors else 200)
 
 
@@ -118,7 +122,7 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
 def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
     """htmx: what submitting the form as it stands would do, before it is submitted."""
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if not can_propose(request.user, project, flag, targeting):
         return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
@@ -127,7 +131,7 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
     preview, problems = None, []
     if form.is_valid():
         try:
-            preview = services.preview_targeting_change(targeting=targeting, changes=form.changes())
+            preview = submitting.preview_targeting_change(targeting=targeting, changes=form.changes())
         except ValidationError as exc:
             problems = exc.messages
     else:
@@ -137,8 +141,7 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
     return render(request, "rollouts/propose.html#preview", {
         "preview": preview, "problems": problems, "targeting": targeting,
         # who could approve it: the approvers other than the person proposing
-        "eligible_approvers": (holders_of(project, "approve_change").exclude(pk=request.user.pk).count()
-                               if needs else 0),
+        "eligible_approvers": permissions.approvers_other_than(project, request.user.pk).count() if needs else 0,
     })
 
 
@@ -159,26 +162,26 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
     status = change_request.status
     approvals = list(change_request.approvals.all())
     decided = any(a.approver_id == user.pk and a.diff_hash == change_request.diff_hash for a in approvals)
-    conflict_lines = services.describe_conflict(change_request)
+    conflict_lines = wording.describe_conflict(change_request)
     return {
         "project": project,
         "cr": change_request,
-        "lines": services.describe_request(change_request),
+        "lines": wording.describe_request(change_request),
         "conflict_lines": conflict_lines,
         "approvals": approvals,
-        "valid_approvals": services.valid_approvals(change_request),
+        "valid_approvals": approving.valid_approvals(change_request),
         "is_requester": is_requester,
         "is_approver": is_approver,
         "can_decide": is_approver and status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED),
         "already_decided": decided,
-        "can_apply": services.may_carry(user, change_request) and status == ChangeRequest.Status.APPROVED,
+        "can_apply": permissions.may_carry(user, change_request) and status == ChangeRequest.Status.APPROVED,
         "can_cancel": is_requester and status in (*ChangeRequest.OPEN, ChangeRequest.Status.CONFLICTED),
-        "can_comment": is_requester or bool(services.participation(user, project)),
+        "can_comment": is_requester or bool(permissions.participation(user, project)),
         "decision_form": DecisionForm(auto_id="id_decision_%s"),
         "comment_form": CommentForm(auto_id="id_comment_%s"),
         "schedule_form": ScheduleForm(auto_id="id_schedule_%s"),
         "rollout": plan_pages.request_evidence(change_request),
-        "shortfall": services.approval_shortfall(change_request),
+        "shortfall": approving.approval_shortfall(change_request),
     }
 
 
@@ -217,12 +220,12 @@ def _change_request_action(request: HttpRequest, project_key: str, pk: int, act:
                       _change_request_context(request, project, change_request), status=status)
     # A decision changes how many requests wait for this person: refresh the nav's count too.
     response.write(render_to_string("rollouts/_nav_approvals.html", {"oob": True}, request=request))
-    return _with_messages(request, response)
+    return with_messages(request, response)
 
 
 def _approval_message(change_request: ChangeRequest) -> str:
     """Say where the request stands, not just "Approved." while it still waits for others."""
-    count, required = services.valid_approvals(change_request), change_request.required_approvals
+    count, required = approving.valid_approvals(change_request), change_request.required_approvals
     if change_request.status == ChangeRequest.Status.APPROVED:
         return f"Approved: {count} of {required} approvals. The requester or an editor can apply it now."
     return f"Your approval is recorded ({count} of {required}): it still needs {required - count} more."
@@ -241,14 +244,14 @@ def _decide(request: HttpRequest, project_key: str, pk: int, decide: Any, succes
 @login_required
 @require_POST
 def change_request_approve(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    return _decide(request, project_key, pk, services.change_request_approve, _approval_message,
+    return _decide(request, project_key, pk, approving.change_request_approve, _approval_message,
                    "Approving needs the approver role in this project.")
 
 
 @login_required
 @require_POST
 def change_request_reject(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    return _decide(request, project_key, pk, services.change_request_reject, "Rejected: the request is closed.",
+    return _decide(request, project_key, pk, approving.change_request_reject, "Rejected: the request is closed.",
                    "Rejecting needs the approver role in this project.")
 
 
@@ -256,19 +259,19 @@ def _may_carry_out(request: HttpRequest, project_key: str, pk: int) -> bool:
     """Applying and scheduling: the flag's owner or an editor (a requester who lost the role
     may not), as the services require."""
     change_request = _change_request_for(project_for(request, project_key), pk)
-    return services.may_carry(request.user, change_request)
+    return permissions.may_carry(request.user, change_request)
 
 
 @login_required
 @require_POST
 def change_request_comment(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
     project = project_for(request, project_key)
-    if not (services.participation(request.user, project)
+    if not (permissions.participation(request.user, project)
             or _change_request_for(project, pk).requester_id == request.user.pk):
         return denied(request, "Commenting needs a role that takes part in changes (editor, approver or operator).")
     return _change_request_action(
         request, project_key, pk,
-        lambda cr, data: services.change_request_comment(change_request=cr, actor=request.user, body=data["body"]),
+        lambda cr, data: approving.change_request_comment(change_request=cr, actor=request.user, body=data["body"]),
         "Comment added.", CommentForm)
 
 
@@ -278,7 +281,7 @@ def change_request_apply(request: HttpRequest, project_key: str, pk: int) -> Htt
     if not _may_carry_out(request, project_key, pk):
         return denied(request, "Applying needs the flag owner or editor role.")
     def act(cr: ChangeRequest, data: dict) -> None:
-        result = services.change_request_apply(change_request=cr, actor=request.user)
+        result = applying.change_request_apply(change_request=cr, actor=request.user)
         if result.status == ChangeRequest.Status.CONFLICTED:
             summary = (result.conflict or {}).get("summary") or "Not applied: what it changes moved since it was made"
             raise ValidationError(f"{summary}. See what moved below.")
@@ -293,7 +296,7 @@ def change_request_schedule(request: HttpRequest, project_key: str, pk: int) -> 
         return denied(request, "Scheduling needs the flag owner or editor role.")
     return _change_request_action(
         request, project_key, pk,
-        lambda cr, data: services.change_request_schedule(change_request=cr, actor=request.user,
+        lambda cr, data: applying.change_request_schedule(change_request=cr, actor=request.user,
                                                           when=data["scheduled_for"]),
         "Scheduled: it will be applied at that time, after the same checks.", ScheduleForm)
 
@@ -306,7 +309,7 @@ def change_request_cancel(request: HttpRequest, project_key: str, pk: int) -> Ht
         return denied(request, "Only the requester can cancel a request.")
     return _change_request_action(
         request, project_key, pk,
-        lambda cr, data: services.change_request_cancel(change_request=cr, actor=request.user),
+        lambda cr, data: applying.change_request_cancel(change_request=cr, actor=request.user),
         "Cancelled.")
 
 
@@ -328,12 +331,12 @@ def flag_control(request: HttpRequest, project_key: str, flag_key: str) -> HttpR
     """The flag page's change-control panel (loaded by htmx): open and recent requests,
     follow-ups to acknowledge, incident mode."""
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_for(project, flag_key)
     return render(request, "rollouts/flag_control.html", {
         "project": project, "flag": flag, "control": selectors.flag_control(flag),
         "plans": list(flag.rollout_plans.filter(status__in=RolloutPlan.OPEN).select_related("environment")),
-        "can_plan": services.may_propose(request.user, flag) and flag.archived_at is None,
-        "ack_form": AcknowledgeForm(), "can_acknowledge": bool(services.participation(request.user, project)),
+        "can_plan": permissions.may_propose(request.user, flag) and flag.archived_at is None,
+        "ack_form": AcknowledgeForm(), "can_acknowledge": bool(permissions.participation(request.user, project)),
     })
 
 
@@ -348,7 +351,7 @@ def _can_flip(user: Any, project: Project) -> bool:
 @require_http_methods(["GET", "POST"])
 def killswitch(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
     project = project_for(request, project_key)
-    flag = _flag_for(project, flag_key)
+    flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if not _can_flip(request.user, project):
         return denied(request, "Kill switches are for operators of this project.")
@@ -357,7 +360,7 @@ def killswitch(request: HttpRequest, project_key: str, flag_key: str, environmen
     if request.method == "POST":
         if form.is_valid():
             try:
-                targeting = services.killswitch_flip(targeting=targeting, reason=form.cleaned_data["reason"],
+                targeting = kill_switch.killswitch_flip(targeting=targeting, reason=form.cleaned_data["reason"],
                                                      actor=request.user)
             except ValidationError as exc:
                 add_service_errors(form, exc)
@@ -371,7 +374,7 @@ def killswitch(request: HttpRequest, project_key: str, flag_key: str, environmen
                 response = render(request, "flags/flag_detail.html#targeting-card",
                                   targeting_card_context(request, project, flag, targeting))
                 response["HX-Trigger"] = "flag-control-changed"
-                return _with_messages(request, response)
+                return with_messages(request, response)
         status = 422
     template = "rollouts/killswitch.html#killswitch-form" if request.htmx else "rollouts/killswitch.html"
     response = render(request, template, {"project": project, "flag": flag, "targeting": targeting, "form": form},
@@ -394,7 +397,7 @@ def incidents(request: HttpRequest, project_key: str) -> HttpResponse:
             return denied(request, "Incident mode is for operators of this project.")
         if form.is_valid():
             try:
-                incident = services.incident_start(environment=form.cleaned_data["environment"],
+                incident = incident_mode.incident_start(environment=form.cleaned_data["environment"],
                                                    surfaces=form.cleaned_data["surfaces"],
                                                    reason=form.cleaned_data["reason"], actor=request.user)
             except ValidationError as exc:
@@ -422,7 +425,7 @@ def incident_lift(request: HttpRequest, project_key: str, pk: int) -> HttpRespon
                        else "Say why incident mode can be lifted: the reason stays in the audit trail.")
     else:
         try:
-            incident = services.incident_lift(incident=incident, reason=form.cleaned_data["reason"],
+            incident = incident_mode.incident_lift(incident=incident, reason=form.cleaned_data["reason"],
                                               actor=request.user)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
@@ -440,13 +443,13 @@ def incident_lift(request: HttpRequest, project_key: str, pk: int) -> HttpRespon
 def follow_up_acknowledge(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
     project = project_for(request, project_key)
     follow_up = get_object_or_404(FollowUp.objects.select_related("environment", "flag"), project=project, pk=pk)
-    if not services.participation(request.user, project):
+    if not permissions.participation(request.user, project):
         return denied(request, "Acknowledging needs the editor, approver or operator role in this project.")
     form = AcknowledgeForm(request.POST, auto_id=f"id_ack_{pk}_%s")
     status = 200
     if form.is_valid():
         try:
-            follow_up = services.follow_up_acknowledge(follow_up=follow_up, note=form.cleaned_data["note"],
+            follow_up = follow_ups.follow_up_acknowledge(follow_up=follow_up, note=form.cleaned_data["note"],
                                                        actor=request.user)
         except ValidationError as exc:
             add_service_errors(form, exc)
@@ -464,7 +467,7 @@ def follow_up_acknowledge(request: HttpRequest, project_key: str, pk: int) -> Ht
     response = render(request, "rollouts/flag_control.html#follow-up", {
         "project": project, "item": follow_up, "ack_form": form, "can_acknowledge": True,
     }, status=status)
-    return _with_messages(request, response)
+    return with_messages(request, response)
 
 
 # --- approval policy -------------------------------------------------------------------------
@@ -481,13 +484,13 @@ def approval_policies(request: HttpRequest, project_key: str) -> HttpResponse:
         return denied(request, "Approval policies are changed by the project's admins.")
     rows, status = [], 200
     for environment in environments:
-        policy = services.policy_for(environment)
-        initial = {name: getattr(policy, name) for name in services.POLICY_LIMITS}
+        policy = approval_policy.policy_for(environment)
+        initial = {name: getattr(policy, name) for name in approval_policy.POLICY_LIMITS}
         if environment.key == posted_key:
             form = PolicyForm(request.POST, initial=initial, prefix=environment.key)
             if form.is_valid():
                 try:
-                    services.approval_policy_update(environment=environment, actor=request.user, **form.cleaned_data)
+                    approval_policy.approval_policy_update(environment=environment, actor=request.user, **form.cleaned_data)
                 except ValidationError as exc:
                     add_service_errors(form, exc)
                 else:

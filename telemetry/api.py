@@ -28,9 +28,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from featureops_site.instruments import events_ingested_add
-from flags.evaluation.engine import Snapshot
-from flags.services.sdk_keys import hash_sdk_key
-from flags.snapshot_store import get_store
+from flags.sdk_auth import SdkKeyRefused, authenticate
 from telemetry import ingest
 from telemetry.constants import MAX_BODY_BYTES
 
@@ -53,28 +51,6 @@ class _Refusal(Exception):
         self.status, self.code, self.details, self.headers = status, code, details, headers or []
 
 
-def _authenticate(environ: dict[str, Any]) -> Snapshot:
-    """The same rules as OFREP: Bearer or X-API-Key; unknown → 401, revoked → 403."""
-    raw_key = ""
-    authorization = environ.get("HTTP_AUTHORIZATION", "")
-    if authorization[:7].lower() == "bearer ":
-        raw_key = authorization[7:].strip()
-    if not raw_key:
-        raw_key = environ.get("HTTP_X_API_KEY", "").strip()
-    challenge = [("WWW-Authenticate", 'Bearer realm="events"')]
-    if not raw_key:
-        raise _Refusal(401, "UNAUTHORIZED", "An SDK key is required: Authorization: Bearer <key> or X-API-Key.",
-                       challenge)
-    found = get_store().lookup(hash_sdk_key(raw_key))
-    if found.status == "revoked":
-        raise _Refusal(403, "FORBIDDEN", "This SDK key has been revoked.")
-    if found.status == "unavailable":
-        raise _Refusal(503, "UNAVAILABLE", "Flag data is not available yet; retry shortly.", [("Retry-After", "1")])
-    if found.snapshot is None:
-        raise _Refusal(401, "UNAUTHORIZED", "Unknown SDK key.", challenge)
-    return found.snapshot
-
-
 def _read_body(environ: dict[str, Any]) -> bytes:
     limit = getattr(settings, "TELEMETRY_MAX_BODY_BYTES", MAX_BODY_BYTES)
     declared = environ.get("CONTENT_LENGTH") or ""
@@ -93,7 +69,10 @@ def _read_body(environ: dict[str, Any]) -> bytes:
 
 
 def _post_events(environ: dict[str, Any]) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-    snapshot = _authenticate(environ)
+    try:
+        snapshot = authenticate(environ, realm="events")  # the same rule as OFREP
+    except SdkKeyRefused as refused:
+        raise _Refusal(refused.status, refused.code, refused.details, refused.headers) from None
     body = _read_body(environ)
     try:
         batch_id, events = ingest.parse_batch(body)

@@ -110,3 +110,14 @@ def fresh_caches() -> Iterator[None]:
     yield
     reset_store(None)
     ingest.metric_ids.clear()
+
+
+@pytest.fixture
+def demo(db: None) -> object:
+    """The demo project, seeded: three flags, and one user per role (owner the editor, pm and
+    lead approvers, operator, auditor, admin), all with the demo password. (Browser tests use
+    their own `demo`, on a committed database a live server can read.)"""
+    from flags.demo import seed_demo
+
+    project, _ = seed_demo()
+    return project

@@ -19,18 +19,13 @@ from audit.verify import verify_chain
 from flags import services
 from flags.demo import seed_demo
 from flags.evaluation.targeting_schema import validate_clause
-from flags.models import Environment, Flag, Project
+from flags.models import Environment, Flag
 from flags.snapshot_builder import build_environment_snapshot
 from flags.snapshot_store import SnapshotStore, reset_store
 from tests.factories import TEST_ACTOR, make_project
 
 pytestmark = pytest.mark.django_db
 PROFILE = "support_assistant_profile"
-
-
-@pytest.fixture
-def demo() -> Project:
-    return seed_demo()[0]
 
 
 def _login(client: Any, username: str) -> Any:

@@ -23,7 +23,7 @@ from featureops_site.queues import QUEUES, queue_of, task_routes
 from flags import services as flag_services
 from flags.demo import seed_demo
 from flags.models import Environment
-from rollouts import services
+from rollouts.change_control import applying, approving
 from rollouts.models import ChangeRequest, RolloutPlan
 from telemetry.demo import seed_demo_metrics
 from tests.rollouts.support import escalate, production, user
@@ -104,8 +104,8 @@ def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_th
         variants = served(sdk_key)
         # and an approved escalation to be scheduled
         change_request = escalate()
-        services.change_request_approve(change_request=change_request, actor=user("pm"))
-        services.change_request_approve(change_request=change_request, actor=user("lead"))
+        approving.change_request_approve(change_request=change_request, actor=user("pm"))
+        approving.change_request_approve(change_request=change_request, actor=user("lead"))
 
         # When the workers run as deployed, one per queue (two processes deliver webhooks)
         env = worker_env(tmp_path, prefix, WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32",
@@ -122,7 +122,7 @@ def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_th
             assert wait_for(lambda: len(receiver.received) >= 2, 60) is not None, "no delivery reached the receiver"
             # and then the request is scheduled three seconds ahead
             when = timezone.now() + datetime.timedelta(seconds=3)
-            services.change_request_schedule(change_request=change_request, when=when, actor=user("owner"))
+            applying.change_request_schedule(change_request=change_request, when=when, actor=user("owner"))
             # and the applications report the candidate's latency at twice the baseline's
             post_cases(sdk_key, variants, {BASELINE: 400.0, CANDIDATE: 800.0})
             reported = time.monotonic()

@@ -18,7 +18,7 @@ those served states and compares: an unchanged state passes; a change covered by
 `Authorization` (an approved change request, or incident mode restoring what was serving)
 must produce exactly the authorised hash; any other change must raise no risk under
 `classify_served_change`. Otherwise `GovernanceError` is raised and the transaction rolls
-back. Callers that can route a change through approval (rollouts.services) ask first, with
+back. Callers that can route a change through approval (rollouts.change_control) ask first, with
 `served_states(..., overrides=...)`, so people meet a change request, not this error; the
 guard is what makes every other path (the admin, commands, imports, jobs, a forgotten view)
 unable to skip it.

@@ -2,7 +2,7 @@
 actor, validates before saving, and writes its audit row in the same transaction.
 
 Services apply changes; deciding *whether* a change may be applied directly (governed
-environments, approvals) belongs to the callers: rollouts.services routes governed changes
+environments, approvals) belongs to the callers: rollouts.change_control routes governed changes
 through change requests and calls these same services when a request is applied.
 """
 

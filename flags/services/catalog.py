@@ -26,6 +26,7 @@ from flags.models import (
     Targeting,
     Variation,
 )
+from flags.row_states import flag_contract, variation_state
 from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
@@ -34,7 +35,6 @@ from flags.services._common import (
     _user_or_none,
 )
 from flags.services.members import flag_owner_permission_sync
-from flags.snapshots import flag_contract, variation_state
 from flags.validators import validate_json_schema_document, validate_variation_value
 
 # --- projects, environments, members -------------------------------------------------------

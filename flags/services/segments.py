@@ -19,6 +19,7 @@ from flags.models import (
     Segment,
     Targeting,
 )
+from flags.row_states import segment_state
 from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
@@ -27,7 +28,6 @@ from flags.services._common import (
     _problems_to_error,
     _save_new,
 )
-from flags.snapshots import segment_state
 
 # --- segments ------------------------------------------------------------------------------
 

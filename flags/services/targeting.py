@@ -21,6 +21,7 @@ from flags.models import (
     Segment,
     Targeting,
 )
+from flags.row_states import targeting_state
 from flags.served_state.guard import governed_write
 from flags.services._common import (
     ConflictError,
@@ -28,7 +29,6 @@ from flags.services._common import (
     _user_or_none,
 )
 from flags.services.lifecycle import turn_on_problems
-from flags.snapshots import targeting_state
 
 # --- targeting -----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from audit.validators import text_limit_message
 from flags import services as flag_services
 from flags.models import Flag, Project, Targeting
 from flags.permissions import can_edit_catalog, has_project_permission
-from rollouts import services
+from rollouts.change_control import submitting as services
 from rollouts.contracts.document import (
     CONTRACT_FIELDS,
     CONTRACT_KEY,

@@ -17,18 +17,11 @@ from audit.diff import diff
 from audit.models import AuditEvent
 from flags import services
 from flags.constants import Role
-from flags.demo import seed_demo
 from flags.models import Flag, Variation
 from tests.factories import TEST_ACTOR, as_approved, grant, make_project, make_string_flag
 
 pytestmark = pytest.mark.django_db
 PROFILE = "support_assistant_profile"
-
-
-@pytest.fixture
-def demo():
-    project, _ = seed_demo()
-    return project
 
 
 def _login(client, username: str):
@@ -176,10 +169,10 @@ def test_export_csv__kill_switch_reason_that_looks_like_a_formula__written_as_te
     from django.contrib.auth import get_user_model
 
     from flags.models import Targeting
-    from rollouts import services as rollout_services
+    from rollouts.change_control import kill_switch
 
     targeting = Targeting.objects.get(flag__project=demo, flag__key=PROFILE, environment__key="production")
-    rollout_services.killswitch_flip(targeting=targeting, reason=reason,
+    kill_switch.killswitch_flip(targeting=targeting, reason=reason,
                                      actor=get_user_model().objects.get(username="operator"))
     # When an auditor exports the trail as CSV
     _login(client, "auditor")

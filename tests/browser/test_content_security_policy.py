@@ -20,7 +20,7 @@ from playwright.sync_api import Dialog, Page, expect
 
 from audit.models import AuditEvent
 from flags.models import SdkKey, Targeting
-from rollouts import services as rollout_services
+from rollouts.change_control import submitting
 from rollouts.models import Approval, ChangeRequest
 
 pytestmark = pytest.mark.browser
@@ -198,7 +198,7 @@ def test_console_under_csp__inline_script_probe_then_htmx_journeys__probe_refuse
     # Given a pending change request on the tool-mode flag in production, which pm may approve
     owner = get_user_model().objects.get(username="owner")
     production = Targeting.objects.get(flag__key=TOOL_FLAG, environment__key="production")
-    change_request = rollout_services.targeting_change_submit(
+    change_request = submitting.targeting_change_submit(
         targeting=production, changes={"rules": [*production.rules, BETA_WRITE_RULE]},
         reason="Beta accounts asked to let the agent file tickets itself.", actor=owner)
     assert isinstance(change_request, ChangeRequest) and change_request.status == "pending"

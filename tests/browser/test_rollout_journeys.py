@@ -35,8 +35,9 @@ from audit.services import SystemActor
 from flags import services as flag_services
 from flags.models import Environment, Flag, Targeting
 from notifications.models import Notification
-from rollouts import plans, services
+from rollouts.change_control import applying, approval_policy, approving
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
+from rollouts.plans import design, measurement, transitions
 from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 from telemetry.services import events_aggregate
@@ -99,8 +100,8 @@ def through_approval(plan: RolloutPlan) -> RolloutPlan:
     change_request = ChangeRequest.objects.get(pk=plan.pending_change_request_id)
     for approver in ("pm", "lead"):
         if ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING:
-            services.change_request_approve(change_request=change_request, actor=user(approver), comment="set-up")
-    services.change_request_apply(change_request=change_request, actor=user("owner"))
+            approving.change_request_approve(change_request=change_request, actor=user(approver), comment="set-up")
+    applying.change_request_apply(change_request=change_request, actor=user("owner"))
     plan = RolloutPlan.objects.get(pk=plan.pk)  # the apply's on-commit hook moved it
     assert plan.pending_change_request_id is None, "the plan did not follow its applied change request"
     return plan
@@ -108,7 +109,7 @@ def through_approval(plan: RolloutPlan) -> RolloutPlan:
 
 def baked(plan: RolloutPlan) -> RolloutPlan:
     """Pretend the current stage was entered an hour more than its bake time ago."""
-    stage = plans.plan_stages(plan)[plan.stage_index]
+    stage = design.plan_stages(plan)[plan.stage_index]
     RolloutPlan.objects.filter(pk=plan.pk).update(
         stage_entered_at=timezone.now() - datetime.timedelta(minutes=stage.min_bake_minutes + 60))
     return RolloutPlan.objects.get(pk=plan.pk)
@@ -180,19 +181,19 @@ def test_pm_reviews_evidence_and_advances_5_to_50_through_approval__ofrep_serves
     seed_demo_metrics(demo["project"])
     ingest.metric_ids.clear()
     owner = user("owner")
-    plan = plans.plan_from_template(flag=Flag.objects.get(key=PROFILE), environment=production(),
+    plan = design.plan_from_template(flag=Flag.objects.get(key=PROFILE), environment=production(),
                                     candidate=CANDIDATE, actor=owner, reason="Citation-first v4 is ready")
     # brought through its first three stages (each approved and applied as production asks,
     # each baked past its bake time)
-    plan = baked(through_approval(plans.plan_start(plan=plan, reason="internal users first", actor=owner)))
+    plan = baked(through_approval(transitions.plan_start(plan=plan, reason="internal users first", actor=owner)))
     for reason in ("beta accounts next", "5 % of eligible traffic"):
-        plan = baked(through_approval(plans.plan_advance(plan=plan, reason=reason, actor=owner)))
+        plan = baked(through_approval(transitions.plan_advance(plan=plan, reason=reason, actor=owner)))
     assert (plan.status, plan.stage_index) == ("running", 2)
     # and healthy telemetry for both variants, reported to the events API and aggregated
     # (over the last 20 minutes of stage 3, which the set-up says was entered a day ago)
     events = report(sdk_key("walk telemetry"), healthy, lambda i: datetime.timedelta(minutes=1 + i % 20, seconds=30))
     assert events_aggregate() == events
-    assert plans.plan_evidence(plan)["status"] == "green", plans.plan_evidence(plan)["guardrails"]
+    assert measurement.plan_evidence(plan)["status"] == "green", measurement.plan_evidence(plan)["guardrails"]
     # and OFREP serves the candidate to about 5 % of the accounts outside the segments
     ofrep_at_current_version(ofrep)
     at_5 = served_candidate(ofrep)
@@ -269,7 +270,7 @@ def test_pm_reviews_evidence_and_advances_5_to_50_through_approval__ofrep_serves
     assert "50 % of everyone else" in dialogs[0], dialogs
     # a widened audience, not an escalation: production's policy asks one approval
     assert (change_request.status, change_request.escalation, change_request.required_approvals) == (
-        "pending", False, services.policy_for(production()).approvals_otherwise)
+        "pending", False, approval_policy.policy_for(production()).approvals_otherwise)
     assert change_request.requester == owner
     assert plan.stage_index == 2
     assert ofrep(PROFILE, OTHER_ACCOUNTS[0])["metadata"]["targetingVersion"] == change_request.base_version
@@ -404,9 +405,9 @@ def test_injected_latency_regression_pauses_the_plan_by_itself__owner_sees_pause
     seed_demo_metrics(demo["project"])
     ingest.metric_ids.clear()
     owner = user("owner")
-    plan = plans.plan_create(flag=Flag.objects.get(key=PROFILE), environment=production(), baseline=BASELINE,
+    plan = design.plan_create(flag=Flag.objects.get(key=PROFILE), environment=production(), baseline=BASELINE,
                              candidate=CANDIDATE, stages=TWO_STAGES, actor=owner, reason="Citation-first v4")
-    plan = through_approval(plans.plan_start(plan=plan, reason="internal users first", actor=owner))
+    plan = through_approval(transitions.plan_start(plan=plan, reason="internal users first", actor=owner))
     assert (plan.status, plan.stage_index) == ("running", 0)
     assert not Notification.objects.filter(recipient=owner).exists()
     # entered two minutes ago, so events seconds old fall inside the stage's window whatever the

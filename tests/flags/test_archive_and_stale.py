@@ -6,7 +6,6 @@ and environment, recorded in batches by the evaluation service."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -19,7 +18,7 @@ from flags import services
 from flags.constants import LifecycleStage
 from flags.demo import seed_demo
 from flags.models import Environment, EvaluationRecord, Flag, Targeting
-from flags.snapshot_store import get_store, reset_store
+from flags.snapshot_store import get_store
 from tests.factories import TEST_ACTOR, make_project, make_string_flag, set_up_targeting
 from tests.ofrep_client import evaluate
 
@@ -27,10 +26,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def fresh_store() -> Iterator[None]:
-    reset_store(None)
-    yield
-    reset_store(None)
+def _fresh_caches(fresh_caches: None) -> None:
+    """Every test here starts and ends with empty process caches (snapshots, metric ids)."""
 
 
 def production(flag: Flag) -> Targeting:

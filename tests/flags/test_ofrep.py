@@ -4,7 +4,6 @@ file says, SDK-key authentication, ETags, every error status, no database query 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from django.db import OperationalError
@@ -28,10 +27,8 @@ INCIDENT = "support_ai_incident_fallback"
 
 
 @pytest.fixture(autouse=True)
-def fresh_store() -> Iterator[None]:
-    reset_store(None)
-    yield
-    reset_store(None)
+def _fresh_caches(fresh_caches: None) -> None:
+    """Every test here starts and ends with empty process caches (snapshots, metric ids)."""
 
 
 @pytest.fixture

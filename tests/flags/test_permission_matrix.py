@@ -14,9 +14,9 @@ from flags import services
 from flags.constants import Role
 from flags.demo import seed_demo
 from flags.models import Environment, Flag, Membership, Project, SdkKey
-from rollouts.plans import plan_create
-from rollouts.services import incident_start
-from rollouts.services import targeting_change_submit as submit_change
+from rollouts.change_control.incident_mode import incident_start
+from rollouts.change_control.submitting import targeting_change_submit as submit_change
+from rollouts.plans.design import plan_create
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 from webhooks.services import webhook_create
 

@@ -20,11 +20,6 @@ from tests.ofrep_client import evaluate
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def demo():
-    return seed_demo()[0]
-
-
 def _user(username: str):
     return get_user_model().objects.get(username=username)
 

@@ -27,9 +27,8 @@ from audit.constants import AuditAction
 from audit.models import AuditEvent
 from flags import services as flag_services
 from flags.constants import Role
-from flags.demo import seed_demo
 from flags.models import Environment, Project, Segment
-from rollouts import services
+from rollouts.change_control import approval_policy, approving, submitting
 from rollouts.models import ChangeRequest
 from tests.factories import TEST_ACTOR, grant
 from tests.rollouts.support import user
@@ -40,14 +39,6 @@ PROJECT = "support-assistant"
 SEGMENTS = f"/p/{PROJECT}/segments/"
 HTMX = {"HX-Request": "true"}
 NEW_KEY = "acct-internal-003"
-
-
-@pytest.fixture
-def demo(db: None, settings: Any) -> Project:
-    """The demo project: owner (editor), pm and lead (approvers), operator, auditor, admin."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # the seed's users, cheaply
-    project, _ = seed_demo()
-    return project
 
 
 @pytest.fixture
@@ -184,7 +175,7 @@ def test_segment_change_request__pm_approves_owner_applies__segment_changed_and_
     change_request = open_widening_request(client)
     version = segment("internal_users").version
     # When pm approves it
-    services.change_request_approve(change_request=change_request, actor=user("pm"), comment="Welcome, Aisha")
+    approving.change_request_approve(change_request=change_request, actor=user("pm"), comment="Welcome, Aisha")
     mark = audit_mark()
     # and the owner applies it from its page (htmx)
     response = as_user(client, "owner").post(f"/p/{PROJECT}/changes/{change_request.pk}/apply/", headers=HTMX)
@@ -406,7 +397,7 @@ def test_change_request_page__segment_request__names_the_segment_and_links_to_se
 def test_change_request_page__cannot_reach_its_approvals__warns_with_the_shortfall(client, demo) -> None:
     # Given production's policy asks 3 approvals of any risky change, and only pm and lead approve
     production = Environment.objects.get(project=demo, key="production")
-    services.approval_policy_update(environment=production, actor=user("admin"), approvals_for_escalation=3,
+    approval_policy.approval_policy_update(environment=production, actor=user("admin"), approvals_for_escalation=3,
                                     approvals_otherwise=3)
     # When the owner widens internal_users
     change_request = open_widening_request(client)
@@ -414,7 +405,7 @@ def test_change_request_page__cannot_reach_its_approvals__warns_with_the_shortfa
     page = client.get(f"/p/{PROJECT}/changes/{change_request.pk}/").content.decode()
     warning = re.search(r'<p class="notice" role="alert" data-testid="cr-shortfall">(.*?)</p>', page, re.S)
     assert warning is not None
-    assert warning.group(1) == escape(services.approval_shortfall(change_request))
+    assert warning.group(1) == escape(approving.approval_shortfall(change_request))
     assert "It needs 3 approvals, but only 2 people hold the approver role" in warning.group(1)
 
 
@@ -435,9 +426,9 @@ def test_change_request_page__segment_request_htmx_approve__swaps_the_body(clien
 def test_change_request_page__segment_moved_before_apply__conflicted_showing_what_moved(client, demo) -> None:
     # Given the owner's approved request to widen internal_users
     change_request = open_widening_request(client)
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
     # and someone renaming the segment meanwhile (which raises no risk, so it saved at once)
-    services.segment_change_submit(segment=segment("internal_users"), changes={"name": "Support staff"},
+    submitting.segment_change_submit(segment=segment("internal_users"), changes={"name": "Support staff"},
                                    actor=user("lead"))
     mark = audit_mark()
     # When the owner applies the request
@@ -472,7 +463,7 @@ def test_inbox__segment_requests__queries_do_not_grow_with_requests(client, demo
     with CaptureQueriesContext(connection) as few:
         assert client.get("/changes/").status_code == 200
     for n in range(4):
-        services.segment_change_submit(segment=segment("beta_accounts"), actor=user("owner"), reason=f"more {n}",
+        submitting.segment_change_submit(segment=segment("beta_accounts"), actor=user("owner"), reason=f"more {n}",
                                        changes={"included_keys": [*segment("beta_accounts").included_keys, f"b-{n}"]})
     assert ChangeRequest.objects.count() == 5
     with CaptureQueriesContext(connection) as many:

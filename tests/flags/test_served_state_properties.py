@@ -44,7 +44,7 @@ from flags.demo import SUPPORT_AI_PROFILE_SCHEMA, seed_demo
 from flags.models import Environment, Flag, Project, Segment, Targeting, Variation
 from flags.served_state.guard import ServedState, served_states
 from flags.served_state.policy import classify_served_change
-from rollouts import services
+from rollouts.change_control import applying, approving, incident_mode, kill_switch, submitting
 from rollouts.models import Approval, ApprovalPolicy, ChangeRequest, Incident
 
 pytestmark = pytest.mark.django_db
@@ -360,7 +360,7 @@ class Walk:
             if name == "targeting_update":
                 flag_services.targeting_update(targeting=targeting, actor=actor, reason="property walk", **changes)
             else:
-                services.targeting_change_submit(targeting=targeting, changes=changes, reason=action["reason"],
+                submitting.targeting_change_submit(targeting=targeting, changes=changes, reason=action["reason"],
                                                  actor=actor)
         elif name in ("variation_update", "variation_change_submit"):
             flag_key, variation_key = self.aimed(action, "variations")
@@ -370,10 +370,10 @@ class Walk:
             if name == "variation_update":
                 flag_services.variation_update(variation=variation, actor=actor, reason="property walk", **changes)
             else:
-                services.variation_change_submit(variation=variation, actor=actor, reason="property walk", **changes)
+                submitting.variation_change_submit(variation=variation, actor=actor, reason="property walk", **changes)
         elif name in ("flag_update", "contract_change_submit"):
             flag = Flag.objects.get(project=self.project, key=self.aimed(action, "targetings")[0])
-            submit = flag_services.flag_update if name == "flag_update" else services.contract_change_submit
+            submit = flag_services.flag_update if name == "flag_update" else submitting.contract_change_submit
             submit(flag=flag, actor=actor, reason="property walk", **action["changes"])
         elif name in ("segment_update", "segment_change_submit"):
             segment = Segment.objects.get(project=self.project, key=self.aimed(action, "segments"))
@@ -381,29 +381,29 @@ class Walk:
             if name == "segment_update":
                 flag_services.segment_update(segment=segment, actor=actor, reason="property walk", **changes)
             else:
-                services.segment_change_submit(segment=segment, changes=changes, actor=actor,
+                submitting.segment_change_submit(segment=segment, changes=changes, actor=actor,
                                                reason=action["reason"])
         elif name in ("change_request_approve", "change_request_apply"):
             change_request = self.request(action["request"])
             if change_request is None:
                 return "no request yet"
             if name == "change_request_approve":
-                change_request = services.change_request_approve(change_request=change_request, actor=actor)
+                change_request = approving.change_request_approve(change_request=change_request, actor=actor)
             else:
-                change_request = services.change_request_apply(change_request=change_request, actor=actor)
+                change_request = applying.change_request_apply(change_request=change_request, actor=actor)
             return f"{change_request.kind} request {change_request.status} ({change_request.required_approvals} needed)"
         elif name == "killswitch_flip":
-            services.killswitch_flip(targeting=self.targeting(*self.aimed(action, "targetings")),
+            kill_switch.killswitch_flip(targeting=self.targeting(*self.aimed(action, "targetings")),
                                      reason="property walk", actor=actor)
         elif name == "incident_start":
             environment = Environment.objects.get(project=self.project, key=action["environment"])
-            services.incident_start(environment=environment, surfaces=action["surfaces"], reason="property walk",
+            incident_mode.incident_start(environment=environment, surfaces=action["surfaces"], reason="property walk",
                                     actor=actor)
         elif name == "incident_lift":
             incident = Incident.objects.filter(project=self.project).order_by("-pk").first()
             if incident is None:
                 return "no incident yet"
-            incident = services.incident_lift(incident=incident, reason="property walk", actor=actor)
+            incident = incident_mode.incident_lift(incident=incident, reason="property walk", actor=actor)
             return f"{len(incident.restored)} restored, {len(incident.left)} left"
         else:
             raise AssertionError(f"unknown step {name}")

@@ -23,7 +23,6 @@ from audit.models import AuditEvent
 from audit.services import SystemActor
 from flags import services
 from flags.constants import KEY_ERROR, BehaviorSurface, LifecycleStage, Lifetime, Role, ValueType
-from flags.demo import seed_demo
 from flags.forms import FlagEditForm, TargetingForm
 from flags.models import Environment, Flag, Project, Segment, Targeting, Variation
 
@@ -36,14 +35,6 @@ HTMX = {"HX-Request": "true"}
 
 
 # --- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def demo(db: None, settings: Any) -> Project:
-    # Demo users are created with passwords; a fast hasher keeps the per-test seed cheap.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    project, _ = seed_demo()
-    return project
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from flags.models import Targeting
-from rollouts import services
+from rollouts.change_control import submitting
 from rollouts.models import ChangeRequest
 
 TOOL_MODE = "support_agent_tool_mode"
@@ -27,5 +27,5 @@ def production(flag_key: str = TOOL_MODE) -> Targeting:
 
 def escalate(requester: str = "owner") -> ChangeRequest:
     targeting = production()
-    return services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
+    return submitting.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
                                             reason="Let beta accounts write tickets", actor=user(requester))

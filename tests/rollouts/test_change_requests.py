@@ -19,7 +19,7 @@ from flags.demo import seed_demo
 from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Targeting
 from flags.snapshot_builder import build_environment_snapshot
-from rollouts import services
+from rollouts.change_control import applying, approving, kill_switch, submitting
 from rollouts.models import ChangeRequest
 from tests.factories import TEST_ACTOR
 from tests.rollouts.support import BETA_WRITE, TOOL_MODE, escalate, production, user
@@ -41,7 +41,7 @@ def test_submit__tool_mode_escalation_in_production__change_request_needing_two(
 def test_submit__widening_without_escalation__needs_one(demo) -> None:
     targeting = production()
     rules = [*targeting.rules, {**BETA_WRITE, "serve": {"variation": "approval_required"}}]
-    change_request = services.targeting_change_submit(targeting=targeting, changes={"rules": rules}, reason="beta",
+    change_request = submitting.targeting_change_submit(targeting=targeting, changes={"rules": rules}, reason="beta",
                                                       actor=user("owner"))
     assert change_request.required_approvals == 1 and not change_request.escalation
 
@@ -49,15 +49,15 @@ def test_submit__widening_without_escalation__needs_one(demo) -> None:
 def test_submit__de_escalation_in_production__applies_at_once_but_needs_a_reason(demo) -> None:
     targeting = production()
     with pytest.raises(ValidationError, match="Say why"):
-        services.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="", actor=user("owner"))
-    result = services.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="internal done",
+        submitting.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="", actor=user("owner"))
+    result = submitting.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="internal done",
                                               actor=user("owner"))
     assert isinstance(result, Targeting) and result.rules == []
 
 
 def test_submit__development__applies_at_once(demo) -> None:
     targeting = Targeting.objects.get(flag__key=TOOL_MODE, environment__key="development")
-    result = services.targeting_change_submit(targeting=targeting, changes={"default_serve": {"variation": "write"}},
+    result = submitting.targeting_change_submit(targeting=targeting, changes={"default_serve": {"variation": "write"}},
                                               actor=user("owner"))
     assert isinstance(result, Targeting) and result.default_serve == {"variation": "write"}
 
@@ -65,21 +65,21 @@ def test_submit__development__applies_at_once(demo) -> None:
 def test_approve__own_request_or_without_role__refused(demo) -> None:
     change_request = escalate(requester="owner")
     with pytest.raises(ValidationError, match="your own request"):
-        services.change_request_approve(change_request=change_request, actor=user("owner"))
+        approving.change_request_approve(change_request=change_request, actor=user("owner"))
     with pytest.raises(ValidationError, match="approver role"):
-        services.change_request_approve(change_request=change_request, actor=user("auditor"))
+        approving.change_request_approve(change_request=change_request, actor=user("auditor"))
     assert change_request.approvals.count() == 0
 
 
 def test_two_approvals_then_apply__served_by_the_engine(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"), comment="ok")
+    approving.change_request_approve(change_request=change_request, actor=user("pm"), comment="ok")
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "pending"
     with pytest.raises(ValidationError, match="already decided"):
-        services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+        approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "approved"
-    applied = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    applied = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert applied.status == "applied"
     row = AuditEvent.objects.get(action="targeting.updated", change_request_id=change_request.pk)
     assert row.reason.startswith(f"CR-{change_request.pk}")
@@ -90,25 +90,25 @@ def test_two_approvals_then_apply__served_by_the_engine(demo) -> None:
 
 def test_edit__discards_earlier_approvals(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
-    edited = services.change_request_edit(
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
+    edited = applying.change_request_edit(
         change_request=change_request, actor=user("owner"), reason="only beta ones",
         changes={"rules": [*production().rules, {**BETA_WRITE, "clauses": [{"attribute": "plan", "op": "in",
                                                                              "values": ["beta"]}]}]})
-    assert edited.status == "pending" and services.valid_approvals(edited) == 0
+    assert edited.status == "pending" and approving.valid_approvals(edited) == 0
     with pytest.raises(ValidationError, match="Only an approved request"):
-        services.change_request_apply(change_request=edited, actor=user("owner"))
+        applying.change_request_apply(change_request=edited, actor=user("owner"))
 
 
 def test_apply__base_version_moved__conflicted_and_nothing_applied(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     # meanwhile a de-escalation lands
-    services.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="incident",
+    submitting.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="incident",
                                      actor=user("owner"))
-    result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert result.status == "conflicted" and result.conflict["current"]["rules"] == []
     assert production().rules == []
     assert AuditEvent.objects.filter(action="change_request.conflicted").exists()
@@ -116,31 +116,31 @@ def test_apply__base_version_moved__conflicted_and_nothing_applied(demo) -> None
 
 def test_apply__approver_lost_the_role__refused(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     flag_services.membership_revoke(project=demo, user=user("lead"), role=Role.APPROVER, actor=TEST_ACTOR)
     with pytest.raises(ValidationError, match="1 of 2 approvals"):
-        services.change_request_apply(change_request=change_request, actor=user("owner"))
+        applying.change_request_apply(change_request=change_request, actor=user("owner"))
 
 
 def test_reject__closes_the_request(demo) -> None:
     change_request = escalate()
-    services.change_request_reject(change_request=change_request, actor=user("pm"), comment="too risky")
+    approving.change_request_reject(change_request=change_request, actor=user("pm"), comment="too risky")
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "rejected"
     with pytest.raises(ValidationError):
-        services.change_request_approve(change_request=change_request, actor=user("lead"))
+        approving.change_request_approve(change_request=change_request, actor=user("lead"))
 
 
 def test_schedule__sweep_applies_once(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
-    services.change_request_schedule(change_request=change_request, actor=user("owner"),
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
+    applying.change_request_schedule(change_request=change_request, actor=user("owner"),
                                      when=timezone.now() + datetime.timedelta(minutes=5))
-    assert services.apply_due_change_requests() == 0
+    assert applying.apply_due_change_requests() == 0
     ChangeRequest.objects.filter(pk=change_request.pk).update(scheduled_for=timezone.now() - datetime.timedelta(seconds=1))
-    assert services.apply_due_change_requests() == 1
-    assert services.apply_due_change_requests() == 0
+    assert applying.apply_due_change_requests() == 1
+    assert applying.apply_due_change_requests() == 0
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "applied"
     assert AuditEvent.objects.get(action="change_request.applied").actor_label == "system:change-scheduler"
 
@@ -148,17 +148,17 @@ def test_schedule__sweep_applies_once(demo) -> None:
 def test_expiry__undecided_past_the_policy__expired(demo) -> None:
     change_request = escalate()
     ChangeRequest.objects.filter(pk=change_request.pk).update(created_at=timezone.now() - datetime.timedelta(days=8))
-    assert services.expire_undecided_change_requests() == 1
+    assert applying.expire_undecided_change_requests() == 1
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "expired"
 
 
 def test_killswitch__operator_with_reason__off_at_once_and_audited(demo) -> None:
     targeting = production()
     with pytest.raises(ValidationError, match="operator role"):
-        services.killswitch_flip(targeting=targeting, reason="x", actor=user("owner"))
+        kill_switch.killswitch_flip(targeting=targeting, reason="x", actor=user("owner"))
     with pytest.raises(ValidationError, match="Say why"):
-        services.killswitch_flip(targeting=targeting, reason=" ", actor=user("operator"))
-    services.killswitch_flip(targeting=targeting, reason="agent wrote to prod tickets", actor=user("operator"))
+        kill_switch.killswitch_flip(targeting=targeting, reason=" ", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=targeting, reason="agent wrote to prod tickets", actor=user("operator"))
     assert production().enabled is False
     event = AuditEvent.objects.get(action="killswitch.flipped")
     assert event.reason == "agent wrote to prod tickets" and event.actor_label.endswith("(operator)")
@@ -192,12 +192,12 @@ def test_races__double_apply_and_concurrent_approvals__one_outcome_each() -> Non
         return sorted(outcomes)
 
     # Two approvers at once: both count, the request ends approved exactly once
-    assert in_threads(lambda: services.change_request_approve(change_request=change_request, actor=user("pm")),
-                      lambda: services.change_request_approve(change_request=change_request, actor=user("lead"))) == ["ok", "ok"]
+    assert in_threads(lambda: approving.change_request_approve(change_request=change_request, actor=user("pm")),
+                      lambda: approving.change_request_approve(change_request=change_request, actor=user("lead"))) == ["ok", "ok"]
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "approved"
     # Apply twice at once: one applies, the other is refused
-    assert in_threads(lambda: services.change_request_apply(change_request=change_request, actor=user("owner")),
-                      lambda: services.change_request_apply(change_request=change_request, actor=user("owner"))) == [
+    assert in_threads(lambda: applying.change_request_apply(change_request=change_request, actor=user("owner")),
+                      lambda: applying.change_request_apply(change_request=change_request, actor=user("owner"))) == [
         "ok", "refused"]
     assert AuditEvent.objects.filter(action="change_request.applied").count() == 1
     assert AuditEvent.objects.filter(action="targeting.updated", change_request_id=change_request.pk).count() == 1

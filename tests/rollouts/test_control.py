@@ -10,7 +10,15 @@ from audit.models import AuditEvent
 from flags import services as flag_services
 from flags.models import Environment, Targeting
 from notifications.models import Notification
-from rollouts import services
+from rollouts.change_control import (
+    applying,
+    approval_policy,
+    approving,
+    follow_ups,
+    incident_mode,
+    kill_switch,
+    submitting,
+)
 from rollouts.models import ApprovalPolicy, ChangeRequest, FollowUp, Incident
 from tests.rollouts.support import BETA_WRITE, escalate, production, user
 
@@ -31,24 +39,24 @@ def test_new_request__approvers_notified_not_the_requester(demo) -> None:
 
 def test_decisions__requester_notified_of_approval_rejection_and_expiry(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
     assert inbox("owner") == []  # one of two: not decided yet
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     assert inbox("owner") == [f"Approved: CR-{change_request.pk} support_agent_tool_mode in Production"]
-    other = services.targeting_change_submit(
+    other = submitting.targeting_change_submit(
         targeting=production(PROFILE), changes={"default_serve": {"variation": "citation_first_v4"}},
         reason="everyone on v4", actor=user("owner"))
-    services.change_request_reject(change_request=other, actor=user("lead"), comment="not before the evidence")
+    approving.change_request_reject(change_request=other, actor=user("lead"), comment="not before the evidence")
     assert f"Rejected: CR-{other.pk} support_assistant_profile in Production" in inbox("owner")
 
 
 def test_comment__participants_only_audited_and_requester_told(demo) -> None:
     change_request = escalate()
     with pytest.raises(ValidationError, match="Commenting needs"):
-        services.change_request_comment(change_request=change_request, body="hm", actor=user("auditor"))
+        approving.change_request_comment(change_request=change_request, body="hm", actor=user("auditor"))
     with pytest.raises(ValidationError):
-        services.change_request_comment(change_request=change_request, body="   ", actor=user("pm"))
-    services.change_request_comment(change_request=change_request, body="Which tickets?", actor=user("pm"))
+        approving.change_request_comment(change_request=change_request, body="   ", actor=user("pm"))
+    approving.change_request_comment(change_request=change_request, body="Which tickets?", actor=user("pm"))
     assert change_request.comments.get().body == "Which tickets?"
     assert AuditEvent.objects.get(action="change_request.commented").change_request_id == change_request.pk
     assert any(t.startswith("New comment") for t in inbox("owner"))
@@ -56,7 +64,7 @@ def test_comment__participants_only_audited_and_requester_told(demo) -> None:
 
 def test_killswitch__fallback_follow_up_and_owner_and_approvers_told(demo) -> None:
     targeting = production(PROFILE)
-    services.killswitch_flip(targeting=targeting, reason="hallucinated refunds", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=targeting, reason="hallucinated refunds", actor=user("operator"))
     assert production(PROFILE).enabled is False
     follow_up = FollowUp.objects.get()
     assert follow_up.kind == "killswitch" and follow_up.flag.key == PROFILE and follow_up.acknowledged_at is None
@@ -65,66 +73,66 @@ def test_killswitch__fallback_follow_up_and_owner_and_approvers_told(demo) -> No
     assert inbox("operator") == []
     # Flipping an already-off flag is refused rather than recorded twice
     with pytest.raises(ValidationError, match="already off"):
-        services.killswitch_flip(targeting=targeting, reason="again", actor=user("operator"))
+        kill_switch.killswitch_flip(targeting=targeting, reason="again", actor=user("operator"))
 
 
 def test_killswitch__open_request_on_the_flag_then_conflicts(demo) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
-    services.killswitch_flip(targeting=production(), reason="incident", actor=user("operator"))
-    result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
+    kill_switch.killswitch_flip(targeting=production(), reason="incident", actor=user("operator"))
+    result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert result.status == "conflicted" and production().enabled is False
 
 
 def test_follow_up__acknowledged_by_a_second_person_with_a_note(demo) -> None:
-    services.killswitch_flip(targeting=production(PROFILE), reason="bad answers", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=production(PROFILE), reason="bad answers", actor=user("operator"))
     follow_up = FollowUp.objects.get()
     with pytest.raises(ValidationError, match="someone else"):
-        services.follow_up_acknowledge(follow_up=follow_up, note="fine", actor=user("operator"))
+        follow_ups.follow_up_acknowledge(follow_up=follow_up, note="fine", actor=user("operator"))
     with pytest.raises(ValidationError, match="role"):
-        services.follow_up_acknowledge(follow_up=follow_up, note="fine", actor=user("auditor"))
+        follow_ups.follow_up_acknowledge(follow_up=follow_up, note="fine", actor=user("auditor"))
     with pytest.raises(ValidationError):
-        services.follow_up_acknowledge(follow_up=follow_up, note=" ", actor=user("pm"))
-    services.follow_up_acknowledge(follow_up=follow_up, note="Prompt regression; fix in v5", actor=user("pm"))
+        follow_ups.follow_up_acknowledge(follow_up=follow_up, note=" ", actor=user("pm"))
+    follow_ups.follow_up_acknowledge(follow_up=follow_up, note="Prompt regression; fix in v5", actor=user("pm"))
     follow_up.refresh_from_db()
     assert follow_up.acknowledged_by == user("pm") and follow_up.note == "Prompt regression; fix in v5"
     assert AuditEvent.objects.filter(action="follow_up.acknowledged").count() == 1
     with pytest.raises(ValidationError, match="already"):
-        services.follow_up_acknowledge(follow_up=follow_up, note="again", actor=user("lead"))
+        follow_ups.follow_up_acknowledge(follow_up=follow_up, note="again", actor=user("lead"))
 
 
 def test_incident_mode__chosen_surfaces_to_fallback_then_lifted(demo) -> None:
     env = Environment.objects.get(key="production")
     with pytest.raises(ValidationError, match="operator"):
-        services.incident_start(environment=env, surfaces=[], reason="x", actor=user("owner"))
+        incident_mode.incident_start(environment=env, surfaces=[], reason="x", actor=user("owner"))
     with pytest.raises(ValidationError):
-        services.incident_start(environment=env, surfaces=["no_such_surface"], reason="x", actor=user("operator"))
-    incident = services.incident_start(environment=env, surfaces=["agent_tools"], reason="tool misuse",
+        incident_mode.incident_start(environment=env, surfaces=["no_such_surface"], reason="x", actor=user("operator"))
+    incident = incident_mode.incident_start(environment=env, surfaces=["agent_tools"], reason="tool misuse",
                                        actor=user("operator"))
     assert [a["flag"] for a in incident.affected] == ["support_agent_tool_mode"]
     assert production().enabled is False and production(PROFILE).enabled is True  # other surfaces untouched
     assert FollowUp.objects.get().incident == incident
     assert AuditEvent.objects.get(action="incident.started").reason == "tool misuse"
     with pytest.raises(ValidationError, match="already on"):
-        services.incident_start(environment=env, surfaces=[], reason="again", actor=user("operator"))
-    services.incident_lift(incident=incident, reason="fixed", actor=user("operator"))
+        incident_mode.incident_start(environment=env, surfaces=[], reason="again", actor=user("operator"))
+    incident_mode.incident_lift(incident=incident, reason="fixed", actor=user("operator"))
     assert production().enabled is True
     assert Incident.objects.get().lifted_at is not None
     assert AuditEvent.objects.get(action="incident.lifted").after == {"restored": ["support_agent_tool_mode"],
                                                                         "left": []}
     with pytest.raises(ValidationError, match="lifted already"):
-        services.incident_lift(incident=incident, reason="twice", actor=user("operator"))
+        incident_mode.incident_lift(incident=incident, reason="twice", actor=user("operator"))
 
 
 def test_incident_mode__everything_then_a_flag_changed_meanwhile_stays_as_it_is(demo) -> None:
     env = Environment.objects.get(key="production")
-    incident = services.incident_start(environment=env, surfaces=[], reason="provider outage", actor=user("operator"))
+    incident = incident_mode.incident_start(environment=env, surfaces=[], reason="provider outage", actor=user("operator"))
     assert sorted(a["flag"] for a in incident.affected) == ["support_agent_tool_mode", "support_assistant_profile"]
     assert not Targeting.objects.filter(environment=env, enabled=True).exists()
     # Someone reshapes the profile flag's targeting during the incident
     flag_services.targeting_update(targeting=production(PROFILE), actor=user("owner"), rules=[], reason="simplify")
-    lifted = services.incident_lift(incident=incident, reason="provider back", actor=user("operator"))
+    lifted = incident_mode.incident_lift(incident=incident, reason="provider back", actor=user("operator"))
     assert lifted.restored == ["support_agent_tool_mode"] and lifted.left == ["support_assistant_profile"]
     assert production().enabled is True and production(PROFILE).enabled is False
 
@@ -133,20 +141,20 @@ def test_incident_mode__nothing_on__refused_and_nothing_written(demo) -> None:
     env = Environment.objects.get(key="production")
     before = AuditEvent.objects.count()
     with pytest.raises(ValidationError, match="nothing to send"):
-        services.incident_start(environment=env, surfaces=["fallback_mode"], reason="x", actor=user("operator"))
+        incident_mode.incident_start(environment=env, surfaces=["fallback_mode"], reason="x", actor=user("operator"))
     assert AuditEvent.objects.count() == before and not Incident.objects.exists()
 
 
 def test_approval_policy__admin_only_validated_and_audited(demo) -> None:
     env = Environment.objects.get(key="production")
     with pytest.raises(ValidationError, match="admin"):
-        services.approval_policy_update(environment=env, actor=user("owner"), approvals_for_escalation=1)
+        approval_policy.approval_policy_update(environment=env, actor=user("owner"), approvals_for_escalation=1)
     for bad in ({"approvals_for_escalation": 0}, {"approvals_otherwise": "2"}, {"expire_after_days": 91},
                 {"approvals_otherwise": 3}, {"nonsense": 1}):
         with pytest.raises(ValidationError):
-            services.approval_policy_update(environment=env, actor=user("admin"), **bad)
+            approval_policy.approval_policy_update(environment=env, actor=user("admin"), **bad)
     assert not ApprovalPolicy.objects.exists()
-    services.approval_policy_update(environment=env, actor=user("admin"), approvals_for_escalation=3,
+    approval_policy.approval_policy_update(environment=env, actor=user("admin"), approvals_for_escalation=3,
                                     approvals_otherwise=2, expire_after_days=3)
     event = AuditEvent.objects.get(action="approval_policy.updated")
     assert event.before["approvals_for_escalation"] == 2 and event.after["approvals_for_escalation"] == 3
@@ -157,22 +165,22 @@ def test_approval_policy__admin_only_validated_and_audited(demo) -> None:
 def test_preview__says_what_submit_would_do_and_writes_nothing(demo) -> None:
     targeting = production()
     before = AuditEvent.objects.count()
-    preview = services.preview_targeting_change(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]})
+    preview = submitting.preview_targeting_change(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]})
     assert not preview.applies_now and preview.required_approvals == 2
     assert any(r.escalation for r in preview.reasons)
     assert [line.text for line in preview.lines] == [
         "tool mode for beta_accounts (new rule): read_only (risk 1) → write (risk 4)"]
-    safer = services.preview_targeting_change(targeting=targeting, changes={"enabled": False})
+    safer = submitting.preview_targeting_change(targeting=targeting, changes={"enabled": False})
     assert safer.applies_now and safer.governed
     with pytest.raises(ValidationError):
-        services.preview_targeting_change(targeting=targeting, changes={"rules": [{"clauses": "nope"}]})
+        submitting.preview_targeting_change(targeting=targeting, changes={"rules": [{"clauses": "nope"}]})
     assert AuditEvent.objects.count() == before and not ChangeRequest.objects.exists()
 
 
 def test_submit__stale_expected_version__refused(demo) -> None:
     targeting = production()
     with pytest.raises(ValidationError, match="changed since"):
-        services.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="x",
+        submitting.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="x",
                                          expected_version=targeting.version - 1, actor=user("owner"))
 
 
@@ -180,7 +188,7 @@ def test_operator_roll_back__split_to_baseline_applies_at_once_with_follow_up(de
     targeting = production(PROFILE)
     rules = [dict(rule) for rule in targeting.rules]
     rules[1]["serve"] = {"variation": "baseline_v3"}  # the 5 % split back to the baseline
-    result = services.targeting_change_submit(targeting=targeting, changes={"rules": rules},
+    result = submitting.targeting_change_submit(targeting=targeting, changes={"rules": rules},
                                               reason="candidate cites stale docs", actor=user("operator"))
     assert isinstance(result, Targeting) and production(PROFILE).rules[1]["serve"] == {"variation": "baseline_v3"}
     follow_up = FollowUp.objects.get()
@@ -191,9 +199,9 @@ def test_operator_roll_back__split_to_baseline_applies_at_once_with_follow_up(de
 def test_operator__cannot_raise_risk_editor_de_escalation_leaves_no_follow_up(demo) -> None:
     targeting = production()
     with pytest.raises(ValidationError, match="Operators move traffic towards the fallback only"):
-        services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
+        submitting.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
                                          reason="x", actor=user("operator"))
     assert not ChangeRequest.objects.exists()
-    services.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="internal trial over",
+    submitting.targeting_change_submit(targeting=production(), changes={"rules": []}, reason="internal trial over",
                                      actor=user("owner"))
     assert not FollowUp.objects.exists()

@@ -26,8 +26,8 @@ from flags.demo import DEMO_USERS, seed_demo
 from flags.models import Environment, Flag, Targeting
 from flags.snapshot_store import reset_store
 from notifications.models import Notification
-from rollouts import plans
 from rollouts.models import ReleaseDecision, RolloutPlan
+from rollouts.plans import design, measurement, transitions
 from telemetry.demo import seed_demo_metrics
 from tests.ofrep_client import call, evaluate
 from tests.workers import delete_queues, require_broker, start_worker, stop_worker, unique_prefix, worker_env
@@ -59,9 +59,9 @@ def user(name: str) -> Any:
 
 def started_plan(env_key: str) -> RolloutPlan:
     environment = Environment.objects.get(project__key="support-assistant", key=env_key)
-    plan = plans.plan_create(flag=Flag.objects.get(key=PROFILE), environment=environment, baseline=BASELINE,
+    plan = design.plan_create(flag=Flag.objects.get(key=PROFILE), environment=environment, baseline=BASELINE,
                              candidate=CANDIDATE, stages=STAGES, actor=user("owner"), reason="Citation-first v4")
-    plan = plans.plan_start(plan=plan, reason="internal users first", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="internal users first", actor=user("owner"))
     assert (plan.status, plan.stage_index, plan.pending_change_request) == ("running", 0, None)
     return plan
 
@@ -177,6 +177,6 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     # and the staging plan, green in the same sweeps with enough samples, keeps running
     assert green.status == "running"
     assert not ReleaseDecision.objects.filter(plan=green).exclude(action="start").exists()
-    (judged,) = plans.plan_evidence(green)["guardrails"]
+    (judged,) = measurement.plan_evidence(green)["guardrails"]
     assert judged["status"] == "green" and judged["candidate_samples"] >= MIN_SAMPLES, judged
     assert served(keys["staging"]) == before["staging"]

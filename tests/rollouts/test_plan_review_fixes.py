@@ -12,9 +12,11 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from flags import services as flag_services
-from rollouts import plan_pages, plans, services
+from rollouts.change_control import kill_switch
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan, RolloutStage
-from rollouts.plan_guardrails import AMBER, evaluate_guardrail, guardrail_problems
+from rollouts.plans import breaches, design, transitions
+from rollouts.plans import pages as plan_pages
+from rollouts.plans.guardrails import AMBER, evaluate_guardrail, guardrail_problems
 from telemetry.services import events_aggregate
 from tests.factories import TEST_ACTOR
 from tests.rollouts.support import user
@@ -57,20 +59,20 @@ def test_breach__rollback_would_need_approval__plan_paused_instead_and_people_to
     # Given a production plan whose baseline is not the flag's fallback and that rolls back on a breach
     stages = [{"name": "Internal", "segments": ["internal_users"], "percentage": 0, "min_bake_minutes": 0,
                "guardrails": [LATENCY]}]
-    plan = plans.plan_create(flag=flag(), environment=environment("production"), baseline="fallback_human_review",
+    plan = design.plan_create(flag=flag(), environment=environment("production"), baseline="fallback_human_review",
                              candidate=CANDIDATE, stages=stages, actor=user("owner"), reason="x",
                              on_breach="rollback")
-    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
     if plan.pending_change_request_id:
         approve_and_apply(plan.pending_change_request)
-        plan = plans.plan_sync(plan)
+        plan = transitions.plan_sync(plan)
     plan = baked(plan, minutes=30)
     key = flag_services.sdk_key_create(environment=environment("production"), name="t", actor=TEST_ACTOR)[1]
     post_latencies(key, "fallback_human_review", 100, 60)
     post_latencies(key, CANDIDATE, 400, 60)
     events_aggregate()
     # When the guardrail sweep runs
-    assert plans.check_guardrails() == 1
+    assert breaches.check_guardrails() == 1
     # Then the breach is recorded and the plan paused, since rolling back would have waited
     plan = fresh(plan)
     assert plan.status == "paused"
@@ -83,9 +85,9 @@ def test_sweep__one_plan_failing__the_others_are_still_checked(catalog: Any, cap
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = make_plan("staging"), make_plan("development")
     for plan in (first, second):
-        plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+        transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
     checked = []
-    real = plans.plan_guardrails_check
+    real = breaches.plan_guardrails_check
 
     def check(*, plan: RolloutPlan) -> bool:
         if plan.pk == first.pk:
@@ -93,9 +95,9 @@ def test_sweep__one_plan_failing__the_others_are_still_checked(catalog: Any, cap
         checked.append(plan.pk)
         return real(plan=plan)
 
-    monkeypatch.setattr(plans, "plan_guardrails_check", check)
+    monkeypatch.setattr(breaches, "plan_guardrails_check", check)
     with caplog.at_level(logging.ERROR, logger="rollouts.plans"):
-        plans.check_guardrails()
+        breaches.check_guardrails()
     assert checked == [second.pk]
     assert any(f"rollout plan {first.pk} failed" in r.getMessage() for r in caplog.records)
 
@@ -104,17 +106,17 @@ def test_advance_before_first_stage__flag_stopped_meanwhile__refused(catalog: An
     # Given a staging plan whose first stage waits for approval
     stages = [{"name": "Internal", "segments": ["internal_users"], "percentage": 0, "needs_approval": True},
               {"name": "Beta", "segments": ["internal_users", "beta_accounts"], "percentage": 0}]
-    plan = plans.plan_create(flag=flag(), environment=environment("staging"), baseline=BASELINE,
+    plan = design.plan_create(flag=flag(), environment=environment("staging"), baseline=BASELINE,
                              candidate=CANDIDATE, stages=stages, actor=user("owner"), reason="x")
-    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
     request = plan.pending_change_request
     # When the operator stops the flag, and the owner resumes and advances
-    services.killswitch_flip(targeting=targeting("staging"), reason="stop", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=targeting("staging"), reason="stop", actor=user("operator"))
     assert ChangeRequest.objects.get(pk=request.pk).status == "cancelled"
-    plan = plans.plan_resume(plan=fresh(plan), reason="resume", actor=user("owner"))
+    plan = transitions.plan_resume(plan=fresh(plan), reason="resume", actor=user("owner"))
     # Then no request that would turn the flag back on is opened
     with pytest.raises(ValidationError, match="is off in Staging"):
-        plans.plan_advance(plan=plan, reason="again", actor=user("owner"))
+        transitions.plan_advance(plan=plan, reason="again", actor=user("owner"))
     assert ChangeRequest.objects.filter(status="pending").count() == 0
     # and the page offers the advance disabled, with the reason
     actions = plan_pages.plan_page(fresh(plan), user("owner"))["actions"]
@@ -125,12 +127,12 @@ def test_advance_before_first_stage__flag_stopped_meanwhile__refused(catalog: An
 def test_request_page__plan_moved_on__shows_the_evidence_recorded_then(client: Any, catalog: Any) -> None:
     plan = make_plan()
     RolloutStage.objects.filter(plan=plan, order=1).update(needs_approval=True)
-    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
-    plan = plans.plan_advance(plan=plan, reason="beta", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan = transitions.plan_advance(plan=plan, reason="beta", actor=user("owner"))
     request = plan.pending_change_request
     approve_and_apply(request)
-    plan = plans.plan_sync(plan)
-    plan = plans.plan_advance(plan=baked(plan), reason="5 %", actor=user("owner"))
+    plan = transitions.plan_sync(plan)
+    plan = transitions.plan_advance(plan=baked(plan), reason="5 %", actor=user("owner"))
     evidence = plan_pages.request_evidence(ChangeRequest.objects.get(pk=request.pk))
     assert evidence["live"] is False and evidence["step"].startswith("Stage 2 (Beta accounts)")
     client.force_login(user("pm"))
@@ -141,7 +143,7 @@ def test_request_page__plan_moved_on__shows_the_evidence_recorded_then(client: A
 
 def test_archived_flag__no_new_plan(catalog: Any) -> None:
     for targeting_row in flag().targetings.filter(enabled=True):
-        services.killswitch_flip(targeting=targeting_row, reason="off", actor=user("operator"))
+        kill_switch.killswitch_flip(targeting=targeting_row, reason="off", actor=user("operator"))
     flag_services.flag_archive(flag=flag(), reason="done", actor=user("owner"))
     with pytest.raises(ValidationError, match="archived"):
         make_plan()
@@ -150,9 +152,9 @@ def test_archived_flag__no_new_plan(catalog: Any) -> None:
 
 def test_closed_plan__investigation_cannot_be_cleared_by_a_forged_post(client: Any, catalog: Any) -> None:
     plan = make_plan()
-    plans.plan_start(plan=plan, reason="go", actor=user("owner"))
-    plans.plan_investigate(plan=plan, reason="odd", actor=user("pm"))
-    plans.plan_rollback(plan=plan, reason="stop", actor=user("owner"))
+    transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
+    transitions.plan_investigate(plan=plan, reason="odd", actor=user("pm"))
+    transitions.plan_rollback(plan=plan, reason="stop", actor=user("owner"))
     client.force_login(user("pm"))
     response = htmx_post(client, plan_url(plan, "resolve"), {"reason": "forged"})
     assert response.status_code == 422

@@ -21,9 +21,10 @@ from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Flag, Targeting
 from flags.snapshot_builder import build_environment_snapshot
 from notifications.models import Notification
-from rollouts import plans, services
+from rollouts.change_control import applying, approving, submitting
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
-from rollouts.plan_guardrails import AMBER, GREEN, RED, evaluate_guardrail
+from rollouts.plans import breaches, design, transitions
+from rollouts.plans.guardrails import AMBER, GREEN, RED, evaluate_guardrail
 from rollouts.tasks import check_guardrails as check_guardrails_task
 from telemetry.demo import seed_demo_metrics
 from telemetry.services import events_aggregate
@@ -60,7 +61,7 @@ def stage(name: str, segments: list[str], percentage: int = 0, **extra: Any) -> 
 
 
 def template_plan(env_key: str = "staging", **extra: Any) -> RolloutPlan:
-    return plans.plan_from_template(flag=flag(), environment=environment(env_key), candidate=CANDIDATE,
+    return design.plan_from_template(flag=flag(), environment=environment(env_key), candidate=CANDIDATE,
                                     actor=user("owner"), reason="Citation-first v4 is ready", **extra)
 
 
@@ -82,8 +83,8 @@ def served(env_key: str, units: list[str]) -> dict[str, str]:
 def approve_and_apply(change_request: ChangeRequest) -> ChangeRequest:
     for approver in ("pm", "lead"):
         if ChangeRequest.objects.get(pk=change_request.pk).status == "pending":
-            services.change_request_approve(change_request=change_request, actor=user(approver))
-    return services.change_request_apply(change_request=change_request, actor=user("owner"))
+            approving.change_request_approve(change_request=change_request, actor=user(approver))
+    return applying.change_request_apply(change_request=change_request, actor=user("owner"))
 
 
 # --- the template and validation -------------------------------------------------------------
@@ -93,7 +94,7 @@ def test_template__seed_path_with_guardrails_from_the_flag__draft(catalog: Any) 
     # When the owner plans the profile's rollout from the template
     plan = template_plan()
     # Then the five stages of the seed article are there, exposure growing, the last needing approval
-    stages = plans.plan_stages(plan)
+    stages = design.plan_stages(plan)
     assert [s.name for s in stages] == ["Internal users", "Beta accounts", "5 % of eligible traffic",
                                         "50 % experiment", "Default behaviour"]
     assert [s.percentage for s in stages] == [0, 0, 5_000, 50_000, 100_000]
@@ -126,7 +127,7 @@ def test_create__bad_input__refused_with_the_reason(catalog: Any, changes: dict[
                  "candidate": CANDIDATE, "stages": [stage("a", ["internal_users"])], "actor": user("owner"),
                  **changes}
     with pytest.raises(ValidationError) as refused:
-        plans.plan_create(**arguments)
+        design.plan_create(**arguments)
     assert message in " ".join(refused.value.message_dict[field])
     assert not RolloutPlan.objects.exists()
 
@@ -136,7 +137,7 @@ def test_create__second_open_plan_or_operator__refused(catalog: Any) -> None:
     with pytest.raises(ValidationError, match="already has an open rollout plan"):
         template_plan()
     with pytest.raises(ValidationError, match="owner or editor"):
-        plans.plan_from_template(flag=flag(), environment=environment("production"), candidate=CANDIDATE,
+        design.plan_from_template(flag=flag(), environment=environment("production"), candidate=CANDIDATE,
                                  actor=user("operator"))
 
 
@@ -146,7 +147,7 @@ def test_create__second_open_plan_or_operator__refused(catalog: Any) -> None:
 def test_start__staging__first_stage_applied_with_plan_rule_first(catalog: Any) -> None:
     plan = template_plan()
     # When the owner starts it in staging (not governed)
-    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
     # Then the first stage is live: the plan's rule first, the flag's own rules kept, baseline by default
     assert (plan.status, plan.stage_index) == ("running", 0) and plan.stage_entered_at is not None
     rules = targeting("staging").rules
@@ -164,37 +165,37 @@ def test_transitions__wrong_state_or_role__refused_with_the_reason(catalog: Any)
     plan = template_plan()
     owner, operator, auditor = user("owner"), user("operator"), user("auditor")
     # a draft can only be started
-    for action, verb in ((plans.plan_advance, "advanced"), (plans.plan_pause, "paused"),
-                         (plans.plan_resume, "resumed"), (plans.plan_promote, "promoted"),
-                         (plans.plan_rollback, "rolled back")):
+    for action, verb in ((transitions.plan_advance, "advanced"), (transitions.plan_pause, "paused"),
+                         (transitions.plan_resume, "resumed"), (transitions.plan_promote, "promoted"),
+                         (transitions.plan_rollback, "rolled back")):
         with pytest.raises(ValidationError, match=f"A draft plan cannot be {verb}"):
             action(plan=plan, reason="x", actor=owner)
     with pytest.raises(ValidationError, match="owner or editor"):
-        plans.plan_start(plan=plan, reason="x", actor=operator)
+        transitions.plan_start(plan=plan, reason="x", actor=operator)
     with pytest.raises(ValidationError, match="Say why"):
-        plans.plan_start(plan=plan, reason=" ", actor=owner)
-    plans.plan_start(plan=plan, reason="go", actor=owner)
+        transitions.plan_start(plan=plan, reason=" ", actor=owner)
+    transitions.plan_start(plan=plan, reason="go", actor=owner)
     with pytest.raises(ValidationError, match="A running plan cannot be started"):
-        plans.plan_start(plan=plan, reason="again", actor=owner)
+        transitions.plan_start(plan=plan, reason="again", actor=owner)
     with pytest.raises(ValidationError, match="A running plan cannot be resumed"):
-        plans.plan_resume(plan=plan, reason="x", actor=owner)
+        transitions.plan_resume(plan=plan, reason="x", actor=owner)
     # operators pause and roll back, but do not expand
     with pytest.raises(ValidationError, match="owner or editor"):
-        plans.plan_advance(plan=baked(plan), reason="x", actor=operator)
+        transitions.plan_advance(plan=baked(plan), reason="x", actor=operator)
     with pytest.raises(ValidationError, match="operator, flag owner or editor"):
-        plans.plan_pause(plan=plan, reason="x", actor=auditor)
-    plans.plan_pause(plan=plan, reason="looks odd", actor=operator)
+        transitions.plan_pause(plan=plan, reason="x", actor=auditor)
+    transitions.plan_pause(plan=plan, reason="looks odd", actor=operator)
     with pytest.raises(ValidationError, match="A paused plan cannot be advanced"):
-        plans.plan_advance(plan=plan, reason="x", actor=owner)
+        transitions.plan_advance(plan=plan, reason="x", actor=owner)
     with pytest.raises(ValidationError, match="A paused plan cannot be paused"):
-        plans.plan_pause(plan=plan, reason="x", actor=operator)
+        transitions.plan_pause(plan=plan, reason="x", actor=operator)
     with pytest.raises(ValidationError, match="owner or editor"):
-        plans.plan_resume(plan=plan, reason="x", actor=operator)
-    plans.plan_resume(plan=plan, reason="fine after all", actor=owner)
-    plans.plan_rollback(plan=plan, reason="abandon", actor=operator)
+        transitions.plan_resume(plan=plan, reason="x", actor=operator)
+    transitions.plan_resume(plan=plan, reason="fine after all", actor=owner)
+    transitions.plan_rollback(plan=plan, reason="abandon", actor=operator)
     # a rolled-back plan is closed
-    for action, verb in ((plans.plan_advance, "advanced"), (plans.plan_resume, "resumed"),
-                         (plans.plan_rollback, "rolled back"), (plans.plan_investigate, "marked for investigation")):
+    for action, verb in ((transitions.plan_advance, "advanced"), (transitions.plan_resume, "resumed"),
+                         (transitions.plan_rollback, "rolled back"), (transitions.plan_investigate, "marked for investigation")):
         with pytest.raises(ValidationError, match=f"A rolled back plan cannot be {verb}"):
             action(plan=plan, reason="x", actor=owner)
     assert list(ReleaseDecision.objects.filter(plan=plan).values_list("action", flat=True)) == [
@@ -206,19 +207,19 @@ def test_transitions__wrong_state_or_role__refused_with_the_reason(catalog: Any)
 
 
 def test_advance__before_bake_time__refused_with_time_left(catalog: Any) -> None:
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     with pytest.raises(ValidationError, match=r"Stage 1 \(Internal users\) bakes for at least 60 minutes: .* left"):
-        plans.plan_advance(plan=plan, reason="hurry", actor=user("owner"))
-    plan = plans.plan_advance(plan=baked(plan, minutes=61), reason="baked", actor=user("owner"))
+        transitions.plan_advance(plan=plan, reason="hurry", actor=user("owner"))
+    plan = transitions.plan_advance(plan=baked(plan, minutes=61), reason="baked", actor=user("owner"))
     assert plan.stage_index == 1
 
 
 def test_investigate__marks_attention_without_changing_traffic(catalog: Any) -> None:
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     version = targeting("staging").version
     with pytest.raises(ValidationError, match="takes part in changes"):
-        plans.plan_investigate(plan=plan, reason="?", actor=user("auditor"))
-    plan = plans.plan_investigate(plan=plan, reason="odd citations in transcripts", actor=user("operator"))
+        transitions.plan_investigate(plan=plan, reason="?", actor=user("auditor"))
+    plan = transitions.plan_investigate(plan=plan, reason="odd citations in transcripts", actor=user("operator"))
     assert plan.needs_attention and plan.status == "running"
     assert targeting("staging").version == version
     assert AuditEvent.objects.get(action="plan.investigated").reason == "odd citations in transcripts"
@@ -229,7 +230,7 @@ def test_investigate__marks_attention_without_changing_traffic(catalog: Any) -> 
 
 def test_stages__exposure_only_grows_and_engine_follows_each_stage(catalog: Any) -> None:
     # Given a running plan in staging
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     units = ["acct-internal-001", "acct-beta-101", *[f"acct-{i}" for i in range(2000)]]
     exposed: list[set[str]] = []
     for index in range(4):
@@ -240,7 +241,7 @@ def test_stages__exposure_only_grows_and_engine_follows_each_stage(catalog: Any)
         if index >= 1:
             assert result["acct-beta-101"] == CANDIDATE
         if index < 3:
-            plan = plans.plan_advance(plan=baked(plan), reason=f"stage {index + 2}", actor=user("owner"))
+            plan = transitions.plan_advance(plan=baked(plan), reason=f"stage {index + 2}", actor=user("owner"))
     # Then each stage's candidate audience contains the previous one, and the split widened as planned
     assert all(a <= b for a, b in zip(exposed, exposed[1:], strict=False))
     assert 0.03 < len(exposed[2]) / len(units) < 0.08 and 0.45 < len(exposed[3]) / len(units) < 0.55
@@ -249,12 +250,12 @@ def test_stages__exposure_only_grows_and_engine_follows_each_stage(catalog: Any)
 
 def test_advance__stage_needing_approval_in_staging__change_request_then_moves_when_applied(catalog: Any) -> None:
     # Given a plan at the 50 % stage in staging (not governed)
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     for _ in range(3):
-        plan = plans.plan_advance(plan=baked(plan), reason="next", actor=user("owner"))
+        plan = transitions.plan_advance(plan=baked(plan), reason="next", actor=user("owner"))
     version = targeting("staging").version
     # When the owner advances into the default stage, which needs approval
-    plan = plans.plan_advance(plan=baked(plan), reason="50 % looks good", actor=user("owner"))
+    plan = transitions.plan_advance(plan=baked(plan), reason="50 % looks good", actor=user("owner"))
     # Then a change request is open, traffic has not moved, the plan waits
     change_request = plan.pending_change_request
     assert isinstance(change_request, ChangeRequest) and change_request.status == "pending"
@@ -262,10 +263,10 @@ def test_advance__stage_needing_approval_in_staging__change_request_then_moves_w
     assert any(r["code"] == "approval_required" for r in change_request.reasons)
     assert AuditEvent.objects.filter(action="plan.advance_requested", change_request_id=change_request.pk).exists()
     with pytest.raises(ValidationError, match=f"Waiting for CR-{change_request.pk}"):
-        plans.plan_advance(plan=plan, reason="again", actor=user("owner"))
+        transitions.plan_advance(plan=plan, reason="again", actor=user("owner"))
     # When it is approved and applied, and the plan synced
     approve_and_apply(change_request)
-    plan = plans.plan_sync(plan)
+    plan = transitions.plan_sync(plan)
     # Then the plan is in the last stage and everyone gets the candidate
     assert (plan.stage_index, plan.pending_change_request) == (4, None)
     assert set(served("staging", [f"acct-{i}" for i in range(200)]).values()) == {CANDIDATE}
@@ -274,28 +275,28 @@ def test_advance__stage_needing_approval_in_staging__change_request_then_moves_w
         "advance", 4, "system:rollout-plans", change_request.pk)
     # and promoting completes it (no later stage needs approval: applies at once)
     with pytest.raises(ValidationError, match="last stage: promote"):
-        plans.plan_advance(plan=plan, reason="more", actor=user("owner"))
-    plan = plans.plan_promote(plan=plan, reason="winner", actor=user("owner"))
+        transitions.plan_advance(plan=plan, reason="more", actor=user("owner"))
+    plan = transitions.plan_promote(plan=plan, reason="winner", actor=user("owner"))
     assert plan.status == "completed"
     assert targeting("staging").default_serve == {"variation": CANDIDATE}
     assert all(r["id"] != f"plan-{plan.pk}" for r in targeting("staging").rules)
 
 
 def test_promote__skipping_a_stage_that_needs_approval__opens_a_request(catalog: Any) -> None:
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
-    plan = plans.plan_promote(plan=baked(plan), reason="skip ahead", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_promote(plan=baked(plan), reason="skip ahead", actor=user("owner"))
     assert plan.status == "running" and plan.pending_change_request is not None
     approve_and_apply(plan.pending_change_request)
-    assert plans.plan_sync(plan).status == "completed"
+    assert transitions.plan_sync(plan).status == "completed"
     assert AuditEvent.objects.filter(action="plan.promoted").count() == 1
 
 
 def production_plan_waiting_at_beta() -> RolloutPlan:
     """A production plan in its first stage (internal users already get the candidate there, so
     the policy applies it at once) whose advance to all beta accounts waits for approval."""
-    plan = plans.plan_start(plan=template_plan("production"), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan("production"), reason="go", actor=user("owner"))
     assert (plan.status, plan.stage_index, plan.pending_change_request) == ("running", 0, None)
-    plan = plans.plan_advance(plan=baked(plan), reason="beta next", actor=user("owner"))
+    plan = transitions.plan_advance(plan=baked(plan), reason="beta next", actor=user("owner"))
     assert plan.stage_index == 0 and plan.pending_change_request.status == "pending"
     return plan
 
@@ -304,11 +305,11 @@ def test_production__advance_through_approval__rollback_at_once_by_operator(cata
     # Given a production plan (governed) whose widening to beta accounts waited for approval
     plan = production_plan_waiting_at_beta()
     approve_and_apply(plan.pending_change_request)
-    plan = plans.plan_sync(plan)
-    assert plan.stage_index == 1 and plans.plan_sync(plan).stage_index == 1  # idempotent
+    plan = transitions.plan_sync(plan)
+    assert plan.stage_index == 1 and transitions.plan_sync(plan).stage_index == 1  # idempotent
     assert set(served("production", ["acct-beta-101", "acct-beta-102", "acct-beta-103"]).values()) == {CANDIDATE}
     # When the operator rolls it back
-    plan = plans.plan_rollback(plan=plan, reason="citations broken", actor=user("operator"))
+    plan = transitions.plan_rollback(plan=plan, reason="citations broken", actor=user("operator"))
     # Then it applies at once: everyone, internal users included, gets the baseline
     assert plan.status == "rolled_back"
     assert set(served("production", ["acct-internal-001", "acct-beta-101", "acct-7"]).values()) == {BASELINE}
@@ -320,12 +321,12 @@ def test_production__advance_through_approval__rollback_at_once_by_operator(cata
 def test_rollback__cancels_the_pending_request(catalog: Any) -> None:
     plan = production_plan_waiting_at_beta()
     change_request = plan.pending_change_request
-    plan = plans.plan_rollback(plan=plan, reason="changed our mind", actor=user("owner"))
+    plan = transitions.plan_rollback(plan=plan, reason="changed our mind", actor=user("owner"))
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "cancelled"
     assert plan.pending_change_request is None and plan.status == "rolled_back"
     assert AuditEvent.objects.filter(action="change_request.cancelled", change_request_id=change_request.pk).exists()
     with pytest.raises(ValidationError, match="Only an approved request"):
-        services.change_request_apply(change_request=change_request, actor=user("owner"))
+        applying.change_request_apply(change_request=change_request, actor=user("owner"))
 
 
 # --- guardrails -----------------------------------------------------------------------------
@@ -367,7 +368,7 @@ def post_latencies(key: str, variant: str, latency: float, units: int) -> None:
 def running_with_latency(candidate_latency: float, **extra: Any) -> RolloutPlan:
     """A staging plan in its first stage for 30 minutes, with 60 baseline units at 100 ms and
     60 candidate units at `candidate_latency`, posted to the events API and aggregated."""
-    plan = plans.plan_start(plan=template_plan(**extra), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(**extra), reason="go", actor=user("owner"))
     plan = baked(plan, minutes=30)
     key = flag_services.sdk_key_create(environment=environment("staging"), name="tests", actor=TEST_ACTOR)[1]
     post_latencies(key, BASELINE, 100, 60)
@@ -381,10 +382,10 @@ def test_guardrail_breach__check_pauses_records_and_notifies(catalog: Any, djang
     plan = running_with_latency(300)
     # Then advancing is refused with the reason, even after the bake time
     with pytest.raises(ValidationError, match=r"latency_p95: candidate 30\d.* breaches at most 11\d.* \(1.2 × baseline"):
-        plans.plan_advance(plan=baked(plan, minutes=61), reason="ship it", actor=user("owner"))
+        transitions.plan_advance(plan=baked(plan, minutes=61), reason="ship it", actor=user("owner"))
     # When the guardrail job runs
     with django_capture_on_commit_callbacks(execute=False):
-        assert plans.check_guardrails() == 1
+        assert breaches.check_guardrails() == 1
     # Then the plan is paused by the system, with the breach and its evidence on record
     plan = fresh(plan)
     assert plan.status == "paused"
@@ -405,14 +406,14 @@ def test_guardrail_breach__check_pauses_records_and_notifies(catalog: Any, djang
 
 def test_guardrail_breach__plan_says_rollback__rolled_back(catalog: Any) -> None:
     plan = running_with_latency(300, on_breach="rollback")
-    assert plans.check_guardrails() == 1
+    assert breaches.check_guardrails() == 1
     assert fresh(plan).status == "rolled_back"
     assert set(served("staging", ["acct-internal-001", "acct-beta-101"]).values()) == {BASELINE}
 
 
 def test_guardrail_green__check_leaves_the_plan_running(catalog: Any) -> None:
     plan = running_with_latency(105)
-    assert plans.check_guardrails() == 0
+    assert breaches.check_guardrails() == 0
     assert fresh(plan).status == "running"
     assert not ReleaseDecision.objects.filter(action="breach").exists()
 
@@ -425,7 +426,7 @@ def test_guardrail_green__check_leaves_the_plan_running(catalog: Any) -> None:
 def test_races__two_advances_at_once__one_moves_the_plan() -> None:
     project, _ = seed_demo()
     seed_demo_metrics(project)
-    plan = plans.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     plan = baked(plan)
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
@@ -433,7 +434,7 @@ def test_races__two_advances_at_once__one_moves_the_plan() -> None:
     def advance() -> None:
         try:
             barrier.wait(timeout=10)
-            plans.plan_advance(plan=plan, reason="next", actor=user("owner"))
+            transitions.plan_advance(plan=plan, reason="next", actor=user("owner"))
             outcomes.append("ok")
         except ValidationError:
             outcomes.append("refused")
@@ -457,12 +458,12 @@ def test_submit__force_request_outside_governed_environments__change_request_not
     development = Targeting.objects.get(flag__key=PROFILE, environment__key="development")
     version = development.version
     # When it is forced through a request (a rollout stage that needs approval)
-    result = services.targeting_change_submit(targeting=development, changes={"rules": []}, reason="stage 5",
+    result = submitting.targeting_change_submit(targeting=development, changes={"rules": []}, reason="stage 5",
                                               actor=user("owner"), force_request=True)
     # Then it waits for approval, and nothing was applied
     assert isinstance(result, ChangeRequest) and result.required_approvals >= 1
     assert [r["code"] for r in result.reasons][-1] == "approval_required"
     assert Targeting.objects.get(pk=development.pk).version == version
     with pytest.raises(ValidationError, match="proposed by the flag's owner or an editor"):
-        services.targeting_change_submit(targeting=development, changes={"rules": []}, reason="x",
+        submitting.targeting_change_submit(targeting=development, changes={"rules": []}, reason="x",
                                          actor=user("operator"), force_request=True)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from flags import services as flag_services
 from flags.constants import LifecycleStage, Role
 from flags.models import Flag, Targeting, Variation
-from rollouts import services
+from rollouts.change_control import applying, approval_policy, approving, incident_mode, kill_switch
 from rollouts.models import ChangeRequest, FollowUp
 from tests.factories import TEST_ACTOR
 from tests.rollouts.support import escalate, production, user
@@ -68,47 +68,47 @@ def test_lowering_a_risk_rank__is_a_flag_wide_request_not_a_quiet_edit(client: A
 
 def test_approved_request__conflicts_when_a_variation_changed_after_approval(demo: Any) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     # write is not served in production yet, so its value may change at once...
     write = Variation.objects.get(flag__key="support_agent_tool_mode", key="write")
     flag_services.variation_update(variation=write, actor=TEST_ACTOR, value="admin_everything")
     # ...but the approved request no longer applies: approvers approved the old value
-    result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert result.status == "conflicted"
     assert not any(rule.get("serve") == {"variation": "write"} for rule in production().rules)
 
 
 def test_demoted_requester__cannot_apply_or_schedule(demo: Any) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     flag_services.membership_revoke(project=demo, user=user("owner"), role=Role.EDITOR, actor=TEST_ACTOR)
     flag_services.flag_update(flag=Flag.objects.get(key="support_agent_tool_mode"), actor=TEST_ACTOR, owner_user=None)
     flag_services.membership_grant(project=demo, user=user("owner"), role=Role.VIEWER, actor=TEST_ACTOR)
     with pytest.raises(ValidationError, match="owner or editor"):
-        services.change_request_apply(change_request=change_request, actor=user("owner"))
+        applying.change_request_apply(change_request=change_request, actor=user("owner"))
     with pytest.raises(ValidationError, match="owner or editor"):
-        services.change_request_schedule(change_request=change_request, actor=user("owner"),
+        applying.change_request_schedule(change_request=change_request, actor=user("owner"),
                                          when=timezone.now() + datetime.timedelta(hours=1))
     assert ChangeRequest.objects.get(pk=change_request.pk).status == "approved"
 
 
 def test_deactivated_approver__approval_no_longer_counts(demo: Any) -> None:
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     lead = user("lead")
     lead.is_active = False
     lead.save(update_fields=["is_active"])
-    assert services.valid_approvals(change_request) == 1
+    assert approving.valid_approvals(change_request) == 1
     with pytest.raises(ValidationError, match="1 of 2 approvals"):
-        services.change_request_apply(change_request=change_request, actor=user("owner"))
+        applying.change_request_apply(change_request=change_request, actor=user("owner"))
 
 
 def test_incident_lift__a_flag_that_may_no_longer_go_on_is_left_the_rest_restored(demo: Any) -> None:
     environment = production().environment
-    incident = services.incident_start(environment=environment, surfaces=[], reason="outage", actor=user("operator"))
+    incident = incident_mode.incident_start(environment=environment, surfaces=[], reason="outage", actor=user("operator"))
     # During the incident the profile flag (cleanup due) is archived
     profile = Flag.objects.get(key="support_assistant_profile")
     Flag.objects.filter(pk=profile.pk).update(stage=LifecycleStage.CLEANUP_DUE)
@@ -118,7 +118,7 @@ def test_incident_lift__a_flag_that_may_no_longer_go_on_is_left_the_rest_restore
     flag_services.targeting_update(targeting=profile.targetings.get(environment__key="staging"),
                                    actor=TEST_ACTOR, enabled=False)
     flag_services.flag_archive(flag=profile, actor=TEST_ACTOR, reason="replaced")
-    lifted = services.incident_lift(incident=incident, reason="provider back", actor=user("operator"))
+    lifted = incident_mode.incident_lift(incident=incident, reason="provider back", actor=user("operator"))
     assert lifted.restored == ["support_agent_tool_mode"] and lifted.left == ["support_assistant_profile"]
     assert production().enabled is True
 
@@ -144,18 +144,18 @@ def test_change_request_page_and_panel__queries_do_not_grow_with_approvals_and_f
 
     # Three approvals needed, so both counts are taken on a pending page (a pending page also
     # checks that enough approvers exist)
-    services.approval_policy_update(environment=production().environment, actor=user("admin"),
+    approval_policy.approval_policy_update(environment=production().environment, actor=user("admin"),
                                     approvals_for_escalation=3)
     change_request = escalate()
     client.force_login(user("admin"))
     url = f"/p/support-assistant/changes/{change_request.pk}/"
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
     one = count(url)
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     assert count(url) == one
-    services.killswitch_flip(targeting=production("support_assistant_profile"), reason="a", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=production("support_assistant_profile"), reason="a", actor=user("operator"))
     panel_one = count(f"{PROFILE}change-control/")
-    services.incident_start(environment=production().environment, surfaces=[], reason="b", actor=user("operator"))
+    incident_mode.incident_start(environment=production().environment, surfaces=[], reason="b", actor=user("operator"))
     FollowUp.objects.update(flag=Flag.objects.get(key="support_assistant_profile"))
     assert FollowUp.objects.count() == 2
     assert count(f"{PROFILE}change-control/") == panel_one

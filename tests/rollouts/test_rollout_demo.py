@@ -14,8 +14,9 @@ from flags.demo import seed_demo
 from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Flag, SdkKey, Targeting
 from flags.snapshot_builder import build_environment_snapshot
-from rollouts import plans, services
+from rollouts.change_control import kill_switch, submitting
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
+from rollouts.plans import design, transitions
 from telemetry.constants import EventKind
 from telemetry.demo import seed_demo_metrics
 from telemetry.management.commands.simulate_traffic import support_context
@@ -63,8 +64,8 @@ def test_seed_rollout_demo__run_twice__one_running_plan_at_stage_1_with_audit_ro
     assert plan.created_by.username == "owner" and plan.pending_change_request is None
     assert "created and started" in first and "already there" in second
     # with the template's path, bake times a person can wait for, the last stage needing approval
-    stages = plans.plan_stages(plan)
-    assert [s.name for s in stages] == [name for name, *_ in plans.TEMPLATE_STAGES]
+    stages = design.plan_stages(plan)
+    assert [s.name for s in stages] == [name for name, *_ in design.TEMPLATE_STAGES]
     assert all(1 <= s.min_bake_minutes <= 2 for s in stages[:-1])
     assert [s.needs_approval for s in stages] == [False] * (len(stages) - 1) + [True]
     guardrails = {(g["metric"], g["kind"], g["threshold"]) for g in stages[0].guardrails}
@@ -72,7 +73,7 @@ def test_seed_rollout_demo__run_twice__one_running_plan_at_stage_1_with_audit_ro
     assert {metric for metric, _, _ in guardrails} <= set(Metric.objects.values_list("key", flat=True))
     # and the traffic of stage 1 is live in production: the plan's rule first
     rules = Targeting.objects.get(flag=flag, environment=production()).rules
-    assert rules[0]["id"] == plans.plan_rule_id(plan) and rules[0]["serve"] == {"variation": CANDIDATE}
+    assert rules[0]["id"] == design.plan_rule_id(plan) and rules[0]["serve"] == {"variation": CANDIDATE}
     # and the decision and audit rows are there, once each, with the owner as the actor
     assert list(ReleaseDecision.objects.filter(plan=plan).values_list("action", "actor_label")) == [("start", "owner")]
     for action in ("plan.created", "plan.started"):
@@ -84,7 +85,7 @@ def test_seed_rollout_demo__run_twice__one_running_plan_at_stage_1_with_audit_ro
 
 def test_seed_rollout_demo__closed_plan_exists__does_nothing(catalog: Any) -> None:
     plan = seeded_plan()
-    plans.plan_rollback(plan=plan, reason="demo reset", actor=plan.created_by)
+    transitions.plan_rollback(plan=plan, reason="demo reset", actor=plan.created_by)
     count = AuditEvent.objects.count()
     assert "already there" in run("seed_rollout_demo")
     assert RolloutPlan.objects.count() == 1 and AuditEvent.objects.count() == count
@@ -93,7 +94,7 @@ def test_seed_rollout_demo__closed_plan_exists__does_nothing(catalog: Any) -> No
 def test_seed_rollout_demo__first_stage_raises_risk__approved_by_pm_and_lead_then_running(catalog: Any) -> None:
     # Given production where nobody gets the candidate yet (the owner removed its rules: that applies at once)
     targeting = Targeting.objects.get(flag__key=PROFILE, environment=production())
-    services.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="clean slate",
+    submitting.targeting_change_submit(targeting=targeting, changes={"rules": []}, reason="clean slate",
                                      actor=user("owner"))
     assert Targeting.objects.get(pk=targeting.pk).rules == []
     # When the demo's rollout is seeded
@@ -116,7 +117,7 @@ def test_seed_rollout_demo__first_stage_raises_risk__approved_by_pm_and_lead_the
 def test_seed_rollout_demo__flag_killed_in_production__refused_nothing_written(catalog: Any) -> None:
     # Given the operator flipped the kill switch of the demo flag in production
     killed = Targeting.objects.get(flag__key=PROFILE, environment=production())
-    services.killswitch_flip(targeting=killed, reason="incident", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=killed, reason="incident", actor=user("operator"))
     count = AuditEvent.objects.count()
     # When the demo's rollout is seeded
     err = io.StringIO()

@@ -20,7 +20,7 @@ from flags.evaluation.engine import compile_snapshot, evaluate
 from flags.models import Environment, Flag, Segment, Targeting, Variation
 from flags.served_state.guard import GovernanceError, served_states
 from flags.snapshot_builder import build_environment_snapshot
-from rollouts import services
+from rollouts.change_control import applying, approving, incident_mode, kill_switch, submitting, wording
 from rollouts.models import ChangeRequest, Incident
 from tests.factories import set_up_targeting
 from tests.rollouts.support import TOOL_MODE, production, user
@@ -46,7 +46,7 @@ def production_hashes() -> dict[str, str]:
 
 def approve(change_request: ChangeRequest, *approvers: str) -> ChangeRequest:
     for name in approvers:
-        change_request = services.change_request_approve(change_request=change_request, actor=user(name))
+        change_request = approving.change_request_approve(change_request=change_request, actor=user(name))
     return change_request
 
 
@@ -55,17 +55,17 @@ def approve(change_request: ChangeRequest, *approvers: str) -> ChangeRequest:
 
 def test_incident_lift__segment_widened_and_value_changed_while_off__flags_stay_off(demo) -> None:
     # Given incident mode sent production to its fallbacks
-    incident = services.incident_start(environment=production().environment, surfaces=[], reason="Bad answers",
+    incident = incident_mode.incident_start(environment=production().environment, surfaces=[], reason="Bad answers",
                                        actor=user("operator"))
     # and, while the flags were off, the owner widened internal_users to everyone and made
     # approval_required serve "write" (neither is served while off, so neither needed approval)
-    services.segment_change_submit(segment=Segment.objects.get(key="internal_users"), actor=user("owner"),
+    submitting.segment_change_submit(segment=Segment.objects.get(key="internal_users"), actor=user("owner"),
                                    changes={"rules": EVERYONE}, reason="tidy")
     variation = Variation.objects.get(flag__key=TOOL_MODE, key="approval_required")
-    services.variation_change_submit(variation=variation, actor=user("owner"), value="write", reason="tidy")
+    submitting.variation_change_submit(variation=variation, actor=user("owner"), value="write", reason="tidy")
     assert Segment.objects.get(key="internal_users").rules == EVERYONE  # (the edits did land)
     # When the operator lifts incident mode
-    lifted = services.incident_lift(incident=incident, reason="Recovered", actor=user("operator"))
+    lifted = incident_mode.incident_lift(incident=incident, reason="Recovered", actor=user("operator"))
     # Then neither flag that reaches the edits comes back on: what they would serve is not what was serving
     assert set(lifted.left) == {TOOL_MODE, PROFILE}
     assert not production(TOOL_MODE).enabled and not production(PROFILE).enabled
@@ -76,12 +76,12 @@ def test_incident_lift__segment_widened_and_value_changed_while_off__flags_stay_
 def test_incident_lift__nothing_changed__restores_exactly_what_was_serving(demo) -> None:
     # Given incident mode, and an edit that touches only the tool-mode flag's unserved-while-off value
     before = production_hashes()
-    incident = services.incident_start(environment=production().environment, surfaces=[], reason="Bad answers",
+    incident = incident_mode.incident_start(environment=production().environment, surfaces=[], reason="Bad answers",
                                        actor=user("operator"))
     variation = Variation.objects.get(flag__key=TOOL_MODE, key="approval_required")
-    services.variation_change_submit(variation=variation, actor=user("owner"), value="write", reason="tidy")
+    submitting.variation_change_submit(variation=variation, actor=user("owner"), value="write", reason="tidy")
     # When the incident is lifted
-    lifted = services.incident_lift(incident=Incident.objects.get(pk=incident.pk), reason="ok", actor=user("operator"))
+    lifted = incident_mode.incident_lift(incident=Incident.objects.get(pk=incident.pk), reason="ok", actor=user("operator"))
     # Then the profile flag serves again exactly as before; the tool-mode flag stays off
     assert lifted.restored == [PROFILE] and lifted.left == [TOOL_MODE]
     after = production_hashes()
@@ -95,7 +95,7 @@ def test_incident_lift__nothing_changed__restores_exactly_what_was_serving(demo)
 def test_fallback_request__fallback_value_edited_after_approval__conflicted_nothing_served(demo) -> None:
     flag = Flag.objects.get(key=INCIDENT_FALLBACK)
     # Given an approved flag-wide request changing the fallback to cached_answer
-    _, change_request = services.contract_change_submit(flag=flag, actor=user("owner"),
+    _, change_request = submitting.contract_change_submit(flag=flag, actor=user("owner"),
                                                         fallback_variation_key="cached_answer",
                                                         reason="Cache while the model is down")
     assert change_request is not None
@@ -104,24 +104,24 @@ def test_fallback_request__fallback_value_edited_after_approval__conflicted_noth
     approve(change_request, "pm", "lead")
     # and the owner then edited cached_answer's value (not served yet: it applies at once)
     cached = Variation.objects.get(flag=flag, key="cached_answer")
-    services.variation_change_submit(variation=cached, actor=user("owner"), value="unreviewed_answer", reason="x")
+    submitting.variation_change_submit(variation=cached, actor=user("owner"), value="unreviewed_answer", reason="x")
     assert Variation.objects.get(pk=cached.pk).value == "unreviewed_answer"
     # When the owner applies the request
-    result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     # Then it is conflicted, production still falls back to baseline_model, and the page says what moved
     assert result.status == ChangeRequest.Status.CONFLICTED
     assert Flag.objects.get(pk=flag.pk).fallback_variation.key == "baseline_model"
     assert served(INCIDENT_FALLBACK, "acct-1") == "baseline_model"
-    moved = [line.text for line in services.describe_conflict(result)]
+    moved = [line.text for line in wording.describe_conflict(result)]
     assert any("variations.cached_answer.value" in text and "unreviewed_answer" in text for text in moved)
 
 
 def test_fallback_request__untouched__applies_the_approved_value(demo) -> None:
     flag = Flag.objects.get(key=INCIDENT_FALLBACK)
-    _, change_request = services.contract_change_submit(flag=flag, actor=user("owner"),
+    _, change_request = submitting.contract_change_submit(flag=flag, actor=user("owner"),
                                                         fallback_variation_key="cached_answer", reason="Cache")
     approve(change_request, "pm", "lead")
-    result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert result.status == ChangeRequest.Status.APPLIED
     assert served(INCIDENT_FALLBACK, "acct-1") == "cached_answer"
 
@@ -135,7 +135,7 @@ def _pilot_write_request() -> ChangeRequest:
     targeting = production()
     rule = {"id": "pilot", "clauses": [{"op": "in_segment", "values": ["pilot_accounts"]}],
             "serve": {"variation": "write"}}
-    change_request = services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, rule]},
+    change_request = submitting.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, rule]},
                                                       reason="Pilot write tools", actor=user("owner"))
     return approve(change_request, "pm", "lead")
 
@@ -145,25 +145,25 @@ def test_segment_widened_after_approval__apply_conflicted__nobody_new_gets_write
     change_request = _pilot_write_request()
     assert change_request.status == ChangeRequest.Status.APPROVED
     # and pilot_accounts widened to everyone (not yet used by production, so it saved at once)
-    result = services.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
+    result = submitting.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
                                             changes={"rules": EVERYONE}, reason="more pilots")
     assert isinstance(result, Segment)
     # When the owner applies the request
-    applied = services.change_request_apply(change_request=change_request, actor=user("owner"))
+    applied = applying.change_request_apply(change_request=change_request, actor=user("owner"))
     # Then it is conflicted and nobody gets write
     assert applied.status == ChangeRequest.Status.CONFLICTED
     assert served(TOOL_MODE, "acct-anyone") == "read_only"
     assert served(TOOL_MODE, "acct-pilot-1") == "read_only"
-    assert any("segments.pilot_accounts.rules" in line.text for line in services.describe_conflict(applied))
+    assert any("segments.pilot_accounts.rules" in line.text for line in wording.describe_conflict(applied))
 
 
 def test_segment_used_in_production__widening__waits_for_approval(demo) -> None:
     # Given the approved pilot rule was applied as approved
     change_request = _pilot_write_request()
-    assert services.change_request_apply(change_request=change_request, actor=user("owner")).status == "applied"
+    assert applying.change_request_apply(change_request=change_request, actor=user("owner")).status == "applied"
     assert served(TOOL_MODE, "acct-pilot-1") == "write"
     # When the owner widens the segment now that production uses it
-    result = services.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
+    result = submitting.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
                                             changes={"rules": EVERYONE}, reason="more pilots")
     # Then it is a change request, and nobody new gets write meanwhile
     assert isinstance(result, ChangeRequest) and result.kind == ChangeRequest.Kind.SEGMENT
@@ -184,10 +184,10 @@ def test_removing_an_opt_out_target__raises_risk__operator_refused_owner_needs_a
     assert served(TOOL_MODE, "acct-optout-1") == "none"
     # When the operator clears the targets, as if rolling back
     with pytest.raises(ValidationError, match="individual target"):
-        services.targeting_change_submit(targeting=production(), changes={"targets": []}, reason="roll back",
+        submitting.targeting_change_submit(targeting=production(), changes={"targets": []}, reason="roll back",
                                          actor=user("operator"))
     # Then nothing changed; and the owner's same change waits for approval
-    result = services.targeting_change_submit(targeting=production(), changes={"targets": []}, reason="clean up",
+    result = submitting.targeting_change_submit(targeting=production(), changes={"targets": []}, reason="clean up",
                                               actor=user("owner"))
     assert isinstance(result, ChangeRequest)
     assert "targets_removed" in [r["code"] for r in result.reasons]
@@ -206,7 +206,7 @@ def test_value_edit_racing_apply__never_serves_an_unapproved_value() -> None:
     targeting = production()
     rule = {"id": "beta", "clauses": [{"op": "in_segment", "values": ["beta_accounts"]}],
             "serve": {"variation": "write"}}
-    change_request = approve(services.targeting_change_submit(
+    change_request = approve(submitting.targeting_change_submit(
         targeting=targeting, changes={"rules": [*targeting.rules, rule]}, reason="beta writes",
         actor=user("owner")), "pm", "lead")
     applied_inside = threading.Event()
@@ -216,7 +216,7 @@ def test_value_edit_racing_apply__never_serves_an_unapproved_value() -> None:
     def edit_value() -> None:  # a second connection edits write's value while the apply is open
         try:
             applied_inside.wait(10)
-            services.variation_change_submit(variation=Variation.objects.get(flag__key=TOOL_MODE, key="write"),
+            submitting.variation_change_submit(variation=Variation.objects.get(flag__key=TOOL_MODE, key="write"),
                                              actor=user("owner"), value="admin", reason="sneak")
             outcome["edit"] = "saved"
         except ValidationError as exc:
@@ -230,7 +230,7 @@ def test_value_edit_racing_apply__never_serves_an_unapproved_value() -> None:
     editor.start()
     # When the apply has written the rule but not yet committed, the edit starts on its own connection
     with transaction.atomic():
-        result = services.change_request_apply(change_request=change_request, actor=user("owner"))
+        result = applying.change_request_apply(change_request=change_request, actor=user("owner"))
         applied_inside.set()
         # the edit must wait for the apply's locks instead of committing under it
         assert not edit_done.wait(1.0)
@@ -289,12 +289,12 @@ def test_scheduled_apply__segment_widened_before_due__conflicted(demo) -> None:
     from django.utils import timezone
 
     change_request = _pilot_write_request()
-    services.change_request_schedule(change_request=change_request, actor=user("owner"),
+    applying.change_request_schedule(change_request=change_request, actor=user("owner"),
                                      when=timezone.now() + datetime.timedelta(minutes=5))
-    services.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
+    submitting.segment_change_submit(segment=Segment.objects.get(key="pilot_accounts"), actor=user("owner"),
                                    changes={"included_keys": ["acct-pilot-1", "acct-extra"]}, reason="more")
     ChangeRequest.objects.filter(pk=change_request.pk).update(scheduled_for=timezone.now())
-    services.apply_due_change_requests()
+    applying.apply_due_change_requests()
     assert ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.CONFLICTED
     assert served(TOOL_MODE, "acct-extra") == "read_only"
 
@@ -323,7 +323,7 @@ def test_admin__catalog_rows__cannot_be_changed(client, demo) -> None:
 
 def test_approvals__stop_counting_at_the_requirement(demo) -> None:
     # Given a request that needs one approval, approved by pm
-    change_request = services.targeting_change_submit(
+    change_request = submitting.targeting_change_submit(
         targeting=production(), changes={"default_serve": {"variation": "approval_required"}}, reason="widen",
         actor=user("owner"))
     assert change_request.required_approvals == 1
@@ -332,7 +332,7 @@ def test_approvals__stop_counting_at_the_requirement(demo) -> None:
     with pytest.raises(ValidationError, match="already has the approvals it needs"):
         approve(change_request, "lead")
     # Then it counts 1 of 1, never "2 of 1"
-    assert services.valid_approvals(change_request) == 1
+    assert approving.valid_approvals(change_request) == 1
 
 
 def test_unsatisfiable_request__says_so_and_tells_the_admins(demo) -> None:
@@ -340,12 +340,12 @@ def test_unsatisfiable_request__says_so_and_tells_the_admins(demo) -> None:
 
     # lead is one of only two approvers: their own escalation can get one approval at most
     targeting = production()
-    change_request = services.targeting_change_submit(
+    change_request = submitting.targeting_change_submit(
         targeting=targeting, changes={"rules": [*targeting.rules, {"id": "b", "clauses": EVERYONE[0]["clauses"],
                                                                     "serve": {"variation": "write"}}]},
         reason="everyone writes", actor=user("lead"))
     assert change_request.required_approvals == 2
-    shortfall = services.approval_shortfall(change_request)
+    shortfall = approving.approval_shortfall(change_request)
     assert "only 1 person holds the approver role" in shortfall
     assert Notification.objects.filter(recipient=user("admin"), kind="change_request.stuck").exists()
 
@@ -358,15 +358,15 @@ def test_scheduled_request__approvals_lapse__leaves_scheduled_and_tells_the_requ
     from notifications.models import Notification
 
     targeting = production()
-    change_request = services.targeting_change_submit(
+    change_request = submitting.targeting_change_submit(
         targeting=targeting, changes={"default_serve": {"variation": "approval_required"}}, reason="widen",
         actor=user("owner"))
     approve(change_request, "pm")
-    services.change_request_schedule(change_request=change_request, actor=user("owner"),
+    applying.change_request_schedule(change_request=change_request, actor=user("owner"),
                                      when=timezone.now() + datetime.timedelta(hours=1))
     flag_services.membership_revoke(project=targeting.flag.project, user=user("pm"), role="approver",
                                     actor=user("admin"))
-    services.apply_due_change_requests()
+    applying.apply_due_change_requests()
     change_request.refresh_from_db()
     assert change_request.status == ChangeRequest.Status.PENDING and change_request.scheduled_for is None
     assert AuditEvent.objects.filter(action="change_request.unscheduled", change_request_id=change_request.pk).exists()
@@ -391,17 +391,17 @@ def test_import_contracts_command__served_value_change__waits_in_a_request(demo,
 
 
 def test_rollout_step_approved__kill_switch_before_apply__not_applied_and_stays_off(demo) -> None:
-    from rollouts import plans
+    from rollouts.plans import design, transitions
 
     # Given a production rollout whose first stage (internal users get write) was approved
-    plan = plans.plan_from_template(flag=Flag.objects.get(key=TOOL_MODE), environment=production().environment,
+    plan = design.plan_from_template(flag=Flag.objects.get(key=TOOL_MODE), environment=production().environment,
                                     candidate="write", actor=user("owner"), reason="write tools")
-    plan = plans.plan_start(plan=plan, reason="go", actor=user("owner"))
+    plan = transitions.plan_start(plan=plan, reason="go", actor=user("owner"))
     change_request = approve(ChangeRequest.objects.get(pk=plan.pending_change_request_id), "pm", "lead")
     # When the operator flips the kill switch before the owner applies it
-    services.killswitch_flip(targeting=production(), reason="tool errors", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=production(), reason="tool errors", actor=user("operator"))
     # Then the paused plan's request is closed, and applying it is refused
     with pytest.raises(ValidationError, match="cancelled"):
-        services.change_request_apply(change_request=change_request, actor=user("owner"))
+        applying.change_request_apply(change_request=change_request, actor=user("owner"))
     assert not production().enabled
     assert served(TOOL_MODE, "acct-internal-001") == "read_only"

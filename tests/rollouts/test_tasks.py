@@ -13,7 +13,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from featureops_site.celery import app as celery_app
 from flags.demo import seed_demo
-from rollouts import services
+from rollouts.change_control import applying, approving
 from rollouts.models import ChangeRequest
 from rollouts.tasks import apply_scheduled_changes, expire_undecided_changes
 from tests.rollouts.support import escalate, production, user
@@ -35,10 +35,10 @@ def test_scheduled_apply__real_worker_and_broker__applied_once_at_its_time() -> 
     # Given an approved escalation, scheduled two seconds ahead
     seed_demo()
     change_request = escalate()
-    services.change_request_approve(change_request=change_request, actor=user("pm"))
-    services.change_request_approve(change_request=change_request, actor=user("lead"))
+    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    approving.change_request_approve(change_request=change_request, actor=user("lead"))
     when = timezone.now() + datetime.timedelta(seconds=2)
-    services.change_request_schedule(change_request=change_request, when=when, actor=user("owner"))
+    applying.change_request_schedule(change_request=change_request, when=when, actor=user("owner"))
     queue = f"test-scheduler-{uuid.uuid4().hex[:12]}"
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
         # When the sweep runs before its time, nothing happens

@@ -12,10 +12,11 @@ from django.core.exceptions import ValidationError
 
 from audit.models import AuditEvent
 from notifications.models import Notification
-from rollouts import plans, services
+from rollouts.change_control import applying, approving, follow_ups, incident_mode, kill_switch, submitting
 from rollouts.contracts.importing import import_contracts
 from rollouts.forms import CommentForm, DecisionForm, PlanReasonForm, ReasonForm
 from rollouts.models import Approval, ChangeRequest, ChangeRequestComment, FollowUp, Incident, RolloutPlan
+from rollouts.plans import design, transitions
 from tests.rollouts.support import BETA_WRITE, escalate, production, user
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,7 @@ def test_killswitch_flip__reason_of_2001_characters__refused_and_nothing_written
     version, before = targeting.version, _written()
     # When an operator flips its kill switch with a 2,001-character reason
     with pytest.raises(ValidationError) as refused:
-        services.killswitch_flip(targeting=targeting, reason="x" * 2_001, actor=user("operator"))
+        kill_switch.killswitch_flip(targeting=targeting, reason="x" * 2_001, actor=user("operator"))
     # Then the error says why, on the reason; the flag still serves; nothing is recorded
     assert refused.value.message_dict == {"reason": [TOO_LONG_REASON]}
     assert production(PROFILE).enabled and production(PROFILE).version == version
@@ -46,7 +47,7 @@ def test_killswitch_flip__reason_of_2001_characters__refused_and_nothing_written
 
 def test_killswitch_flip__reason_of_exactly_2000_characters__kept_whole_in_the_audit(demo) -> None:
     reason = "y" * 2_000
-    services.killswitch_flip(targeting=production(PROFILE), reason=reason, actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=production(PROFILE), reason=reason, actor=user("operator"))
     assert AuditEvent.objects.get(action="killswitch.flipped").reason == reason
     # the targeting row carries it after the code's "Kill switch: " prefix, whole
     assert AuditEvent.objects.filter(action="targeting.updated").latest("id").reason == f"Kill switch: {reason}"
@@ -66,18 +67,18 @@ def test_killswitch_console__reason_over_the_limit__422_error_beside_the_field_n
 def test_incident_start__reason_over_the_limit__refused_and_nothing_written(demo) -> None:
     before = _written()
     with pytest.raises(ValidationError) as refused:
-        services.incident_start(environment=production().environment, surfaces=[], reason="i" * 2_001,
+        incident_mode.incident_start(environment=production().environment, surfaces=[], reason="i" * 2_001,
                                 actor=user("operator"))
     assert refused.value.message_dict == {"reason": [TOO_LONG_REASON]}
     assert production(PROFILE).enabled and _written() == before
 
 
 def test_incident_lift__reason_over_the_limit__refused_and_flags_stay_off(demo) -> None:
-    incident = services.incident_start(environment=production().environment, surfaces=[], reason="outage",
+    incident = incident_mode.incident_start(environment=production().environment, surfaces=[], reason="outage",
                                        actor=user("operator"))
     before = _written()
     with pytest.raises(ValidationError, match="this one has 2,001"):
-        services.incident_lift(incident=incident, reason="l" * 2_001, actor=user("operator"))
+        incident_mode.incident_lift(incident=incident, reason="l" * 2_001, actor=user("operator"))
     assert Incident.objects.get(pk=incident.pk).lifted_at is None and not production(PROFILE).enabled
     assert _written() == before
 
@@ -86,7 +87,7 @@ def test_targeting_change_submit__reason_over_the_limit__refused_no_change_reque
     targeting = production()
     before = _written()
     with pytest.raises(ValidationError) as refused:
-        services.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
+        submitting.targeting_change_submit(targeting=targeting, changes={"rules": [*targeting.rules, BETA_WRITE]},
                                          reason="w" * 2_001, actor=user("owner"))
     assert refused.value.message_dict == {"reason": [TOO_LONG_REASON]}
     assert _written() == before
@@ -96,13 +97,13 @@ def test_change_request_comment__over_the_limit__refused_and_nothing_written(dem
     change_request = escalate()
     before = _written()
     with pytest.raises(ValidationError) as refused:
-        services.change_request_comment(change_request=change_request, body="c" * 5_001, actor=user("pm"))
+        approving.change_request_comment(change_request=change_request, body="c" * 5_001, actor=user("pm"))
     assert refused.value.message_dict == {
         "body": ["Keep the comment to 5,000 characters at most (this one has 5,001)."]}
     assert _written() == before
 
 
-@pytest.mark.parametrize("decide", [services.change_request_approve, services.change_request_reject])
+@pytest.mark.parametrize("decide", [approving.change_request_approve, approving.change_request_reject])
 def test_change_request_decision__comment_over_the_limit__refused_and_still_pending(demo, decide) -> None:
     change_request = escalate()
     before = _written()
@@ -117,16 +118,16 @@ def test_change_request_decision__comment_over_the_limit__refused_and_still_pend
 def test_change_request_cancel__reason_over_the_limit__refused_and_still_pending(demo) -> None:
     change_request = escalate()
     with pytest.raises(ValidationError, match="this one has 2,001"):
-        services.change_request_cancel(change_request=change_request, actor=user("owner"), reason="n" * 2_001)
+        applying.change_request_cancel(change_request=change_request, actor=user("owner"), reason="n" * 2_001)
     assert ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING
 
 
 def test_follow_up_acknowledge__note_over_the_limit__refused_and_still_open(demo) -> None:
-    services.killswitch_flip(targeting=production(PROFILE), reason="stale docs", actor=user("operator"))
+    kill_switch.killswitch_flip(targeting=production(PROFILE), reason="stale docs", actor=user("operator"))
     follow_up = FollowUp.objects.get()
     before = _written()
     with pytest.raises(ValidationError) as refused:
-        services.follow_up_acknowledge(follow_up=follow_up, note="n" * 2_001, actor=user("pm"))
+        follow_ups.follow_up_acknowledge(follow_up=follow_up, note="n" * 2_001, actor=user("pm"))
     assert refused.value.message_dict == {"note": ["Keep the note to 2,000 characters at most (this one has 2,001)."]}
     assert FollowUp.objects.get(pk=follow_up.pk).acknowledged_at is None and _written() == before
 
@@ -136,7 +137,7 @@ def _plan() -> RolloutPlan:
 
     flag = Flag.objects.get(key=PROFILE)
     staging = Environment.objects.get(project=flag.project, key="staging")
-    return plans.plan_create(flag=flag, environment=staging, baseline="baseline_v3", candidate="citation_first_v4",
+    return design.plan_create(flag=flag, environment=staging, baseline="baseline_v3", candidate="citation_first_v4",
                              stages=[{"name": "Internal users, asked for approval", "segments": ["internal_users"],
                                       "needs_approval": True}],
                              actor=user("owner"), reason="v4 is ready")
@@ -145,7 +146,7 @@ def _plan() -> RolloutPlan:
 def test_plan_start__reason_at_the_plan_limit__its_change_request_keeps_it_whole_within_2000(demo) -> None:
     # A plan's reason opens the stage's change request after the plan's own words: 1,800 fits.
     reason = "s" * 1_800
-    plan = plans.plan_start(plan=_plan(), reason=reason, actor=user("owner"))
+    plan = transitions.plan_start(plan=_plan(), reason=reason, actor=user("owner"))
     change_request = RolloutPlan.objects.get(pk=plan.pk).pending_change_request
     assert change_request.reason.endswith(": " + reason) and len(change_request.reason) <= 2_000
 
@@ -154,7 +155,7 @@ def test_plan_start__reason_over_the_plan_limit__refused_and_nothing_written(dem
     plan = _plan()
     before = _written()
     with pytest.raises(ValidationError) as refused:
-        plans.plan_start(plan=plan, reason="s" * 1_801, actor=user("owner"))
+        transitions.plan_start(plan=plan, reason="s" * 1_801, actor=user("owner"))
     assert refused.value.message_dict == {
         "reason": ["Keep the reason to 1,800 characters at most (this one has 1,801)."]}
     assert RolloutPlan.objects.get(pk=plan.pk).status == RolloutPlan.Status.DRAFT and _written() == before

@@ -12,7 +12,7 @@ from django.db import transaction
 from flags import services as flag_services
 from flags import webhook_events
 from flags.models import Targeting
-from rollouts import services as rollout_services
+from rollouts.change_control import approving
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 from tests.rollouts.support import escalate, user
 from webhooks.models import WebhookDelivery
@@ -93,7 +93,7 @@ def test_change_request_decisions__created_and_approved__one_delivery_each(
     with django_capture_on_commit_callbacks(execute=True):
         change_request = escalate()
     with django_capture_on_commit_callbacks(execute=True):
-        rollout_services.change_request_approve(change_request=change_request, actor=user("pm"), comment="ok")
+        approving.change_request_approve(change_request=change_request, actor=user("pm"), comment="ok")
     # Then each decision reached the webhook, linked to the request and naming the flag
     deliveries = list(WebhookDelivery.objects.order_by("id"))
     assert [d.event for d in deliveries] == ["change_request.created", "change_request.approved"]
@@ -123,9 +123,3 @@ def test_observer__fails__logged_and_the_change_stands(
     assert "Could not dispatch webhooks" in caplog.text
 
 
-@pytest.fixture
-def demo(db: None) -> Any:
-    from flags.demo import seed_demo
-
-    project, _ = seed_demo()
-    return project

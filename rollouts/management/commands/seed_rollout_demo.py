@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from audit.context import audit_context
 from rollouts.demo import DemoNotLoaded, seed_rollout_demo
 from rollouts.models import ReleaseDecision
-from rollouts.plans import plan_stages
+from rollouts.plans.design import plan_stages
 
 
 class Command(BaseCommand):

@@ -1,4 +1,6 @@
-"""Plain-JSON pictures of catalog rows, used for audit before/after and, later, diffs."""
+"""Plain-JSON states of catalog rows (a flag's contract, a variation, targeting, a segment), as
+audit rows record them before and after a change and as change requests bind them. Not the
+evaluation snapshots: those are snapshot_builder.py and snapshot_store.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.db.models import Max, Q
 
 from flags.constants import TEMPORARY_LIFETIMES, LifecycleStage
-from flags.models import EvaluationRecord, Flag, Project, Reminder, Targeting
+from flags.models import EvaluationRecord, Flag, Project, Targeting
+from reminders.models import Reminder
 
 Kind = Reminder.Kind
 

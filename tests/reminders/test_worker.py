@@ -12,8 +12,8 @@ import pytest
 
 from featureops_site.celery import app as celery_app
 from flags.demo import seed_demo
-from flags.models import Reminder
 from notifications.models import Notification
+from reminders.models import Reminder
 from tests.workers import require_broker, start_worker, stop_worker, unique_prefix, worker_env
 
 
@@ -42,7 +42,7 @@ def test_reminders__worker_with_beat_and_overlapping_sweeps__each_email_once(tmp
     try:
         # and the test sends two more sweeps at the same moment
         for _ in range(2):
-            celery_app.send_task("rollouts.tasks.send_reminders", queue=f"{prefix}reminders")
+            celery_app.send_task("reminders.tasks.send_reminders", queue=f"{prefix}reminders")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = (Reminder.objects.exists() and not Reminder.objects.filter(delivered_at__isnull=True).exists()

@@ -1,4 +1,4 @@
-"""The reminder sweep: decide what is due (flags.services.reminders, plus change requests
+"""The reminder sweep: decide what is due (reminders.due, plus change requests
 waiting for approval), claim each (subject, kind, period) once, and deliver the claimed ones
 in batches: in-app + email (notifications) and project webhooks.
 
@@ -20,10 +20,11 @@ from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from flags.models import Flag, Reminder
+from flags.models import Flag
 from flags.permissions import holders_of
-from flags.services.reminders import Due, due_flag_reminders
 from notifications.services import notify
+from reminders.due import Due, due_flag_reminders
+from reminders.models import Reminder
 from rollouts.models import ChangeRequest
 from webhooks.services import dispatch
 
@@ -74,7 +75,7 @@ def sweep(*, now: datetime.datetime | None = None, enqueue: bool = True) -> list
     dues = due_flag_reminders(now=now) + due_change_request_reminders(now=now)
     _, ids = claim(dues, now=now)
     if enqueue:
-        from rollouts.tasks import deliver_reminders
+        from reminders.tasks import deliver_reminders
 
         for start in range(0, len(ids), BATCH):
             batch = ids[start:start + BATCH]

@@ -22,24 +22,25 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from flags.forms import add_service_errors
 from flags.models import Flag, Project
 from flags.permissions import has_project_permission
-from flags.views import denied, project_for
-from rollouts import plan_pages, plans, services
+from flags.shortcuts import denied, project_for, with_messages
+from rollouts.change_control import permissions
 from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
-from rollouts.views import _with_messages
+from rollouts.plans import design, transitions
+from rollouts.plans import pages as plan_pages
 from telemetry.models import Metric
 
 Action = ReleaseDecision.Action
 ACTIONS: dict[str, tuple[Callable[..., RolloutPlan], str]] = {
-    Action.START: (plans.plan_start, "Started: stage 1 is live, or waits for approval."),
-    Action.ADVANCE: (plans.plan_advance, "Advanced."),
-    Action.PROMOTE: (plans.plan_promote, "Promoted."),
-    Action.PAUSE: (plans.plan_pause, "Paused: traffic stays as it is, expansion has stopped."),
-    Action.RESUME: (plans.plan_resume, "Resumed: the stage's bake time starts over."),
-    Action.ROLLBACK: (plans.plan_rollback, "Rolled back: everyone gets the baseline now."),
-    Action.INVESTIGATE: (plans.plan_investigate, "Marked for investigation."),
-    Action.RESOLVE: (plans.plan_resolve, "Investigation closed."),
-    Action.DISCARD: (plans.plan_discard, "Draft discarded."),
+    Action.START: (transitions.plan_start, "Started: stage 1 is live, or waits for approval."),
+    Action.ADVANCE: (transitions.plan_advance, "Advanced."),
+    Action.PROMOTE: (transitions.plan_promote, "Promoted."),
+    Action.PAUSE: (transitions.plan_pause, "Paused: traffic stays as it is, expansion has stopped."),
+    Action.RESUME: (transitions.plan_resume, "Resumed: the stage's bake time starts over."),
+    Action.ROLLBACK: (transitions.plan_rollback, "Rolled back: everyone gets the baseline now."),
+    Action.INVESTIGATE: (transitions.plan_investigate, "Marked for investigation."),
+    Action.RESOLVE: (transitions.plan_resolve, "Investigation closed."),
+    Action.DISCARD: (transitions.plan_discard, "Draft discarded."),
 }
 STAGE_ERROR = re.compile(r"^stages\[(\d+)\]\.(\w+)(?:\[(\d+)\])?$")
 
@@ -72,7 +73,7 @@ def _plannable(user: Any, project: Project) -> list[Flag]:
     flags = Flag.objects.filter(project=project, archived_at__isnull=True).select_related("project").order_by("key")
     if has_project_permission(user, project, "propose_change"):
         return list(flags)
-    return [flag for flag in flags.filter(owner_user=user) if services.may_propose(user, flag)]
+    return [flag for flag in flags.filter(owner_user=user) if permissions.may_propose(user, flag)]
 
 
 def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: PlanReasonForm | None = None,
@@ -96,8 +97,8 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
     plan = _plan_for(project, pk)
     if action not in ACTIONS:
         raise Http404("No such action.")
-    if not plans.may_act(request.user, plan, action):
-        return denied(request, f"{Action(action).label}: {plans.PERMISSION_REFUSALS[plans._permission_kind(action)]} "
+    if not transitions.may_act(request.user, plan, action):
+        return denied(request, f"{Action(action).label}: {transitions.PERMISSION_REFUSALS[transitions._permission_kind(action)]} "
                                "in this project.")
     form = PlanReasonForm(request.POST)
     problem = ""
@@ -119,7 +120,7 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
             messages.error(request, problem)
         return render(request, "rollouts/plan.html", _page_context(request, project, plan, form,
                                                                    action_problem=problem), status=status)
-    return _with_messages(request, render(
+    return with_messages(request, render(
         request, "rollouts/plan.html#plan-body",
         _page_context(request, project, plan, form, action_problem=problem, failed_action=action), status=status))
 
@@ -129,7 +130,7 @@ def _outcome(plan: RolloutPlan, action: str, done: str) -> str:
         return (f"CR-{plan.pending_change_request_id} opened: the stage change waits for approval. "
                 "Approvers have been notified; the plan moves when it is applied.")
     if action in (Action.ADVANCE, Action.START) and plan.stage_index >= 0:
-        return f"Stage {plan.stage_index + 1} is live: {plan_pages.audience_text(plans.plan_stages(plan)[plan.stage_index])}."
+        return f"Stage {plan.stage_index + 1} is live: {plan_pages.audience_text(design.plan_stages(plan)[plan.stage_index])}."
     if action == Action.PROMOTE and plan.status == RolloutPlan.Status.COMPLETED:
         return f"Promoted: {plan.candidate} is the default for everyone in {plan.environment.name}; the plan is complete."
     return done
@@ -150,7 +151,7 @@ def _creation_forms(request: HttpRequest, project: Project, flag: Flag) -> tuple
     form = PlanForm(data, environments=environments, variations=variations,
                     initial={"environment": environment, "baseline": flag.fallback_variation.key,
                              "candidate": candidate, "on_breach": "pause"})
-    template = plans.template_stages(flag)
+    template = design.template_stages(flag)
     stage_initial = [{**stage, "percentage": stage["percentage"] / 1000} for stage in template]
     guardrail_initial = template[0]["guardrails"] if template else []
     stages = StageFormSet(data, prefix="stages", initial=None if data else stage_initial,
@@ -188,7 +189,7 @@ def plan_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
             .select_related("fallback_variation", "owner_user", "project").first())
     if flag is None:
         raise Http404("No such flag.")
-    if not services.may_propose(request.user, flag):
+    if not permissions.may_propose(request.user, flag):
         return denied(request, "Planning a rollout needs the flag owner or editor role in this project.")
     form, stages, guardrails = _creation_forms(request, project, flag)
     if request.method == "POST" and form.is_valid() & stages.is_valid() & guardrails.is_valid():
@@ -196,7 +197,7 @@ def plan_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
         guardrail_rows = [f for f in guardrails.forms if f.cleaned_data]
         shared = [row.guardrail() for row in guardrail_rows]
         try:
-            plan = plans.plan_create(
+            plan = design.plan_create(
                 flag=flag, environment=project.environments.get(key=form.cleaned_data["environment"]),
                 baseline=form.cleaned_data["baseline"], candidate=form.cleaned_data["candidate"],
                 stages=[{**row.stage(), "guardrails": [dict(g) for g in shared]} for row in stage_rows],

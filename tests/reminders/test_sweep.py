@@ -14,10 +14,11 @@ from django.utils import timezone
 
 from flags import services
 from flags.demo import seed_demo
-from flags.models import EvaluationRecord, Flag, Project, Reminder
-from flags.services.reminders import due_flag_reminders, review_reminders
+from flags.models import EvaluationRecord, Flag, Project
 from notifications.models import Notification
-from rollouts import reminders
+from reminders import sweep as reminders
+from reminders.due import due_flag_reminders, review_reminders
+from reminders.models import Reminder
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 
 Kind = Reminder.Kind

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from rollouts.reminders import deliver, deliver_pending, sweep
+from reminders.sweep import deliver, deliver_pending, sweep
 
 
 class Command(BaseCommand):

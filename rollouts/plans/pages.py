@@ -17,9 +17,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from flags.models import Project, Targeting
-from rollouts import charts, plans, services
+from rollouts.change_control import approving
 from rollouts.models import ReleaseDecision, RolloutPlan, RolloutStage
-from rollouts.plan_guardrails import AMBER, GREEN, RED
+from rollouts.plans import charts, design, measurement, transitions
+from rollouts.plans.guardrails import AMBER, GREEN, RED
 from telemetry.models import Metric
 from telemetry.selectors import series as metric_series
 
@@ -57,7 +58,7 @@ def guardrail_text(guardrail: dict[str, Any]) -> str:
 
 def audience_text(stage: RolloutStage) -> str:
     parts = [", ".join(stage.segments)] if stage.segments else []
-    if stage.percentage >= plans.SPLIT_TOTAL:
+    if stage.percentage >= design.SPLIT_TOTAL:
         parts = ["everyone"]
     elif stage.percentage:
         parts.append(f"{stage.percentage / 1000:g} % of everyone else")
@@ -70,7 +71,7 @@ def stage_entries(decisions: list[ReleaseDecision]) -> dict[int, datetime.dateti
     entries: dict[int, datetime.datetime] = {}
     for decision in decisions:
         moved = decision.action in (Action.START, Action.ADVANCE) and (
-            decision.change_request_id is None or decision.actor_label == str(plans.PLAN_SYNC))
+            decision.change_request_id is None or decision.actor_label == str(transitions.PLAN_SYNC))
         if moved:
             entries[decision.to_stage] = decision.created_at
     return entries
@@ -127,11 +128,11 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
                               "on; turn it on through a change first.")
     candidates: list[PlanAction] = []
     where = f"{plan.flag.key} in {plan.environment.name}"
-    steering = plans.may_act(user, plan, Action.ADVANCE)
+    steering = transitions.may_act(user, plan, Action.ADVANCE)
     if plan.status == Status.DRAFT:
         first = stages[0]
         candidates += [PlanAction(Action.START, f"Start: stage 1 ({first.name})", blocked=off,
-                                  needs_approval=steering and not off and plans.step_opens_request(plan, stages),
+                                  needs_approval=steering and not off and transitions.step_opens_request(plan, stages),
                                   confirm=f"Start the plan: {audience_text(first)} get {plan.candidate}?"),
                        PlanAction(Action.DISCARD, "Discard draft", "secondary", f"Discard this draft plan for {where}?")]
     if plan.status == Status.RUNNING:
@@ -153,10 +154,10 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
             nxt = stages[plan.stage_index + 1]
             candidates.append(PlanAction(Action.ADVANCE, f"Advance to stage {plan.stage_index + 2} ({nxt.name})",
                                          blocked=blocked,
-                                         needs_approval=steering and not blocked and plans.step_opens_request(plan, stages),
+                                         needs_approval=steering and not blocked and transitions.step_opens_request(plan, stages),
                                          confirm=f"Advance {where}: {audience_text(nxt)} get {plan.candidate}?"))
         if plan.stage_index >= 0:
-            later = steering and not blocked and plans.step_opens_request(plan, stages, promote=True)
+            later = steering and not blocked and transitions.step_opens_request(plan, stages, promote=True)
             candidates.append(PlanAction(Action.PROMOTE, f"Promote {plan.candidate} to everyone",
                                          "secondary" if plan.stage_index < len(stages) - 1 else "",
                                          f"Promote {plan.candidate}: it becomes the default for everyone in "
@@ -175,7 +176,7 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
             candidates.append(PlanAction(Action.RESOLVE, "Close the investigation", "secondary"))
         else:
             candidates.append(PlanAction(Action.INVESTIGATE, "Mark for investigation", "secondary"))
-    return [c for c in candidates if plans.may_act(user, plan, c.action)]
+    return [c for c in candidates if transitions.may_act(user, plan, c.action)]
 
 
 # --- the board --------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def board(project: Project, now: datetime.datetime | None = None) -> tuple[list[
     stages_by_plan: dict[int, list[RolloutStage]] = {}
     for stage in RolloutStage.objects.filter(plan__in=[p.pk for p in plan_list]).order_by("plan_id", "order"):
         stages_by_plan.setdefault(stage.plan_id, []).append(stage)
-    evidence = plans.plans_evidence([p for p in plan_list if p.status in (Status.RUNNING, Status.PAUSED)],
+    evidence = measurement.plans_evidence([p for p in plan_list if p.status in (Status.RUNNING, Status.PAUSED)],
                                     stages_by_plan=stages_by_plan, now=now)
     open_rows, closed_rows = [], []
     for plan in plan_list:
@@ -328,10 +329,10 @@ def _sample_rows(plan: RolloutPlan, evidence: dict[str, Any], metrics: dict[str,
 def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None) -> dict[str, Any]:
     """Everything the plan page shows, in a fixed number of queries."""
     now = now or timezone.now()
-    stages = plans.plan_stages(plan)
+    stages = design.plan_stages(plan)
     decisions = list(plan.decisions.select_related("change_request").order_by("id"))
     entries = stage_entries(decisions)
-    evidence = plans.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
+    evidence = measurement.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
     pending = plan.pending_change_request
     waiting_for = next((d.to_stage for d in reversed(decisions) if pending and d.change_request_id == pending.pk), None)
@@ -344,7 +345,7 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
         "guardrails": _guardrail_rows(evidence, metrics), "samples": _sample_rows(plan, evidence, metrics),
         "charts": _charts(plan, stages, metrics, evidence, entries, now),
         "decisions": list(reversed(decisions)),
-        "pending": pending, "pending_approvals": services.valid_approvals(pending) if pending else 0,
+        "pending": pending, "pending_approvals": approving.valid_approvals(pending) if pending else 0,
         "next_step": next_step(plan, stages, evidence.get("status"), now),
         "actions": available_actions(plan, stages, evidence, user, now, flag_on=Targeting.objects.filter(
             flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists()),
@@ -357,18 +358,18 @@ def request_evidence(change_request: Any, now: datetime.datetime | None = None) 
     guardrails, sample sizes), for the request page. None for other requests."""
     decision = (ReleaseDecision.objects.filter(change_request=change_request,
                                                action__in=(Action.START, Action.ADVANCE, Action.PROMOTE))
-                .exclude(actor_label=str(plans.PLAN_SYNC))
+                .exclude(actor_label=str(transitions.PLAN_SYNC))
                 .select_related("plan__flag__fallback_variation", "plan__environment", "plan__project")
                 .order_by("id").first())
     if decision is None:
         return None
     now = now or timezone.now()
     plan = decision.plan
-    stages = plans.plan_stages(plan)
+    stages = design.plan_stages(plan)
     entries = stage_entries(list(plan.decisions.order_by("id")))
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
     waiting = plan.status in RolloutPlan.OPEN and plan.pending_change_request_id == change_request.pk
-    live = plans.plan_evidence(plan, stages=stages, now=now) if waiting else {}
+    live = measurement.plan_evidence(plan, stages=stages, now=now) if waiting else {}
     shown = live or decision.evidence
     target = stages[decision.to_stage] if decision.action != Action.PROMOTE and decision.to_stage < len(stages) else None
     return {

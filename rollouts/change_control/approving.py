@@ -1,0 +1,128 @@
+"""Deciding on a change request: approvals bound to its diff hash, by people other than the
+requester who still hold the approver role; any rejection closes it; comments never change it.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audit.constants import AuditAction
+from audit.services import record
+from audit.validators import check_text_limit
+from flags.permissions import has_project_permission, holders_of
+from rollouts.change_control import observers
+from rollouts.change_control.binding import locked
+from rollouts.change_control.notices import notify_requester
+from rollouts.change_control.permissions import approvers_other_than, participation
+from rollouts.change_control.wording import label
+from rollouts.models import Approval, ChangeRequest, ChangeRequestComment
+
+Status = ChangeRequest.Status
+
+
+def eligible_approvers(change_request: ChangeRequest) -> list[AbstractBaseUser]:
+    """Who can approve this request: active holders of the approver role, not its requester."""
+    return list(approvers_other_than(change_request.project, change_request.requester_id))
+
+
+def approval_shortfall(change_request: ChangeRequest) -> str:
+    """Why this request can never reach its approvals, or "" when it can."""
+    if change_request.status not in (Status.PENDING,):
+        return ""
+    eligible = len(eligible_approvers(change_request))
+    if eligible >= change_request.required_approvals:
+        return ""
+    return (f"It needs {change_request.required_approvals} approvals, but only {eligible} "
+            f"{'person holds' if eligible == 1 else 'people hold'} the approver role in {change_request.project.name} "
+            "besides the requester. A project admin can grant the role on the Members page.")
+
+
+def valid_approvals(change_request: ChangeRequest) -> int:
+    """Approvals of the current version, by people other than the requester who still hold
+    the approver role."""
+    approver_ids = set(
+        change_request.approvals.filter(decision=Approval.Decision.APPROVE, diff_hash=change_request.diff_hash,
+                                        approver__is_active=True)
+        .exclude(approver_id=change_request.requester_id).values_list("approver_id", flat=True))
+    return holders_of(change_request.project, "approve_change").filter(pk__in=approver_ids).count()
+
+
+@transaction.atomic
+def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBaseUser, comment: str = "") -> ChangeRequest:
+    check_text_limit("comment", comment)
+    change_request = locked(change_request)
+    if change_request.status not in (Status.PENDING, Status.APPROVED):
+        raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be approved.")
+    if change_request.requester_id == actor.pk:
+        raise ValidationError("You cannot approve your own request: a second person must.")
+    if not has_project_permission(actor, change_request.project, "approve_change"):
+        raise ValidationError("Approving needs the approver role in this project.")
+    if change_request.approvals.filter(approver=actor, diff_hash=change_request.diff_hash).exists():
+        raise ValidationError("You have already decided on this version of the request.")
+    if change_request.status == Status.APPROVED and valid_approvals(change_request) >= change_request.required_approvals:
+        raise ValidationError("This request already has the approvals it needs.")
+    Approval.objects.create(change_request=change_request, approver=actor, decision=Approval.Decision.APPROVE,
+                            comment=comment, diff_hash=change_request.diff_hash)
+    count = valid_approvals(change_request)
+    if count >= change_request.required_approvals and change_request.status == Status.PENDING:
+        change_request.status = Status.APPROVED
+        change_request.decided_at = timezone.now()
+        change_request.save(update_fields=["status", "decided_at", "updated_at"])
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_APPROVED, target=change_request,
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           after={"approvals": count, "required": change_request.required_approvals, "status": change_request.status},
+           reason=comment, change_request_id=change_request.pk)
+    if change_request.status == Status.APPROVED:
+        notify_requester(change_request, f"Approved: {label(change_request)}",
+                         f"{count} of {change_request.required_approvals} approvals. Apply it or schedule it.")
+    return change_request
+
+
+@transaction.atomic
+def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseUser, comment: str = "") -> ChangeRequest:
+    """Any rejection closes the request."""
+    check_text_limit("comment", comment)
+    change_request = locked(change_request)
+    if change_request.status not in ChangeRequest.OPEN:
+        raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be rejected.")
+    if change_request.requester_id == actor.pk:
+        raise ValidationError("Cancel your own request instead of rejecting it.")
+    if not has_project_permission(actor, change_request.project, "approve_change"):
+        raise ValidationError("Rejecting needs the approver role in this project.")
+    Approval.objects.create(change_request=change_request, approver=actor, decision=Approval.Decision.REJECT,
+                            comment=comment, diff_hash=change_request.diff_hash)
+    change_request.status = Status.REJECTED
+    change_request.decided_at = timezone.now()
+    change_request.save(update_fields=["status", "decided_at", "updated_at"])
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_REJECTED, target=change_request,
+           project=change_request.project, environment=change_request.environment, flag=change_request.flag,
+           after={"status": Status.REJECTED}, reason=comment, change_request_id=change_request.pk)
+    notify_requester(change_request, f"Rejected: {label(change_request)}",
+                     f"Rejected by {actor.get_username()}: {comment or 'no comment'}")
+    observers.request_closed(change_request)
+    return change_request
+
+
+@transaction.atomic
+def change_request_comment(*, change_request: ChangeRequest, body: str, actor: AbstractBaseUser) -> ChangeRequestComment:
+    """Requester, approvers, editors and operators discuss a request; comments never change it."""
+    change_request = locked(change_request)
+    project = change_request.project
+    if not (actor.pk == change_request.requester_id
+            or participation(actor, project)):
+        raise ValidationError("Commenting needs a role that takes part in changes (editor, approver or operator).")
+    body = (body or "").strip()
+    if not body:
+        raise ValidationError({"body": "Write a comment first."})
+    check_text_limit("body", body, limit="comment")
+    comment = ChangeRequestComment.objects.create(change_request=change_request, author=actor,
+                                                  author_label=actor.get_username(), body=body)
+    record(actor=actor, action=AuditAction.CHANGE_REQUEST_COMMENTED, target=change_request, project=project,
+           environment=change_request.environment, flag=change_request.flag, after={"comment": body},
+           change_request_id=change_request.pk)
+    if actor.pk != change_request.requester_id:
+        notify_requester(change_request, f"New comment on {label(change_request)}", f"{actor.get_username()}: {body}")
+    return comment
