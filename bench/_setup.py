@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
-os.environ.setdefault("DEBUG", "1")
+import _database
+
+_database.django_environment()
 
 import django  # noqa: E402
 
@@ -24,13 +21,9 @@ from flags.demo import SEGMENTS, _flag_specs  # noqa: E402
 
 def create_database(url: str) -> None:
     """Create the PostgreSQL database named in `url` if it is missing, then migrate it."""
-    import psycopg
     from django.core.management import call_command
 
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    _database.create_database(url)
     call_command("migrate", verbosity=0)
 
 

@@ -15,15 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-DATABASE_URL = os.environ.get("BENCH_AUDIT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/featureops_bench_audit")
-os.environ["DATABASE_URL"] = DATABASE_URL
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("ALLOWED_HOSTS", "testserver")  # the in-process client's host
+from _database import ROOT, use_database
+
+DATABASE_URL = use_database("BENCH_AUDIT_DATABASE_URL", "featureops_bench_audit", test_client=True)
 ROWS = int(os.environ.get("BENCH_AUDIT_ROWS", "1000000"))
 WORDS = ("latency", "citation", "rollback", "incident", "beta", "prompt", "retrieval", "guardrail", "escalation",
          "budget", "tooling", "refusal", "handover", "canary", "holdout", "drift")

@@ -34,19 +34,12 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-DATABASE_URL = os.environ.get("BENCH_PLAN_PAGE_DATABASE_URL",
-                              "postgres://postgres@127.0.0.1:5432/featureops_bench_plan_page")
-os.environ["DATABASE_URL"] = DATABASE_URL
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("ALLOWED_HOSTS", "testserver")  # the in-process client's host
+from _database import database_exists, drop_database, use_database
+
+DATABASE_URL = use_database("BENCH_PLAN_PAGE_DATABASE_URL", "featureops_bench_plan_page", test_client=True)
 
 EVENTS = int(os.environ.get("BENCH_PLAN_PAGE_EVENTS", "10000000"))
 RENDERS = 25
@@ -69,10 +62,8 @@ def _state() -> str:
     finished: it resumes) or "" (build it all)."""
     import psycopg
 
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return ""
+    if not database_exists(DATABASE_URL):
+        return ""
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
         try:
             plans = conn.execute("SELECT count(*) FROM rollouts_rolloutplan").fetchone()[0]
@@ -84,14 +75,6 @@ def _state() -> str:
     if not plans or stored < EVENTS:
         return ""
     return "ready" if processed and processed[0] >= EVENTS else "copied"
-
-
-def _recreate_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _make_plan(now: datetime.datetime) -> Any:
@@ -191,7 +174,7 @@ def prepare() -> None:
         return
     began = time.perf_counter()
     if state != "copied":
-        _recreate_database()
+        drop_database(DATABASE_URL)  # created again, empty, just below
     _setup.create_database(DATABASE_URL)
     from django.db import connection
 

@@ -18,9 +18,9 @@ import statistics
 import time
 import uuid
 
-DATABASE_URL = os.environ.get("BENCH_REMINDERS_DATABASE_URL",
-                              "postgres://postgres@127.0.0.1:5432/featureops_bench_reminders")
-os.environ["DATABASE_URL"] = DATABASE_URL
+from _database import use_database
+
+DATABASE_URL = use_database("BENCH_REMINDERS_DATABASE_URL", "featureops_bench_reminders")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # Queues nobody consumes (a prefix of its own): the benchmark measures enqueueing, then purges.
 PREFIX = f"bench-reminders-{uuid.uuid4().hex[:8]}."

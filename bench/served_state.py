@@ -55,20 +55,13 @@ RUNS = int(os.environ.get("BENCH_RUNS", "200"))
 EDIT_ROUNDS = int(os.environ.get("BENCH_EDIT_ROUNDS", "30"))
 GOAL_MS = 20.0
 
+import _database  # noqa: E402
 import _setup  # noqa: E402 - Django set up on the database chosen above
-
-
-def _drop_postgres_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def prepare_database() -> None:
     if VENDOR == "PostgreSQL":
-        _drop_postgres_database()
+        _database.drop_database(DATABASE_URL)
         _setup.create_database(DATABASE_URL)  # creates and migrates
     else:
         from django.core.management import call_command
@@ -81,7 +74,7 @@ def drop_database() -> None:
 
     connections.close_all()
     if VENDOR == "PostgreSQL":
-        _drop_postgres_database()
+        _database.drop_database(DATABASE_URL)
     else:
         path = Path(DATABASE_URL.removeprefix("sqlite:///"))
         for leftover in path.parent.glob(path.name + "*"):

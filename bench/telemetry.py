@@ -15,18 +15,12 @@ import multiprocessing
 import os
 import random
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-DATABASE_URL = os.environ.get("BENCH_TELEMETRY_DATABASE_URL",
-                              "postgres://postgres@127.0.0.1:5432/featureops_bench_telemetry")
-os.environ["DATABASE_URL"] = DATABASE_URL
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "featureops_site.settings")
-os.environ.setdefault("DEBUG", "1")
+from _database import use_database
+
+DATABASE_URL = use_database("BENCH_TELEMETRY_DATABASE_URL", "featureops_bench_telemetry")
 
 BATCH = 500
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))

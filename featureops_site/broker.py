@@ -18,7 +18,7 @@ FilesystemTransport, for filesystem:// (the embedded broker of `make run`)
 
 RedisTransport, for redis://
     kombu's Redis transport, with two guards against what a Redis restart did to a worker
-    with acks_late (found by tests/test_broker_faults.py, kombu 5.7.0, celery 5.7.0):
+    with acks_late (found by tests/site/test_broker_faults.py, kombu 5.7.0, celery 5.7.0):
 
     1. The worker exited: "Unrecoverable error: AttributeError: 'NoneType' object has no
        attribute 'hostname'" whenever the connection dropped while the worker ran a task and
@@ -39,7 +39,7 @@ RedisTransport, for redis://
        been written but its reply lost, waits an hour for the visibility timeout). RedisQoS
        delivers it anyway: the worker has it, so it runs.
 
-    tests/test_broker_faults.py pins both bugs on kombu's own transport (so the guards can go
+    tests/site/test_broker_faults.py pins both bugs on kombu's own transport (so the guards can go
     when kombu fixes them) and shows a worker surviving ten Redis restarts under load.
 """
 

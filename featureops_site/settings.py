@@ -42,6 +42,14 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def env_networks(name: str, default: str = "") -> list[str]:
+    """Comma-separated networks (CIDR; host bits allowed), each written back in its canonical form."""
+    try:
+        return [str(ipaddress.ip_network(network, strict=False)) for network in env_list(name, default)]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from exc
+
+
 DEBUG = env_bool("DEBUG")
 
 # A required secret has no default outside DEBUG: a random fallback would differ per
@@ -65,7 +73,6 @@ INSTALLED_APPS = [
     "csp",  # django-csp: its checks flag settings in the pre-4.0 form
     "django_htmx",
     "guardian",
-    "template_partials.apps.SimpleAppConfig",
     "audit",
     "flags",
     "rollouts",
@@ -97,6 +104,9 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
+        # Fragments are files of their own (templates/base.html says how they are named); Django
+        # caches compiled templates by default (its cached loader, with autoreload in DEBUG).
+        "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
@@ -106,16 +116,6 @@ TEMPLATES = [
                 "notifications.context_processors.unread",
                 "rollouts.context_processors.approvals",
             ],
-            "loaders": [
-                (
-                    "template_partials.loader.Loader",
-                    [
-                        "django.template.loaders.filesystem.Loader",
-                        "django.template.loaders.app_directories.Loader",
-                    ],
-                )
-            ],
-            "builtins": ["template_partials.templatetags.partials"],
         },
     },
 ]
@@ -333,48 +333,24 @@ TELEMETRY_RAW_RETENTION_HOURS = env_int("TELEMETRY_RAW_RETENTION_HOURS", 48)
 if TELEMETRY_RAW_RETENTION_HOURS < 1:
     raise ImproperlyConfigured("TELEMETRY_RAW_RETENTION_HOURS must be at least 1.")
 
-# The one place the beat schedule is declared.
+# The one place the beat schedule is declared: entry name, task, period in seconds.
 CELERY_BEAT_SCHEDULE = {
-    "recompute-lifecycle-stages": {
-        "task": "flags.tasks.recompute_lifecycle_stages",
-        "schedule": timedelta(seconds=env_int("LIFECYCLE_RECOMPUTE_SECONDS", 300)),
-    },
-    "apply-scheduled-changes": {
-        "task": "rollouts.tasks.apply_scheduled_changes",
-        "schedule": timedelta(seconds=env_int("SCHEDULED_CHANGES_SECONDS", 30)),
-    },
-    "expire-undecided-changes": {
-        "task": "rollouts.tasks.expire_undecided_changes",
-        "schedule": timedelta(hours=1),
-    },
-    "send-pending-notification-emails": {
-        "task": "notifications.tasks.send_pending_notification_emails",
-        "schedule": timedelta(seconds=60),
-    },
-    "retry-due-webhooks": {
-        "task": "webhooks.tasks.retry_due_webhooks",
-        "schedule": timedelta(seconds=30),
-    },
-    "aggregate-telemetry": {
-        "task": "telemetry.tasks.aggregate_events",
-        "schedule": timedelta(seconds=env_int("TELEMETRY_AGGREGATE_SECONDS", 10)),
-    },
-    "prune-raw-telemetry": {
-        "task": "telemetry.tasks.prune_raw_events",
-        "schedule": timedelta(seconds=env_int("TELEMETRY_PRUNE_SECONDS", 600)),
-    },
-    "check-rollout-guardrails": {
-        "task": "rollouts.tasks.check_guardrails",
-        "schedule": timedelta(seconds=env_int("ROLLOUT_GUARDRAIL_CHECK_SECONDS", 60)),
-    },
-    "send-reminders": {
-        "task": "reminders.tasks.send_reminders",
-        "schedule": timedelta(seconds=env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),
-    },
-    "publish-audit-checkpoint": {
-        "task": "audit.tasks.publish_checkpoint",
-        "schedule": timedelta(seconds=env_int("AUDIT_CHECKPOINT_SECONDS", 3600)),
-    },
+    name: {"task": task, "schedule": timedelta(seconds=seconds)}
+    for name, task, seconds in [
+        ("recompute-lifecycle-stages", "flags.tasks.recompute_lifecycle_stages",
+         env_int("LIFECYCLE_RECOMPUTE_SECONDS", 300)),
+        ("apply-scheduled-changes", "rollouts.tasks.apply_scheduled_changes",
+         env_int("SCHEDULED_CHANGES_SECONDS", 30)),
+        ("expire-undecided-changes", "rollouts.tasks.expire_undecided_changes", 3600),
+        ("send-pending-notification-emails", "notifications.tasks.send_pending_notification_emails", 60),
+        ("retry-due-webhooks", "webhooks.tasks.retry_due_webhooks", 30),
+        ("aggregate-telemetry", "telemetry.tasks.aggregate_events", env_int("TELEMETRY_AGGREGATE_SECONDS", 10)),
+        ("prune-raw-telemetry", "telemetry.tasks.prune_raw_events", env_int("TELEMETRY_PRUNE_SECONDS", 600)),
+        ("check-rollout-guardrails", "rollouts.tasks.check_guardrails",
+         env_int("ROLLOUT_GUARDRAIL_CHECK_SECONDS", 60)),
+        ("send-reminders", "reminders.tasks.send_reminders", env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS", 3600)),
+        ("publish-audit-checkpoint", "audit.tasks.publish_checkpoint", env_int("AUDIT_CHECKPOINT_SECONDS", 3600)),
+    ]
 }
 
 # Webhooks: each attempt's network timeout (seconds), and how many attempts before a delivery
@@ -384,11 +360,7 @@ WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
 # Webhooks reach globally routable addresses only; these comma-separated networks (CIDR, e.g.
 # "10.20.0.0/16,fd00:1::/64") are allowed as well, for on-premise receivers. Empty by default,
 # DEBUG included: a local receiver needs e.g. 127.0.0.1/32 here. Checked at start-up.
-try:
-    WEBHOOK_ALLOWED_NETWORKS = [str(ipaddress.ip_network(network, strict=False))
-                                for network in env_list("WEBHOOK_ALLOWED_NETWORKS")]
-except ValueError as exc:
-    raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_NETWORKS: {exc}") from exc
+WEBHOOK_ALLOWED_NETWORKS = env_networks("WEBHOOK_ALLOWED_NETWORKS")
 # Dotted paths called after commit with each new audit row (audit.services.record): webhooks
 # hear of flag changes and change-request decisions this way, without audit importing anyone.
 AUDIT_COMMIT_OBSERVERS = ["flags.webhook_events.audit_event_committed"]
@@ -469,8 +441,4 @@ if WORKER_HEARTBEAT_SECONDS < 1 or WORKER_STALE_SECONDS <= WORKER_HEARTBEAT_SECO
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 if METRICS_TOKEN and len(METRICS_TOKEN) < 32:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 32 characters (or unset).")
-try:
-    METRICS_ALLOWED_NETWORKS = [str(ipaddress.ip_network(network, strict=False))
-                                for network in env_list("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")]
-except ValueError as exc:
-    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from exc
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")

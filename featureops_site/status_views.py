@@ -1,6 +1,6 @@
 """The console's System status page: each queue, what waits in it, the workers consuming it and
 when each was last seen; task failures; telemetry aggregation lag. For site staff and project
-admins (featureops_site/permissions.py). It refreshes itself every 10 s through htmx."""
+admins (flags.permissions.VIEW_SYSTEM_STATUS). It refreshes itself every 10 s through htmx."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from featureops_site import selectors
-from featureops_site.permissions import can_view_system_status
 from featureops_site.queues import QUEUES
-from flags.shortcuts import denied
+from flags.permissions import VIEW_SYSTEM_STATUS
+from flags.shortcuts import refused
 
 REFRESH_SECONDS = 10
 
@@ -24,8 +24,8 @@ REFRESH_SECONDS = 10
 @require_GET
 @vary_on_headers("HX-Request")
 def system_status(request: HttpRequest) -> HttpResponse:
-    if not can_view_system_status(request.user):
-        return denied(request, "System status is for site staff and project admins.")
+    if refusal := refused(request, VIEW_SYSTEM_STATUS):
+        return refusal
     now = timezone.now()
     workers = selectors.worker_statuses(now=now)
     queues = selectors.queue_statuses(workers, selectors.queue_depths())
@@ -47,5 +47,5 @@ def system_status(request: HttpRequest) -> HttpResponse:
                            for queue in (without_worker if workers else QUEUES)],
     }
     if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "ops/system_status.html#status-body", context)
+        return render(request, "ops/_status_body.html", context)
     return render(request, "ops/system_status.html", context)

@@ -8,22 +8,9 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from audit.admin import ReadOnlyAdmin
 from flags import admin_accounts  # noqa: F401  (replaces the stock User and Group admins)
 from flags.models import Environment, Flag, Membership, Project, SdkKey, Segment, Targeting, Variation
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
-        return [f.name for f in self.model._meta.fields] + [m.name for m in self.model._meta.many_to_many]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(Project)
@@ -79,6 +66,3 @@ class MembershipAdmin(ReadOnlyAdmin):
 class SdkKeyAdmin(ReadOnlyAdmin):
     list_display = ("name", "prefix", "environment", "created_at", "last_used_at", "revoked_at")
     exclude = ("key_hash",)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
-        return [f for f in super().get_readonly_fields(request, obj) if f != "key_hash"]

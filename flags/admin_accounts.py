@@ -13,7 +13,8 @@ delete that would cascade into rows it may not delete: revoke the roles (audited
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
@@ -86,16 +87,21 @@ def _describe_changes(model: type[models.Model], before: dict[str, Any], after: 
     return ", ".join(parts)
 
 
+class AuditActions(NamedTuple):
+    """What an admin page's creates, changes and deletes are recorded as."""
+
+    created: AuditAction
+    updated: AuditAction
+    deleted: AuditAction
+
+
 class AuditedAdmin(admin.ModelAdmin):
     """One audit row per create, change and delete made through this admin page."""
 
-    created_action: AuditAction
-    updated_action: AuditAction
-    deleted_action: AuditAction
     noun: str
-
-    def snapshot(self, obj: Any) -> dict[str, Any]:
-        raise NotImplementedError
+    audit_actions: AuditActions
+    # A row's state as its audit rows hold it.
+    snapshot: Callable[[Any], dict[str, Any]]
 
     def created_state(self, obj: Any) -> dict[str, Any]:
         return self.snapshot(obj)
@@ -115,12 +121,12 @@ class AuditedAdmin(admin.ModelAdmin):
         super().save_related(request, form, formsets, change)
         obj = form.instance
         if not change:
-            record(actor=request.user, action=self.created_action, target=obj, after=self.created_state(obj),
+            record(actor=request.user, action=self.audit_actions.created, target=obj, after=self.created_state(obj),
                    summary=f"Created {self.noun} {obj}")
             return
         before, after = _changed(getattr(form, _BEFORE_ATTR), self.snapshot(obj))
         if after:  # a save that changed nothing is no state change, so no row
-            record(actor=request.user, action=self.updated_action, target=obj, before=before, after=after,
+            record(actor=request.user, action=self.audit_actions.updated, target=obj, before=before, after=after,
                    summary=f"Changed {self.noun} {obj}: {_describe_changes(self.model, before, after)}")
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
@@ -136,18 +142,14 @@ class AuditedAdmin(admin.ModelAdmin):
 
     def _record_deletion(self, request: HttpRequest, obj: Any) -> None:
         # Recorded before the delete, while the row (and what cascades from it) can still be read.
-        record(actor=request.user, action=self.deleted_action, target=obj, before=self.deleted_state(obj),
+        record(actor=request.user, action=self.audit_actions.deleted, target=obj, before=self.deleted_state(obj),
                summary=f"Deleted {self.noun} {obj}")
 
 
 class AuditedUserAdmin(AuditedAdmin, UserAdmin):
-    created_action = AuditAction.USER_CREATED
-    updated_action = AuditAction.USER_UPDATED
-    deleted_action = AuditAction.USER_DELETED
     noun = "user"
-
-    def snapshot(self, obj: User) -> dict[str, Any]:
-        return user_snapshot(obj)
+    audit_actions = AuditActions(AuditAction.USER_CREATED, AuditAction.USER_UPDATED, AuditAction.USER_DELETED)
+    snapshot = staticmethod(user_snapshot)
 
     def created_state(self, obj: User) -> dict[str, Any]:
         return {**user_snapshot(obj), "password": "set" if obj.has_usable_password() else "unusable"}
@@ -175,13 +177,9 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
 
 
 class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
-    created_action = AuditAction.GROUP_CREATED
-    updated_action = AuditAction.GROUP_UPDATED
-    deleted_action = AuditAction.GROUP_DELETED
     noun = "group"
-
-    def snapshot(self, obj: Group) -> dict[str, Any]:
-        return group_snapshot(obj)
+    audit_actions = AuditActions(AuditAction.GROUP_CREATED, AuditAction.GROUP_UPDATED, AuditAction.GROUP_DELETED)
+    snapshot = staticmethod(group_snapshot)
 
     def deleted_state(self, obj: Group) -> dict[str, Any]:
         # Deleting a group takes its permissions from every member.

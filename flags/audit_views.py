@@ -31,9 +31,10 @@ from audit.diff import diff
 from audit.models import AuditEvent
 from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
 from audit.services import AuditTarget, record
+from flags import permissions
 from flags.models import Environment, Flag, Project
 from flags.permissions import audit_project_ids, can_view_project, sees_account_events
-from flags.shortcuts import denied
+from flags.shortcuts import project_page, refused
 
 EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
                  "project_label", "environment_label", "target_type", "target_id", "target_label", "summary",
@@ -101,31 +102,27 @@ def _page_context(request: HttpRequest, filters: AuditFilters, base_url: str) ->
 @require_GET
 @vary_on_headers("HX-Request")
 def audit_explorer(request: HttpRequest) -> HttpResponse:
+    if refusal := refused(request, permissions.BROWSE_AUDIT):
+        return refusal
     scope = audit_project_ids(request.user)
     account_events = sees_account_events(request.user)
-    if not scope and not account_events:
-        return denied(request, "The audit trail is open to auditors and project admins.")
     filters = _filters(request, scope, account_events=account_events)
     context = {**_page_context(request, filters, request.path), **_choices(scope, account_events=account_events),
                "get": request.GET}
     if request.htmx and not request.htmx.history_restore_request:
-        response = render(request, "audit/explorer.html#audit-table", context)
+        response = render(request, "audit/_audit_table.html", context)
         # The export links carry the filter too: swap them out of band.
-        response.write(render_to_string("audit/explorer.html#audit-exports", {**context, "oob": True}, request))
+        response.write(render_to_string("audit/_audit_exports.html", {**context, "oob": True}, request))
         return response
     return render(request, "audit/explorer.html", context)
 
 
-@login_required
-@require_GET
-def flag_history(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = get_object_or_404(Project, key=project_key)
-    if not can_view_project(request.user, project):
-        raise Http404("No such project.")
+@project_page("GET")
+def flag_history(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = get_object_or_404(Flag, project=project, key=flag_key)
     filters = _filters(request, frozenset({project.pk}), project=project.pk, flag=flag.pk, environment=None,
                        account_only=False)
-    return render(request, "audit/explorer.html#audit-table", _page_context(request, filters, request.path))
+    return render(request, "audit/_audit_table.html", _page_context(request, filters, request.path))
 
 
 @login_required
@@ -142,7 +139,7 @@ def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
         allowed = project is not None and can_view_project(request.user, project)
     if not allowed:
         raise Http404("No such event.")
-    return render(request, "audit/explorer.html#audit-detail", {"event": event, "changes": diff(event.before, event.after)})
+    return render(request, "audit/_audit_detail.html", {"event": event, "changes": diff(event.before, event.after)})
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -189,9 +186,9 @@ def _jsonl_rows(rows: Iterator[dict]) -> Iterator[str]:
 def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
     if fmt not in ("csv", "jsonl"):
         raise Http404("Exports are .csv or .jsonl.")
+    if refusal := refused(request, permissions.EXPORT_AUDIT):
+        return refusal
     scope = audit_project_ids(request.user, "export_audit")
-    if not scope:
-        return denied(request, "Exports of the audit trail are open to auditors and project admins.")
     # Account-level rows go into the export for whoever sees them in the explorer.
     filters = _filters(request, scope, account_events=sees_account_events(request.user))
     described = {k: v for k, v in request.GET.items() if k != "before" and v}

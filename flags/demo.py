@@ -68,6 +68,12 @@ INTERNAL = {"op": "in_segment", "values": ["internal_users"]}
 BETA = {"op": "in_segment", "values": ["beta_accounts"]}
 
 
+def _targeting(default: str, *, enabled: bool = True, rules: list | None = None) -> dict:
+    """A demo flag's targeting in one environment: by account, `default` for whoever no rule serves."""
+    return {"enabled": enabled, "assignment_unit": "accountId", "rules": rules or [],
+            "default_serve": {"variation": default}}
+
+
 def _flag_specs(today: datetime.date) -> list[dict]:
     return [
         {
@@ -102,26 +108,21 @@ def _flag_specs(today: datetime.date) -> list[dict]:
             "first_audience": "Internal support team, then beta accounts",
             "tags": ["support", "experiment", "retrieval"],
             "targeting": {
-                "development": {"enabled": True, "assignment_unit": "accountId", "rules": [],
-                                "default_serve": {"variation": "citation_first_v4"}},
-                "staging": {"enabled": True, "assignment_unit": "accountId",
-                            "rules": [
-                                {"id": "internal", "description": "Internal support team", "clauses": [INTERNAL],
-                                 "serve": {"variation": "citation_first_v4"}},
-                                {"id": "beta-50", "description": "50 % experiment on beta accounts", "clauses": [BETA],
-                                 "serve": {"split": [{"variation": "baseline_v3", "weight": 50000},
-                                                     {"variation": "citation_first_v4", "weight": 50000}]}},
-                            ],
-                            "default_serve": {"variation": "baseline_v3"}},
-                "production": {"enabled": True, "assignment_unit": "accountId",
-                               "rules": [
-                                   {"id": "internal", "description": "Internal support team", "clauses": [INTERNAL],
-                                    "serve": {"variation": "citation_first_v4"}},
-                                   {"id": "beta-5", "description": "5 % of eligible beta traffic", "clauses": [BETA],
-                                    "serve": {"split": [{"variation": "baseline_v3", "weight": 95000},
-                                                        {"variation": "citation_first_v4", "weight": 5000}]}},
-                               ],
-                               "default_serve": {"variation": "baseline_v3"}},
+                "development": _targeting("citation_first_v4"),
+                "staging": _targeting("baseline_v3", rules=[
+                    {"id": "internal", "description": "Internal support team", "clauses": [INTERNAL],
+                     "serve": {"variation": "citation_first_v4"}},
+                    {"id": "beta-50", "description": "50 % experiment on beta accounts", "clauses": [BETA],
+                     "serve": {"split": [{"variation": "baseline_v3", "weight": 50000},
+                                         {"variation": "citation_first_v4", "weight": 50000}]}},
+                ]),
+                "production": _targeting("baseline_v3", rules=[
+                    {"id": "internal", "description": "Internal support team", "clauses": [INTERNAL],
+                     "serve": {"variation": "citation_first_v4"}},
+                    {"id": "beta-5", "description": "5 % of eligible beta traffic", "clauses": [BETA],
+                     "serve": {"split": [{"variation": "baseline_v3", "weight": 95000},
+                                         {"variation": "citation_first_v4", "weight": 5000}]}},
+                ]),
             },
         },
         {
@@ -149,16 +150,12 @@ def _flag_specs(today: datetime.date) -> list[dict]:
             "first_audience": "Internal support team",
             "tags": ["support", "agent", "permissions"],
             "targeting": {
-                "development": {"enabled": True, "assignment_unit": "accountId", "rules": [],
-                                "default_serve": {"variation": "approval_required"}},
-                "staging": {"enabled": True, "assignment_unit": "accountId",
-                            "rules": [{"id": "internal", "clauses": [INTERNAL],
-                                       "serve": {"variation": "approval_required"}}],
-                            "default_serve": {"variation": "read_only"}},
-                "production": {"enabled": True, "assignment_unit": "accountId",
-                               "rules": [{"id": "internal", "description": "Internal support team",
-                                          "clauses": [INTERNAL], "serve": {"variation": "approval_required"}}],
-                               "default_serve": {"variation": "read_only"}},
+                "development": _targeting("approval_required"),
+                "staging": _targeting("read_only", rules=[
+                    {"id": "internal", "clauses": [INTERNAL], "serve": {"variation": "approval_required"}}]),
+                "production": _targeting("read_only", rules=[
+                    {"id": "internal", "description": "Internal support team", "clauses": [INTERNAL],
+                     "serve": {"variation": "approval_required"}}]),
             },
         },
         {
@@ -184,12 +181,9 @@ def _flag_specs(today: datetime.date) -> list[dict]:
             "first_audience": "Everyone (operational)",
             "tags": ["support", "incident", "kill-switch"],
             "targeting": {
-                "development": {"enabled": True, "assignment_unit": "accountId", "rules": [],
-                                "default_serve": {"variation": "baseline_model"}},
-                "staging": {"enabled": False, "assignment_unit": "accountId", "rules": [],
-                            "default_serve": {"variation": "baseline_model"}},
-                "production": {"enabled": False, "assignment_unit": "accountId", "rules": [],
-                               "default_serve": {"variation": "baseline_model"}},
+                "development": _targeting("baseline_model"),
+                "staging": _targeting("baseline_model", enabled=False),
+                "production": _targeting("baseline_model", enabled=False),
             },
         },
     ]

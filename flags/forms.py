@@ -101,6 +101,15 @@ def format_value(value_type: str, value: Any) -> str:
     return str(value)
 
 
+def parse_rules_text(text: str) -> list:
+    """A rules field (targeting's or a segment's): a JSON list, or none when left blank."""
+    text = text.strip()
+    rules = parse_json_text(text, field_label="rules") if text else []
+    if not isinstance(rules, list):
+        raise ValidationError("Rules must be a JSON list.")
+    return rules
+
+
 def split_list(text: str) -> list[str]:
     return [item.strip() for chunk in text.splitlines() for item in chunk.split(",") if item.strip()]
 
@@ -333,11 +342,7 @@ class TargetingForm(forms.Form):
         return [self[f"targets_{v.key}"] for v in self.variations]
 
     def clean_rules(self) -> list:
-        text = self.cleaned_data["rules"].strip()
-        rules = parse_json_text(text, field_label="rules") if text else []
-        if not isinstance(rules, list):
-            raise ValidationError("Rules must be a JSON list.")
-        return rules
+        return parse_rules_text(self.cleaned_data["rules"])
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -404,8 +409,4 @@ class SegmentForm(forms.Form):
         return split_list(self.cleaned_data["excluded_keys"])
 
     def clean_rules(self) -> list:
-        text = self.cleaned_data["rules"].strip()
-        rules = parse_json_text(text, field_label="rules") if text else []
-        if not isinstance(rules, list):
-            raise ValidationError("Rules must be a JSON list.")
-        return rules
+        return parse_rules_text(self.cleaned_data["rules"])

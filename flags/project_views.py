@@ -5,18 +5,14 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from flags import services
+from flags import permissions, services
 from flags.constants import ROLE_PERMISSIONS, Role
-from flags.forms import add_service_errors
-from flags.models import Environment, Membership, SdkKey
-from flags.permissions import can_manage_members, can_manage_sdk_keys
-from flags.shortcuts import denied, project_for
+from flags.models import Environment, Membership, Project, SdkKey
+from flags.shortcuts import REFUSED, project_page, report
 
 
 class GrantRoleForm(forms.Form):
@@ -49,21 +45,13 @@ def _members_context(project: object, form: GrantRoleForm) -> dict[str, object]:
             "role_table": [(Role(r), sorted(p)) for r, p in ROLE_PERMISSIONS.items()]}
 
 
-@login_required
-@require_GET
-def members(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_members(request.user, project):
-        return denied(request, "Members and roles are managed by the project's admins.")
+@project_page("GET", rule=permissions.MANAGE_MEMBERS)
+def members(request: HttpRequest, project: Project) -> HttpResponse:
     return render(request, "flags/members.html", _members_context(project, GrantRoleForm()))
 
 
-@login_required
-@require_POST
-def project_time_zone(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_members(request.user, project):
-        return denied(request, "Project settings are changed by the project's admins.")
+@project_page("POST", rule=permissions.CHANGE_PROJECT_SETTINGS)
+def project_time_zone(request: HttpRequest, project: Project) -> HttpResponse:
     try:
         services.project_time_zone_set(project=project, time_zone=request.POST.get("time_zone", "")[:64],
                                        actor=request.user)
@@ -76,43 +64,27 @@ def project_time_zone(request: HttpRequest, project_key: str) -> HttpResponse:
     return redirect("flags:members", project_key=project.key)
 
 
-@login_required
-@require_POST
-def member_grant(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_members(request.user, project):
-        return denied(request, "Members and roles are managed by the project's admins.")
+@project_page("POST", rule=permissions.MANAGE_MEMBERS)
+def member_grant(request: HttpRequest, project: Project) -> HttpResponse:
     form = GrantRoleForm(request.POST)
     if form.is_valid():
         user, role = form.cleaned_data["username"], Role(form.cleaned_data["role"])
-        try:
-            services.membership_grant(project=project, user=user, role=role, actor=request.user)
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"{user.get_username()} is now {role.label} in {project.name}.")
+        if report(request, lambda: services.membership_grant(project=project, user=user, role=role, actor=request.user),
+                  f"{user.get_username()} is now {role.label} in {project.name}.", form) is not REFUSED:
             return redirect("flags:members", project_key=project.key)
     return render(request, "flags/members.html", _members_context(project, form), status=422)
 
 
-@login_required
-@require_POST
-def member_revoke(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_members(request.user, project):
-        return denied(request, "Members and roles are managed by the project's admins.")
+@project_page("POST", rule=permissions.MANAGE_MEMBERS)
+def member_revoke(request: HttpRequest, project: Project) -> HttpResponse:
     user_id = request.POST.get("user", "")
     role = request.POST.get("role", "")
     membership = get_object_or_404(Membership.objects.select_related("user"), project=project,
                                    user_id=int(user_id) if user_id.isascii() and user_id.isdigit()
                                    and len(user_id) <= 18 else -1, role=role)
-    try:
-        services.membership_revoke(project=project, user=membership.user, role=Role(role), actor=request.user,
-                                   reason=request.POST.get("reason", ""))
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Revoked {Role(role).label} from {membership.user.get_username()}.")
+    report(request, lambda: services.membership_revoke(project=project, user=membership.user, role=Role(role),
+                                                       actor=request.user, reason=request.POST.get("reason", "")),
+           f"Revoked {Role(role).label} from {membership.user.get_username()}.")
     return redirect("flags:members", project_key=project.key)
 
 
@@ -121,12 +93,8 @@ def _keys_context(project: object, form: CreateSdkKeyForm, **extra: object) -> d
     return {"project": project, "keys": keys, "form": form, **extra}
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def sdk_keys(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, "SDK keys are managed by the project's admins.")
+@project_page("GET", "POST", rule=permissions.MANAGE_SDK_KEYS)
+def sdk_keys(request: HttpRequest, project: Project) -> HttpResponse:
     form = CreateSdkKeyForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         sdk_key, raw_key = services.sdk_key_create(environment=form.cleaned_data["environment"],
@@ -137,18 +105,10 @@ def sdk_keys(request: HttpRequest, project_key: str) -> HttpResponse:
     return render(request, "flags/sdk_keys.html", _keys_context(project, form), status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def sdk_key_revoke(request: HttpRequest, project_key: str, key_id: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, "SDK keys are managed by the project's admins.")
+@project_page("POST", rule=permissions.MANAGE_SDK_KEYS)
+def sdk_key_revoke(request: HttpRequest, project: Project, key_id: int) -> HttpResponse:
     sdk_key = get_object_or_404(SdkKey, pk=key_id, environment__project=project)
-    try:
-        services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user, reason=request.POST.get("reason", ""))
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a "
-                                  "second.")
+    report(request, lambda: services.sdk_key_revoke(sdk_key=sdk_key, actor=request.user,
+                                                    reason=request.POST.get("reason", "")),
+           f"Revoked “{sdk_key.name}” ({sdk_key.prefix}…). Evaluation refuses it within a second.")
     return redirect("flags:sdk_keys", project_key=project.key)

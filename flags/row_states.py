@@ -6,59 +6,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import models
+
 from flags.models import Flag, Segment, Targeting, Variation
+
+# Each state's keys, in order; a key names the row's attribute of that name, unless the state's
+# function computes it (references by key or name, dates as ISO text, tags sorted).
+FLAG_CONTRACT_KEYS = (
+    "key", "name", "description", "behavior_surface", "value_type", "json_schema", "fallback_variation",
+    "owner_user", "owner_team", "lifetime", "review_date", "cleanup_rule", "primary_metric", "guardrail_metrics",
+    "rollback_action", "first_audience", "tags", "stage",
+)
+VARIATION_KEYS = ("key", "name", "value", "description", "risk_rank")
+TARGETING_KEYS = ("enabled", "targets", "rules", "default_serve", "assignment_unit", "version")
+SEGMENT_KEYS = ("key", "name", "description", "included_keys", "excluded_keys", "rules")
+
+
+def _state(row: models.Model, keys: tuple[str, ...], **computed: Any) -> dict[str, Any]:
+    return {key: computed[key] if key in computed else getattr(row, key) for key in keys}
 
 
 def flag_contract(flag: Flag) -> dict[str, Any]:
-    return {
-        "key": flag.key,
-        "name": flag.name,
-        "description": flag.description,
-        "behavior_surface": flag.behavior_surface,
-        "value_type": flag.value_type,
-        "json_schema": flag.json_schema,
-        "fallback_variation": flag.fallback_variation.key if flag.fallback_variation_id else None,
-        "owner_user": flag.owner_user.get_username() if flag.owner_user_id else None,
-        "owner_team": flag.owner_team,
-        "lifetime": flag.lifetime,
-        "review_date": flag.review_date.isoformat() if flag.review_date else None,
-        "cleanup_rule": flag.cleanup_rule,
-        "primary_metric": flag.primary_metric,
-        "guardrail_metrics": list(flag.guardrail_metrics),
-        "rollback_action": flag.rollback_action,
-        "first_audience": flag.first_audience,
-        "tags": sorted(tag.name for tag in flag.tags.all()) if flag.pk else [],
-        "stage": flag.stage,
-    }
+    return _state(
+        flag, FLAG_CONTRACT_KEYS,
+        fallback_variation=flag.fallback_variation.key if flag.fallback_variation_id else None,
+        owner_user=flag.owner_user.get_username() if flag.owner_user_id else None,
+        review_date=flag.review_date.isoformat() if flag.review_date else None,
+        guardrail_metrics=list(flag.guardrail_metrics),
+        tags=sorted(tag.name for tag in flag.tags.all()) if flag.pk else [],
+    )
 
 
 def variation_state(variation: Variation) -> dict[str, Any]:
-    return {
-        "key": variation.key,
-        "name": variation.name,
-        "value": variation.value,
-        "description": variation.description,
-        "risk_rank": variation.risk_rank,
-    }
+    return _state(variation, VARIATION_KEYS)
 
 
 def targeting_state(targeting: Targeting) -> dict[str, Any]:
-    return {
-        "enabled": targeting.enabled,
-        "targets": targeting.targets,
-        "rules": targeting.rules,
-        "default_serve": targeting.default_serve,
-        "assignment_unit": targeting.assignment_unit,
-        "version": targeting.version,
-    }
+    return _state(targeting, TARGETING_KEYS)
 
 
 def segment_state(segment: Segment) -> dict[str, Any]:
-    return {
-        "key": segment.key,
-        "name": segment.name,
-        "description": segment.description,
-        "included_keys": segment.included_keys,
-        "excluded_keys": segment.excluded_keys,
-        "rules": segment.rules,
-    }
+    return _state(segment, SEGMENT_KEYS)

@@ -1,16 +1,27 @@
 """The console's view shortcuts, for every app's views: find the project a person may see
 (404 otherwise, so existence does not leak), find a flag in it, refuse with a readable 403
-(a fragment for htmx, a page otherwise), and carry pending messages on an htmx answer."""
+(a fragment for htmx, a page otherwise) when a permission rule says no, and carry pending
+messages on an htmx answer."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
+from django.views.decorators.http import require_http_methods
 
 from flags import selectors
+from flags.forms import add_service_errors
 from flags.models import Flag, Project
-from flags.permissions import can_view_project
+from flags.permissions import Rule, can_view_project
 
 
 def project_for(request: HttpRequest, project_key: str) -> Project:
@@ -40,14 +51,56 @@ def flag_detail_for(project: Project, flag_key: str) -> Flag:
 def denied(request: HttpRequest, message: str) -> HttpResponse:
     """403 with a readable fragment for htmx (swapped into the message area), a page otherwise."""
     if request.htmx:
-        response = render(request, "includes/denied.html", {"message": message}, status=403)
+        response = render(request, "_denied.html", {"message": message}, status=403)
         response["HX-Retarget"] = "#messages"
         response["HX-Reswap"] = "innerHTML"
         return response
     return render(request, "denied.html", {"message": message}, status=403)
 
 
+def refused(request: HttpRequest, rule: Rule, *objects: object) -> HttpResponse | None:
+    """The 403 answer when `rule` does not allow the person on `objects`, None when it does:
+    `if (refusal := refused(request, rules.EDIT_CONTRACT, flag)): return refusal`."""
+    return None if rule.allows(request.user, *objects) else denied(request, rule.refusal)
+
+
+def project_page(*methods: str, rule: Rule | None = None) -> Callable[[Callable], Callable]:
+    """A view of one project: signed-in people only, these HTTP methods only (405 otherwise),
+    the person's project (404 otherwise, see `project_for`) passed in place of its key, and
+    `rule`, when given, asked about that project before the view runs (403 with its refusal)."""
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def with_project(request: HttpRequest, *args: object, project_key: str, **kwargs: object) -> HttpResponse:
+            project = project_for(request, project_key)
+            if rule is not None and (refusal := refused(request, rule, project)):
+                return refusal
+            return view(request, project, *args, **kwargs)
+        return login_required(require_http_methods(list(methods))(with_project))
+    return decorate
+
+
+REFUSED = object()  # what `report` answers when the service refused
+
+
+def report(request: HttpRequest, write: Callable[[], Any], success: str | Callable[[Any], str] = "",
+           form: forms.Form | None = None) -> Any:
+    """Run one service write for a view and say how it went: the service's refusal beside the
+    form's fields (`form`) or in the messages, else `success` (a text, or made from what the
+    service returned) in the messages. Answers what the service returned, or REFUSED."""
+    try:
+        result = write()
+    except ValidationError as exc:
+        if form is not None:
+            add_service_errors(form, exc)
+        else:
+            messages.error(request, " ".join(exc.messages))
+        return REFUSED
+    if text := success(result) if callable(success) else success:
+        messages.success(request, text)
+    return result
+
+
 def with_messages(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     """Append pending messages as an out-of-band swap so htmx actions show feedback."""
-    response.write(render_to_string("includes/messages_oob.html", {}, request=request))
+    response.write(render_to_string("_messages_oob.html", {}, request=request))
     return response

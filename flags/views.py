@@ -1,12 +1,10 @@
-"""Console views for the flag catalog. Function views; htmx requests get named partials.
+"""Console views for the flag catalog. Function views; htmx requests get fragments (`_<name>.html`).
 
 Every view loads its objects through the project the user belongs to (ids from another
 project answer 404) and checks the permission on the object before acting.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,11 +13,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from flags import selectors, services
+from flags import fragments, permissions, selectors, services
 from flags.constants import BehaviorSurface, LifecycleStage
 from flags.evaluation.targeting_schema import referenced_segments
 from flags.forms import (
@@ -27,20 +25,11 @@ from flags.forms import (
     FlagEditForm,
     TargetingForm,
     VariationForm,
-    add_service_errors,
-    format_value,
 )
 from flags.models import Flag, Project, Segment, Targeting, Variation
-from flags.permissions import (
-    can_edit_catalog,
-    can_edit_targeting,
-    can_manage_members,
-    can_manage_sdk_keys,
-    has_project_permission,
-    role_labels,
-)
+from flags.permissions import can_edit_catalog, can_manage_members, can_manage_sdk_keys, role_labels
 from flags.selectors import FlagFilters
-from flags.shortcuts import denied, flag_detail_for, project_for, with_messages
+from flags.shortcuts import REFUSED, denied, flag_detail_for, project_page, refused, report, with_messages
 
 # --- projects and the flag list ------------------------------------------------------------
 
@@ -52,11 +41,9 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(request, "flags/project_list.html", {"projects": projects})
 
 
-@login_required
-@require_GET
+@project_page("GET")
 @vary_on_headers("HX-Request")  # the same URL answers a fragment or a page: caches must tell them apart
-def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+def flag_list(request: HttpRequest, project: Project) -> HttpResponse:
     def param(name: str, limit: int = 100) -> str:
         return request.GET.get(name, "").replace("\x00", "").strip()[:limit]  # PostgreSQL refuses NUL
 
@@ -78,41 +65,31 @@ def flag_list(request: HttpRequest, project_key: str) -> HttpResponse:
     }
     # A history restore (back button after a cache miss) needs the whole page, not the table.
     fragment = request.htmx and not request.htmx.history_restore_request
-    template = "flags/flag_list.html#flag-table" if fragment else "flags/flag_list.html"
+    template = "flags/_flag_table.html" if fragment else "flags/flag_list.html"
     return render(request, template, context)
 
 
 # --- flags ---------------------------------------------------------------------------------
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def flag_create(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_edit_catalog(request.user, project):
-        return denied(request, "You need the flag owner or editor role in this project to create flags.")
+@project_page("GET", "POST", rule=permissions.CREATE_FLAGS)
+def flag_create(request: HttpRequest, project: Project) -> HttpResponse:
     form = FlagCreateForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         variations, fallback_key = form.variations()
-        try:
-            flag = services.flag_create(
-                project=project, key=form.cleaned_data["key"], value_type=form.cleaned_data["value_type"],
-                variations=variations, fallback_variation_key=fallback_key, tags=form.cleaned_data["tags"],
-                actor=request.user, **form.contract(),
-            )
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"Flag “{flag.key}” created. It is off in every environment.")
+        flag = report(request, lambda: services.flag_create(
+            project=project, key=form.cleaned_data["key"], value_type=form.cleaned_data["value_type"],
+            variations=variations, fallback_variation_key=fallback_key, tags=form.cleaned_data["tags"],
+            actor=request.user, **form.contract(),
+        ), lambda flag: f"Flag “{flag.key}” created. It is off in every environment.", form)
+        if flag is not REFUSED:
             return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
     return render(request, "flags/flag_form.html", {"project": project, "form": form, "creating": True},
                   status=422 if form.errors else 200)
 
 
-@login_required
-@require_GET
-def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def flag_detail(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     variations = list(flag.variations.all())
     targetings = list(flag.targetings.all())
@@ -123,9 +100,9 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
     return render(request, "flags/flag_detail.html", {
         "project": project,
         "flag": flag,
-        "variations": [_variation_view(flag, v, governed) for v in variations],
+        "variations": [fragments.variation_view(flag, v, governed) for v in variations],
         "governed_contract": bool(governed),
-        "targetings": [{**_targeting_view(request, flag, t), "last_evaluated": last_evaluated.get(t.environment_id),
+        "targetings": [{**fragments.targeting_view(request, flag, t), "last_evaluated": last_evaluated.get(t.environment_id),
                         "turn_on_missing": missing if t.environment.is_governed and not t.enabled else []}
                        for t in targetings],
         "archive_problem": services.archive_problem(flag, targetings),
@@ -135,42 +112,33 @@ def flag_detail(request: HttpRequest, project_key: str, flag_key: str) -> HttpRe
     })
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def flag_edit(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def flag_edit(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not edit this flag's contract.")
+    if refusal := refused(request, permissions.EDIT_CONTRACT, flag):
+        return refusal
     form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         fallback_moves = form.cleaned_data["fallback_variation"] != flag.fallback_variation.key
         schema_moves = "json_schema" in form.cleaned_data and form.cleaned_data["json_schema"] != flag.json_schema
         if (fallback_moves or schema_moves) and services.governed_served_variations(flag):
             return denied(request, GOVERNED_EDIT.format(key=flag.key, what="a new fallback or JSON Schema"))
-        try:
-            services.flag_update(
-                flag=flag, actor=request.user, expected_version=form.cleaned_data["version"],
-                fallback_variation_key=form.cleaned_data["fallback_variation"], tags=form.cleaned_data["tags"],
-                **form.contract(),
-            )
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"Contract of “{flag.key}” saved.")
+        if report(request, lambda: services.flag_update(
+            flag=flag, actor=request.user, expected_version=form.cleaned_data["version"],
+            fallback_variation_key=form.cleaned_data["fallback_variation"], tags=form.cleaned_data["tags"],
+            **form.contract(),
+        ), f"Contract of “{flag.key}” saved.", form) is not REFUSED:
             return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
     return render(request, "flags/flag_form.html", {"project": project, "flag": flag, "form": form},
                   status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def flag_archive(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+@project_page("POST")
+def flag_archive(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     """Archive (or, with `restore`, bring back) a flag, with a reason."""
-    project = project_for(request, project_key)
     flag = flag_detail_for(project, flag_key)
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "Archiving needs the flag owner or editor role in this project.")
+    if refusal := refused(request, permissions.ARCHIVE_FLAG, flag):
+        return refusal
     restoring = request.POST.get("action") == "restore"
     reason = request.POST.get("reason", "")  # the services refuse one that is too long; nothing is cut
     try:
@@ -191,17 +159,6 @@ def flag_archive(request: HttpRequest, project_key: str, flag_key: str) -> HttpR
 # --- variations (inline, htmx) -------------------------------------------------------------
 
 
-def _variation_view(flag: Flag, variation: Variation, governed: set[str]) -> dict[str, Any]:
-    return {
-        "variation": variation,
-        "display_value": format_value(flag.value_type, variation.value),
-        "is_fallback": flag.fallback_variation_id == variation.pk,
-        # the flag serves in a governed environment: edits go through the governed editor, where
-        # a served variation's new value or a lowered risk rank becomes a change request
-        "governed": bool(governed),
-    }
-
-
 GOVERNED_EDIT = ("“{key}” is served in a governed environment: {what} needs approval. Use Edit on the flag page, "
                  "which submits a change request for it.")
 
@@ -213,39 +170,23 @@ def _variation_for(flag: Flag, variation_key: str) -> Variation:
     raise Http404("No such variation.")
 
 
-@login_required
-@require_GET
-def variation_row(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def variation_row(request: HttpRequest, project: Project, flag_key: str, variation_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
-    return render(request, "flags/flag_detail.html#variation-row", {
+    return render(request, "flags/_variation_row.html", {
         "project": project, "flag": flag,
-        "row": _variation_view(flag, variation, services.governed_served_variations(flag)),
+        "row": fragments.variation_view(flag, variation, services.governed_served_variations(flag)),
         "can_edit": can_edit_catalog(request.user, project, flag),
     })
 
 
-def variation_saved_response(request: HttpRequest, project: Project, flag: Flag, variation: Variation) -> HttpResponse:
-    """After an inline save: the row, marked saved, with the messages (htmx); the page otherwise."""
-    if not request.htmx:
-        return redirect("flags:flag_detail", project_key=project.key, flag_key=flag.key)
-    flag.refresh_from_db(fields=["fallback_variation"])
-    response = render(request, "flags/flag_detail.html#variation-row", {
-        "project": project, "flag": flag, "can_edit": True, "just_saved": True,
-        "row": _variation_view(flag, variation, services.governed_served_variations(flag)),
-    })
-    return with_messages(request, response)
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def variation_edit(request: HttpRequest, project: Project, flag_key: str, variation_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not edit this flag's variations.")
+    if refusal := refused(request, permissions.EDIT_VARIATIONS, flag):
+        return refusal
     # Ids of their own: the page also holds the "add a variation" form.
     form = VariationForm(request.POST or None, flag=flag, variation=variation,
                          initial=VariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
@@ -255,82 +196,45 @@ def variation_edit(request: HttpRequest, project_key: str, flag_key: str, variat
             return denied(request, GOVERNED_EDIT.format(key=variation.key, what="a new value"))
         if governed and form.cleaned_data.get("risk_rank", variation.risk_rank) < variation.risk_rank:
             return denied(request, GOVERNED_EDIT.format(key=flag.key, what="a lower risk rank"))
-        try:
-            variation = services.variation_update(variation=variation, actor=request.user, **form.cleaned_data)
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"Variation “{variation.key}” saved.")
-            return variation_saved_response(request, project, flag, variation)
-    template = "flags/flag_detail.html#variation-edit-row" if request.htmx else "flags/variation_form.html"
+        saved = report(request, lambda: services.variation_update(variation=variation, actor=request.user,
+                                                                   **form.cleaned_data),
+                       f"Variation “{variation.key}” saved.", form)
+        if saved is not REFUSED:
+            return fragments.variation_saved_response(request, project, flag, saved)
+    template = "flags/_variation_edit_row.html" if request.htmx else "flags/variation_form.html"
     return render(request, template, {"project": project, "flag": flag, "variation": variation, "form": form},
                   status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def variation_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("POST")
+def variation_create(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not add variations to this flag.")
+    if refusal := refused(request, permissions.ADD_VARIATIONS, flag):
+        return refusal
     form = VariationForm(request.POST, flag=flag, auto_id="id_new_%s")
     if form.is_valid():
-        try:
-            variation = services.variation_create(flag=flag, actor=request.user, **form.cleaned_data)
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"Variation “{variation.key}” added.")
+        if report(request, lambda: services.variation_create(flag=flag, actor=request.user, **form.cleaned_data),
+                  lambda created: f"Variation “{created.key}” added.", form) is not REFUSED:
             url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
             return HttpResponseClientRedirect(url + "#variations") if request.htmx else redirect(url)
-    template = "flags/flag_detail.html#variation-create-form" if request.htmx else "flags/variation_form.html"
+    template = "flags/_variation_create_form.html" if request.htmx else "flags/variation_form.html"
     return render(request, template, {"project": project, "flag": flag, "variation_form": form, "form": form},
                   status=422)
 
 
-@login_required
-@require_POST
-def variation_delete(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("POST")
+def variation_delete(request: HttpRequest, project: Project, flag_key: str, variation_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     variation = _variation_for(flag, variation_key)
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not delete this flag's variations.")
-    try:
-        services.variation_delete(variation=variation, actor=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Variation “{variation_key}” deleted.")
+    if refusal := refused(request, permissions.DELETE_VARIATIONS, flag):
+        return refusal
+    report(request, lambda: services.variation_delete(variation=variation, actor=request.user),
+           f"Variation “{variation_key}” deleted.")
     url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
     return HttpResponseClientRedirect(url + "#variations") if request.htmx else redirect(url)
 
 
 # --- targeting -----------------------------------------------------------------------------
-
-
-def _targeting_view(request: HttpRequest, flag: Flag, targeting: Targeting) -> dict[str, Any]:
-    project = flag.project
-    governed = targeting.environment.is_governed
-    can_propose = (can_edit_catalog(request.user, project, flag)
-                   or has_project_permission(request.user, project, "propose_change"))
-    can_flip = has_project_permission(request.user, project, "flip_killswitch")
-    return {
-        "targeting": targeting,
-        "environment": targeting.environment,
-        "can_edit": can_edit_targeting(request.user, targeting.environment, flag),
-        # Governed environments take proposals (change requests); operators flip kill switches anywhere.
-        "can_propose": governed and can_propose,
-        "can_flip": can_flip,
-        # operators reduce exposure (a split back to the baseline) on the same page, at once
-        "can_roll_back": governed and can_flip and not can_propose,
-    }
-
-
-def targeting_card_context(request: HttpRequest, project: Project, flag: Flag, targeting: Targeting) -> dict[str, Any]:
-    """What the flag page's card for one environment renders (also after htmx actions)."""
-    return {"project": project, "flag": flag, "t": _targeting_view(request, flag, targeting)}
 
 
 def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
@@ -348,27 +252,22 @@ def _governed_refusal(request: HttpRequest, targeting: Targeting) -> HttpRespons
     )
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def targeting_edit(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
-    if not can_edit_targeting(request.user, targeting.environment, flag):
-        return denied(request, "You may not edit this flag's targeting.")
+    if refusal := refused(request, permissions.EDIT_TARGETING, flag, targeting.environment):
+        return refusal
     variations = list(flag.variations.all())
     form = TargetingForm(request.POST or None, targeting=targeting, variations=variations,
                          initial=TargetingForm.initial_for(targeting, variations))
     if request.method == "POST" and form.is_valid():
-        try:
-            services.targeting_update(targeting=targeting, actor=request.user,
-                                      expected_version=form.cleaned_data["version"], **form.changes())
-        except ValidationError as exc:
-            add_service_errors(form, exc)
-        else:
-            messages.success(request, f"Targeting of “{flag.key}” in {targeting.environment.name} saved.")
+        if report(request, lambda: services.targeting_update(targeting=targeting, actor=request.user,
+                                                             expected_version=form.cleaned_data["version"],
+                                                             **form.changes()),
+                  f"Targeting of “{flag.key}” in {targeting.environment.name} saved.", form) is not REFUSED:
             url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
             return redirect(url + f"#env-{targeting.environment.key}")
     segments = list(project.segments.values_list("key", flat=True))
@@ -377,16 +276,14 @@ def targeting_edit(request: HttpRequest, project_key: str, flag_key: str, enviro
     }, status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("POST")
+def targeting_toggle(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     flag = flag_detail_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
     if targeting.environment.is_governed:
         return _governed_refusal(request, targeting)
-    if not can_edit_targeting(request.user, targeting.environment, flag):
-        return denied(request, "You may not turn this flag on or off.")
+    if refusal := refused(request, permissions.TOGGLE_FLAG, flag, targeting.environment):
+        return refusal
     # The version the page showed: the service refuses the flip if the targeting moved since.
     version = request.POST.get("version", "")
     status = 200
@@ -407,8 +304,8 @@ def targeting_toggle(request: HttpRequest, project_key: str, flag_key: str, envi
     if not request.htmx:
         url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
         return redirect(url + f"#env-{targeting.environment.key}")
-    response = render(request, "flags/flag_detail.html#targeting-card",
-                      targeting_card_context(request, project, flag, targeting), status=status)
+    response = render(request, "flags/_targeting_card.html",
+                      fragments.targeting_card_context(request, project, flag, targeting), status=status)
     return with_messages(request, response)
 
 
@@ -430,10 +327,8 @@ def _segment_usages_by_key(project: Project, segments: list[Segment]) -> dict[st
     return usages
 
 
-@login_required
-@require_GET
-def segment_list(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def segment_list(request: HttpRequest, project: Project) -> HttpResponse:
     segments = list(selectors.segment_list(project))
     usages = _segment_usages_by_key(project, segments)
     return render(request, "flags/segment_list.html", {
@@ -442,21 +337,15 @@ def segment_list(request: HttpRequest, project_key: str) -> HttpResponse:
     })
 
 
-@login_required
-@require_POST
-def segment_delete(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("POST")
+def segment_delete(request: HttpRequest, project: Project, segment_key: str) -> HttpResponse:
     segment = get_object_or_404(Segment, project=project, key=segment_key)
-    if not can_edit_catalog(request.user, project):
-        return denied(request, "You may not delete segments in this project.")
+    if refusal := refused(request, permissions.DELETE_SEGMENTS, project):
+        return refusal
     governed = services.segment_governed_usages(segment)
     if governed:  # the list offers no Delete here; a forged POST is refused before the service
         return denied(request, f"Segment “{segment.key}” decides who is served in a governed environment "
                                f"({', '.join(governed)}): it cannot be deleted while it is used.")
-    try:
-        services.segment_delete(segment=segment, actor=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Segment “{segment_key}” deleted.")
+    report(request, lambda: services.segment_delete(segment=segment, actor=request.user),
+           f"Segment “{segment_key}” deleted.")
     return redirect("flags:segment_list", project_key=project.key)

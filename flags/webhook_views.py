@@ -10,23 +10,19 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from flags import permissions
 from flags.forms import add_service_errors
 from flags.models import Project
-from flags.permissions import can_manage_sdk_keys
-from flags.shortcuts import denied, project_for
+from flags.shortcuts import project_page, report
 from webhooks import selectors as webhook_selectors
 from webhooks import services as webhook_services
 from webhooks.constants import EVENT_PREFIXES
 from webhooks.models import URL_MAX_LENGTH, Webhook
-
-DENIED = "Webhooks are managed by the project's admins."
 
 
 class WebhookForm(forms.Form):
@@ -48,15 +44,11 @@ def _webhook_for(project: Project, webhook_id: int) -> Webhook:
     return get_object_or_404(Webhook, pk=webhook_id, project_id=project.pk)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
+@project_page("GET", "POST", rule=permissions.MANAGE_WEBHOOKS)
 @vary_on_headers("HX-Request")  # the same URL answers the delivery log alone or the page
-def webhooks(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, DENIED)
+def webhooks(request: HttpRequest, project: Project) -> HttpResponse:
     if request.method == "GET" and request.htmx and not request.htmx.history_restore_request:
-        return render(request, "flags/webhooks.html#delivery-log",
+        return render(request, "flags/_delivery_log.html",
                       {"project": project, "deliveries": webhook_selectors.recent_deliveries(project_id=project.pk)})
     form = WebhookForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -73,12 +65,8 @@ def webhooks(request: HttpRequest, project_key: str) -> HttpResponse:
     return render(request, "flags/webhooks.html", _context(project, form), status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def webhook_set_active(request: HttpRequest, project_key: str, webhook_id: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, DENIED)
+@project_page("POST", rule=permissions.MANAGE_WEBHOOKS)
+def webhook_set_active(request: HttpRequest, project: Project, webhook_id: int) -> HttpResponse:
     webhook = _webhook_for(project, webhook_id)
     active = request.POST.get("active") == "1"
     webhook_services.webhook_update(webhook=webhook, active=active, actor=request.user, project_label=str(project))
@@ -87,35 +75,20 @@ def webhook_set_active(request: HttpRequest, project_key: str, webhook_id: int) 
     return redirect("flags:webhooks", project_key=project.key)
 
 
-@login_required
-@require_POST
-def webhook_delete(request: HttpRequest, project_key: str, webhook_id: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, DENIED)
+@project_page("POST", rule=permissions.MANAGE_WEBHOOKS)
+def webhook_delete(request: HttpRequest, project: Project, webhook_id: int) -> HttpResponse:
     webhook = _webhook_for(project, webhook_id)
     label = str(webhook)
-    try:
-        webhook_services.webhook_delete(webhook=webhook, actor=request.user, project_label=str(project),
-                                        reason=request.POST.get("reason", ""))
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Deleted webhook “{label}” and its delivery log.")
+    report(request, lambda: webhook_services.webhook_delete(webhook=webhook, actor=request.user,
+                                                            project_label=str(project),
+                                                            reason=request.POST.get("reason", "")),
+           f"Deleted webhook “{label}” and its delivery log.")
     return redirect("flags:webhooks", project_key=project.key)
 
 
-@login_required
-@require_POST
-def webhook_test(request: HttpRequest, project_key: str, webhook_id: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not can_manage_sdk_keys(request.user, project):
-        return denied(request, DENIED)
+@project_page("POST", rule=permissions.MANAGE_WEBHOOKS)
+def webhook_test(request: HttpRequest, project: Project, webhook_id: int) -> HttpResponse:
     webhook = _webhook_for(project, webhook_id)
-    try:
-        webhook_services.webhook_send_test(webhook=webhook, actor=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Test event queued for “{webhook}”: it appears in the delivery log below.")
+    report(request, lambda: webhook_services.webhook_send_test(webhook=webhook, actor=request.user),
+           f"Test event queued for “{webhook}”: it appears in the delivery log below.")
     return redirect("flags:webhooks", project_key=project.key)

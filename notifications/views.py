@@ -1,4 +1,4 @@
-"""The inbox. Function views; htmx requests get named partials of notifications/inbox.html
+"""The inbox. Function views; htmx requests get its fragments (notifications/_notification_list.html, _notification_row.html)
 plus an out-of-band swap of the navigation's count (#nav-notifications).
 
 Everything is loaded through request.user: another person's notification answers 404.
@@ -25,7 +25,7 @@ class HtmxHttpRequest(HttpRequest):
 
 def _with_nav_count(request: HtmxHttpRequest, response: HttpResponse) -> HttpResponse:
     """Append the navigation link, counted after the change, as an out-of-band swap."""
-    response.write(render_to_string("notifications/includes/nav_link.html", {"oob": True}, request=request))
+    response.write(render_to_string("notifications/_nav_link.html", {"oob": True}, request=request))
     return response
 
 
@@ -48,7 +48,7 @@ def mark_read(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if not request.htmx:
         return redirect("notifications:inbox")
     notification.refresh_from_db()
-    response = render(request, INBOX_TEMPLATE + "#notification-row", {"notification": notification})
+    response = render(request, "notifications/_notification_row.html", {"notification": notification})
     return _with_nav_count(request, response)
 
 
@@ -58,5 +58,5 @@ def mark_all_read(request: HtmxHttpRequest) -> HttpResponse:
     services.mark_read(user=request.user)
     if not request.htmx:
         return redirect("notifications:inbox")
-    response = render(request, INBOX_TEMPLATE + "#notification-list", _list_context(request))
+    response = render(request, "notifications/_notification_list.html", _list_context(request))
     return _with_nav_count(request, response)

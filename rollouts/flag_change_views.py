@@ -1,25 +1,23 @@
 """Contract and variation edits of a flag served in a governed environment. The parts that
 reach production at once (a served variation's value, the fallback, the JSON Schema) are
 submitted as one change request; the rest saves at once. Flags served nowhere governed keep
-the plain editors in flags.views."""
+the plain editors in flags.views (the fragments they answer with come from flags.fragments)."""
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
+from flags import permissions
 from flags import services as flag_services
 from flags.forms import add_service_errors
-from flags.models import Flag, Variation
-from flags.permissions import can_edit_catalog
-from flags.shortcuts import denied, flag_for, project_for
-from flags.views import variation_saved_response
+from flags.fragments import variation_saved_response
+from flags.models import Flag, Project, Variation
+from flags.shortcuts import flag_for, project_page, refused
 from rollouts.change_control import submitting
 from rollouts.forms import GovernedFlagEditForm, GovernedVariationForm
 
@@ -34,16 +32,14 @@ def _after_request(request: HttpRequest, flag: Flag, change_request: object | No
     return reverse("rollouts:change_request", kwargs={"project_key": flag.project.key, "pk": change_request.pk})
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def variation_change(request: HttpRequest, project_key: str, flag_key: str, variation_key: str) -> HttpResponse:
-    flag = flag_for(project_for(request, project_key), flag_key)
-    project = flag.project
+@project_page("GET", "POST")
+def variation_change(request: HttpRequest, project: Project, flag_key: str, variation_key: str) -> HttpResponse:
+    flag = flag_for(project, flag_key)
     variation = Variation.objects.filter(flag=flag, key=variation_key).select_related("flag").first()
     if variation is None:
         raise Http404("No such variation.")
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not edit this flag's variations.")
+    if refusal := refused(request, permissions.EDIT_VARIATIONS, flag):
+        return refusal
     form = GovernedVariationForm(request.POST or None, flag=flag, variation=variation,
                                  initial=GovernedVariationForm.initial_for(variation), auto_id=f"id_{variation.key}_%s")
     if request.method == "POST" and form.is_valid():
@@ -59,20 +55,18 @@ def variation_change(request: HttpRequest, project_key: str, flag_key: str, vari
             if change_request is None:  # nothing held: the row, saved, in place
                 return variation_saved_response(request, project, flag, saved)
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    template = "flags/flag_detail.html#variation-edit-row" if request.htmx else "flags/variation_form.html"
+    template = "flags/_variation_edit_row.html" if request.htmx else "flags/variation_form.html"
     save_url = reverse("rollouts:variation_change", kwargs={"project_key": project.key, "flag_key": flag.key,
                                                             "variation_key": variation.key})
     return render(request, template, {"project": project, "flag": flag, "variation": variation, "form": form,
                                       "save_url": save_url}, status=422 if form.errors else 200)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def contract_change(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    flag = flag_for(project_for(request, project_key), flag_key)
-    project = flag.project
-    if not can_edit_catalog(request.user, project, flag):
-        return denied(request, "You may not edit this flag's contract.")
+@project_page("GET", "POST")
+def contract_change(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
+    flag = flag_for(project, flag_key)
+    if refusal := refused(request, permissions.EDIT_CONTRACT, flag):
+        return refusal
     form = GovernedFlagEditForm(request.POST or None, flag=flag, initial=GovernedFlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         try:

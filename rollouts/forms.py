@@ -11,7 +11,7 @@ from django.utils import timezone
 from flags.constants import BehaviorSurface
 from flags.forms import FlagEditForm, LimitedTextField, TargetingForm, VariationForm
 from flags.models import Environment
-from rollouts.contracts.document import MAX_IMPORT_CHARS
+from rollouts.flags_as_code.document import MAX_IMPORT_CHARS
 
 
 class ProposeForm(TargetingForm):

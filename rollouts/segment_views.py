@@ -7,20 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from flags import services
+from flags import permissions, services
 from flags.forms import SegmentForm, add_service_errors, format_value
 from flags.models import Project, Segment
-from flags.permissions import can_edit_catalog
-from flags.shortcuts import denied, project_for
+from flags.shortcuts import project_page, refused
 from rollouts.change_control import submitting, wording
 from rollouts.models import ChangeRequest
 
@@ -59,8 +56,8 @@ def _segment_save(request: HttpRequest, project: Project, segment: Segment | Non
 
 
 def _segment_form_view(request: HttpRequest, project: Project, segment: Segment | None) -> HttpResponse:
-    if not can_edit_catalog(request.user, project):
-        return denied(request, "You need the flag owner or editor role in this project to edit segments.")
+    if refusal := refused(request, permissions.EDIT_SEGMENTS, project):
+        return refusal
     form = SegmentForm(request.POST or None, editing=segment is not None, initial=_segment_initial(segment))
     if request.method == "POST" and form.is_valid():
         try:
@@ -70,7 +67,7 @@ def _segment_form_view(request: HttpRequest, project: Project, segment: Segment 
         else:
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     governed = services.segment_governed_usages(segment) if segment is not None else []
-    template = "flags/segment_form.html#segment-editor" if request.htmx else "flags/segment_form.html"
+    template = "flags/_segment_editor.html" if request.htmx else "flags/segment_form.html"
     return render(request, template, {
         "project": project, "segment": segment, "form": form,
         "governed_notice": _governed_segment_notice(segment, governed) if governed else "",
@@ -94,16 +91,13 @@ def _words_list(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def segment_create(request: HttpRequest, project_key: str) -> HttpResponse:
-    return _segment_form_view(request, project_for(request, project_key), None)
+@project_page("GET", "POST")
+def segment_create(request: HttpRequest, project: Project) -> HttpResponse:
+    return _segment_form_view(request, project, None)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def segment_edit(request: HttpRequest, project_key: str, segment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def segment_edit(request: HttpRequest, project: Project, segment_key: str) -> HttpResponse:
     segment = get_object_or_404(Segment, project=project, key=segment_key)
     return _segment_form_view(request, project, segment)
 

@@ -73,7 +73,7 @@ def change_request_page(project: Project, pk: int) -> ChangeRequest:
 class FlagControl:
     """What the flag page shows of change control: open requests, recent ones, open
     follow-ups and any incident mode that holds one of its environments. A fixed number of
-    queries (tests/rollouts/test_views.py counts them)."""
+    queries (tests/rollouts/test_change_request_pages.py counts them)."""
 
     open_requests: list[ChangeRequest]
     recent_requests: list[ChangeRequest]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-import rollouts.contract_views as contract_views
+import rollouts.flags_as_code.views as contract_views
 from rollouts import flag_change_views, segment_views, views
 from rollouts.plans import views as plan_views
 

@@ -1,6 +1,6 @@
 """Change-control console: proposals in governed environments, change requests and their
 decisions, the approver's inbox, kill switches, incident mode, follow-ups and approval
-policies. Function views; htmx requests get named partials.
+policies. Function views; htmx requests get fragments (`_<name>.html`).
 
 Every view loads its objects through a project the user belongs to (another project's ids
 answer 404) and checks the role on that project before acting; the services check again.
@@ -12,6 +12,7 @@ is short, and they share the request-page helpers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,14 +23,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseClientRedirect
 
+from flags import permissions
 from flags.forms import add_service_errors
+from flags.fragments import targeting_card_context
 from flags.models import Flag, Project, Targeting
-from flags.permissions import has_project_permission
-from flags.shortcuts import denied, flag_for, project_for, with_messages
-from flags.views import targeting_card_context
+from flags.shortcuts import REFUSED, flag_for, project_page, refused, report, with_messages
 from rollouts import selectors
 from rollouts.change_control import (
     applying,
@@ -38,7 +39,6 @@ from rollouts.change_control import (
     follow_ups,
     incident_mode,
     kill_switch,
-    permissions,
     submitting,
     wording,
 )
@@ -64,14 +64,6 @@ def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
     return targeting
 
 
-def can_propose(user: Any, project: Project, flag: Flag, targeting: Targeting) -> bool:
-    """Flag owners and editors propose any change; in a governed environment operators use the
-    same page to move traffic towards the fallback (the service refuses them anything riskier)."""
-    if permissions.may_propose(user, flag):
-        return True
-    return targeting.environment.is_governed and has_project_permission(user, project, "flip_killswitch")
-
-
 def _flag_url(project: Project, flag: Flag, anchor: str = "") -> str:
     url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
     return url + (f"#{anchor}" if anchor else "")
@@ -86,14 +78,12 @@ def _propose_form(request: HttpRequest, targeting: Targeting) -> ProposeForm:
                        initial=ProposeForm.initial_for(targeting, variations))
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def targeting_propose(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
-    if not can_propose(request.user, project, flag, targeting):
-        return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
+    if refusal := refused(request, permissions.PROPOSE_CHANGE, flag, targeting.environment):
+        return refusal
     form = _propose_form(request, targeting)
     if request.method == "POST" and form.is_valid():
         try:
@@ -113,19 +103,17 @@ def targeting_propose(request: HttpRequest, project_key: str, flag_key: str, env
         "project": project, "flag": flag, "targeting": targeting, "form": form,
         "segments": list(project.segments.values_list("key", flat=True)),
         "policy": approval_policy.policy_for(targeting.environment),
-        "operator_only": not permissions.may_propose(request.user, flag),
+        "operator_only": not permissions.steers(request.user, flag),
     }, status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
+@project_page("POST")
+def targeting_preview(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     """htmx: what submitting the form as it stands would do, before it is submitted."""
-    project = project_for(request, project_key)
     flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
-    if not can_propose(request.user, project, flag, targeting):
-        return denied(request, "Proposing changes needs the flag owner, editor or operator role in this project.")
+    if refusal := refused(request, permissions.PROPOSE_CHANGE, flag, targeting.environment):
+        return refusal
     form = _propose_form(request, targeting)
     form.fields["reason"].required = False  # the preview does not need the reason yet
     preview, problems = None, []
@@ -138,7 +126,7 @@ def targeting_preview(request: HttpRequest, project_key: str, flag_key: str, env
         problems = [f"{name.replace('_', ' ') if name != '__all__' else 'form'}: {' '.join(errors)}"
                     for name, errors in form.errors.items()]
     needs = preview is not None and not preview.applies_now
-    return render(request, "rollouts/propose.html#preview", {
+    return render(request, "rollouts/_preview.html", {
         "preview": preview, "problems": problems, "targeting": targeting,
         # who could approve it: the approvers other than the person proposing
         "eligible_approvers": permissions.approvers_other_than(project, request.user.pk).count() if needs else 0,
@@ -158,7 +146,7 @@ def _change_request_for(project: Project, pk: int) -> ChangeRequest:
 def _change_request_context(request: HttpRequest, project: Project, change_request: ChangeRequest) -> dict[str, Any]:
     user = request.user
     is_requester = change_request.requester_id == user.pk
-    is_approver = has_project_permission(user, project, "approve_change")
+    is_approver = permissions.APPROVE.allows(user, change_request)
     status = change_request.status
     approvals = list(change_request.approvals.all())
     decided = any(a.approver_id == user.pk and a.diff_hash == change_request.diff_hash for a in approvals)
@@ -174,9 +162,9 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "is_approver": is_approver,
         "can_decide": is_approver and status in (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED),
         "already_decided": decided,
-        "can_apply": permissions.may_carry(user, change_request) and status == ChangeRequest.Status.APPROVED,
+        "can_apply": permissions.APPLY.allows(user, change_request) and status == ChangeRequest.Status.APPROVED,
         "can_cancel": is_requester and status in (*ChangeRequest.OPEN, ChangeRequest.Status.CONFLICTED),
-        "can_comment": is_requester or bool(permissions.participation(user, project)),
+        "can_comment": permissions.COMMENT.allows(user, change_request),
         "decision_form": DecisionForm(auto_id="id_decision_%s"),
         "comment_form": CommentForm(auto_id="id_comment_%s"),
         "schedule_form": ScheduleForm(auto_id="id_schedule_%s"),
@@ -185,21 +173,21 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
     }
 
 
-@login_required
-@require_GET
-def change_request_detail(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def change_request_detail(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     change_request = _change_request_for(project, pk)
     return render(request, "rollouts/change_request.html", _change_request_context(request, project, change_request))
 
 
-def _change_request_action(request: HttpRequest, project_key: str, pk: int, act: Any,
+def _change_request_action(request: HttpRequest, project: Project, pk: int, rule: permissions.Rule, act: Any,
                            success: str | Callable[[ChangeRequest], str],
                            form_class: type | None = None) -> HttpResponse:
-    """Run one action on a request, then answer with its refreshed body (htmx) or page.
-    `success` is the message, or makes it from the request as the action left it."""
-    project = project_for(request, project_key)
+    """Run one action on a request if `rule` allows the person (the service asks again, under
+    the row lock), then answer with its refreshed body (htmx) or page. `success` is the
+    message, or makes it from the request as the action left it."""
     change_request = _change_request_for(project, pk)
+    if refusal := refused(request, rule, change_request):
+        return refusal
     status = 200
     form = form_class(request.POST, auto_id="id_x_%s") if form_class else None
     if form is not None and not form.is_valid():
@@ -216,7 +204,7 @@ def _change_request_action(request: HttpRequest, project_key: str, pk: int, act:
     if not request.htmx:
         return redirect("rollouts:change_request", project_key=project.key, pk=pk)
     change_request = _change_request_for(project, pk)
-    response = render(request, "rollouts/change_request.html#cr-body",
+    response = render(request, "rollouts/_cr_body.html",
                       _change_request_context(request, project, change_request), status=status)
     # A decision changes how many requests wait for this person: refresh the nav's count too.
     response.write(render_to_string("rollouts/_nav_approvals.html", {"oob": True}, request=request))
@@ -231,84 +219,59 @@ def _approval_message(change_request: ChangeRequest) -> str:
     return f"Your approval is recorded ({count} of {required}): it still needs {required - count} more."
 
 
-def _decide(request: HttpRequest, project_key: str, pk: int, decide: Any, success: Any, refusal: str) -> HttpResponse:
-    """Approve or reject: approvers only (the service checks again, under the row lock)."""
-    if not has_project_permission(request.user, project_for(request, project_key), "approve_change"):
-        return denied(request, refusal)
+def _decide(request: HttpRequest, project: Project, pk: int, decide: Any, success: Any,
+            rule: permissions.Rule) -> HttpResponse:
+    """Approve or reject: approvers only."""
     return _change_request_action(
-        request, project_key, pk,
+        request, project, pk, rule,
         lambda cr, data: decide(change_request=cr, actor=request.user, comment=data.get("comment", "")),
         success, DecisionForm)
 
 
-@login_required
-@require_POST
-def change_request_approve(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    return _decide(request, project_key, pk, approving.change_request_approve, _approval_message,
-                   "Approving needs the approver role in this project.")
+@project_page("POST")
+def change_request_approve(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
+    return _decide(request, project, pk, approving.change_request_approve, _approval_message,
+                   permissions.APPROVE)
 
 
-@login_required
-@require_POST
-def change_request_reject(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    return _decide(request, project_key, pk, approving.change_request_reject, "Rejected: the request is closed.",
-                   "Rejecting needs the approver role in this project.")
+@project_page("POST")
+def change_request_reject(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
+    return _decide(request, project, pk, approving.change_request_reject, "Rejected: the request is closed.",
+                   permissions.REJECT)
 
 
-def _may_carry_out(request: HttpRequest, project_key: str, pk: int) -> bool:
-    """Applying and scheduling: the flag's owner or an editor (a requester who lost the role
-    may not), as the services require."""
-    change_request = _change_request_for(project_for(request, project_key), pk)
-    return permissions.may_carry(request.user, change_request)
-
-
-@login_required
-@require_POST
-def change_request_comment(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if not (permissions.participation(request.user, project)
-            or _change_request_for(project, pk).requester_id == request.user.pk):
-        return denied(request, "Commenting needs a role that takes part in changes (editor, approver or operator).")
+@project_page("POST")
+def change_request_comment(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     return _change_request_action(
-        request, project_key, pk,
+        request, project, pk, permissions.COMMENT,
         lambda cr, data: approving.change_request_comment(change_request=cr, actor=request.user, body=data["body"]),
         "Comment added.", CommentForm)
 
 
-@login_required
-@require_POST
-def change_request_apply(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    if not _may_carry_out(request, project_key, pk):
-        return denied(request, "Applying needs the flag owner or editor role.")
+@project_page("POST")
+def change_request_apply(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     def act(cr: ChangeRequest, data: dict) -> None:
         result = applying.change_request_apply(change_request=cr, actor=request.user)
         if result.status == ChangeRequest.Status.CONFLICTED:
             summary = (result.conflict or {}).get("summary") or "Not applied: what it changes moved since it was made"
             raise ValidationError(f"{summary}. See what moved below.")
 
-    return _change_request_action(request, project_key, pk, act, "Applied: the change is live.")
+    return _change_request_action(request, project, pk, permissions.APPLY, act, "Applied: the change is live.")
 
 
-@login_required
-@require_POST
-def change_request_schedule(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    if not _may_carry_out(request, project_key, pk):
-        return denied(request, "Scheduling needs the flag owner or editor role.")
+@project_page("POST")
+def change_request_schedule(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     return _change_request_action(
-        request, project_key, pk,
+        request, project, pk, permissions.SCHEDULE,
         lambda cr, data: applying.change_request_schedule(change_request=cr, actor=request.user,
                                                           when=data["scheduled_for"]),
         "Scheduled: it will be applied at that time, after the same checks.", ScheduleForm)
 
 
-@login_required
-@require_POST
-def change_request_cancel(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
-    if _change_request_for(project, pk).requester_id != request.user.pk:
-        return denied(request, "Only the requester can cancel a request.")
+@project_page("POST")
+def change_request_cancel(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     return _change_request_action(
-        request, project_key, pk,
+        request, project, pk, permissions.CANCEL_REQUEST,
         lambda cr, data: applying.change_request_cancel(change_request=cr, actor=request.user),
         "Cancelled.")
 
@@ -325,58 +288,47 @@ def inbox(request: HttpRequest) -> HttpResponse:
     })
 
 
-@login_required
-@require_GET
-def flag_control(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
+@project_page("GET")
+def flag_control(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     """The flag page's change-control panel (loaded by htmx): open and recent requests,
     follow-ups to acknowledge, incident mode."""
-    project = project_for(request, project_key)
     flag = flag_for(project, flag_key)
-    return render(request, "rollouts/flag_control.html", {
+    return render(request, "rollouts/_flag_control.html", {
         "project": project, "flag": flag, "control": selectors.flag_control(flag),
         "plans": list(flag.rollout_plans.filter(status__in=RolloutPlan.OPEN).select_related("environment")),
-        "can_plan": permissions.may_propose(request.user, flag) and flag.archived_at is None,
-        "ack_form": AcknowledgeForm(), "can_acknowledge": bool(permissions.participation(request.user, project)),
+        "can_plan": permissions.PLAN_ROLLOUT.allows(request.user, flag) and flag.archived_at is None,
+        "ack_form": AcknowledgeForm(), "can_acknowledge": permissions.ACKNOWLEDGE.allows(request.user, project),
     })
 
 
 # --- kill switch, incident mode, follow-ups ------------------------------------------------
 
 
-def _can_flip(user: Any, project: Project) -> bool:
-    return has_project_permission(user, project, "flip_killswitch")
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def killswitch(request: HttpRequest, project_key: str, flag_key: str, environment_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def killswitch(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     flag = flag_for(project, flag_key)
     targeting = _targeting_for(flag, environment_key)
-    if not _can_flip(request.user, project):
-        return denied(request, "Kill switches are for operators of this project.")
+    if refusal := refused(request, permissions.FLIP_KILL_SWITCH, project):
+        return refusal
     form = ReasonForm(request.POST or None, auto_id=f"id_kill_{environment_key}_%s")
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            try:
-                targeting = kill_switch.killswitch_flip(targeting=targeting, reason=form.cleaned_data["reason"],
-                                                     actor=request.user)
-            except ValidationError as exc:
-                add_service_errors(form, exc)
-            else:
-                messages.success(request, f"Kill switch flipped: {flag.key} serves its fallback "
-                                          f"{flag.fallback_variation.key} to everyone in {targeting.environment.name}. "
-                                          "The owner and approvers were notified; a follow-up review is open.")
+            flipped = report(request, lambda: kill_switch.killswitch_flip(
+                targeting=targeting, reason=form.cleaned_data["reason"], actor=request.user),
+                lambda flipped: f"Kill switch flipped: {flag.key} serves its fallback {flag.fallback_variation.key} "
+                                f"to everyone in {flipped.environment.name}. The owner and approvers were notified; "
+                                "a follow-up review is open.", form)
+            if flipped is not REFUSED:
                 if not request.htmx:
                     return redirect(_flag_url(project, flag, f"env-{environment_key}"))
                 targeting = _targeting_for(flag, environment_key)
-                response = render(request, "flags/flag_detail.html#targeting-card",
+                response = render(request, "flags/_targeting_card.html",
                                   targeting_card_context(request, project, flag, targeting))
                 response["HX-Trigger"] = "flag-control-changed"
                 return with_messages(request, response)
         status = 422
-    template = "rollouts/killswitch.html#killswitch-form" if request.htmx else "rollouts/killswitch.html"
+    template = "rollouts/_killswitch_form.html" if request.htmx else "rollouts/killswitch.html"
     response = render(request, template, {"project": project, "flag": flag, "targeting": targeting, "form": form},
                       status=status)
     if request.htmx and request.method == "POST":  # errors go back beside the field, not over the card
@@ -385,26 +337,20 @@ def killswitch(request: HttpRequest, project_key: str, flag_key: str, environmen
     return response
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def incidents(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    can_flip = _can_flip(request.user, project)
+@project_page("GET", "POST")
+def incidents(request: HttpRequest, project: Project) -> HttpResponse:
+    can_flip = permissions.START_INCIDENT.allows(request.user, project)
     governed = project.environments.filter(is_governed=True).first()  # the likely target
     form = IncidentForm(request.POST or None, project=project, initial={"environment": governed})
     if request.method == "POST":
-        if not can_flip:
-            return denied(request, "Incident mode is for operators of this project.")
+        if refusal := refused(request, permissions.START_INCIDENT, project):
+            return refusal
         if form.is_valid():
-            try:
-                incident = incident_mode.incident_start(environment=form.cleaned_data["environment"],
-                                                   surfaces=form.cleaned_data["surfaces"],
-                                                   reason=form.cleaned_data["reason"], actor=request.user)
-            except ValidationError as exc:
-                add_service_errors(form, exc)
-            else:
-                messages.success(request, f"Incident mode is on in {incident.environment.name}: "
-                                          f"{len(incident.affected)} flag(s) now serve their fallbacks.")
+            if report(request, lambda: incident_mode.incident_start(
+                    environment=form.cleaned_data["environment"], surfaces=form.cleaned_data["surfaces"],
+                    reason=form.cleaned_data["reason"], actor=request.user),
+                    lambda incident: f"Incident mode is on in {incident.environment.name}: "
+                                     f"{len(incident.affected)} flag(s) now serve their fallbacks.", form) is not REFUSED:
                 return redirect("rollouts:incidents", project_key=project.key)
     return render(request, "rollouts/incidents.html", {
         "project": project, "incidents": selectors.incidents_of(project), "form": form, "can_flip": can_flip,
@@ -412,50 +358,43 @@ def incidents(request: HttpRequest, project_key: str) -> HttpResponse:
     }, status=422 if form.errors else 200)
 
 
-@login_required
-@require_POST
-def incident_lift(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
+def _lifted(incident: Incident) -> str:
+    text = f"Incident mode lifted in {incident.environment.name}: {len(incident.restored)} flag(s) back on."
+    if incident.left:
+        text += f" Left as they are, because someone changed them since: {', '.join(incident.left)}."
+    return text
+
+
+@project_page("POST")
+def incident_lift(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     incident = get_object_or_404(Incident, project=project, pk=pk)
-    if not _can_flip(request.user, project):
-        return denied(request, "Lifting incident mode is for operators of this project.")
+    if refusal := refused(request, permissions.LIFT_INCIDENT, project):
+        return refusal
     form = ReasonForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(form.errors["reason"]) if request.POST.get("reason", "").strip()
                        else "Say why incident mode can be lifted: the reason stays in the audit trail.")
     else:
-        try:
-            incident = incident_mode.incident_lift(incident=incident, reason=form.cleaned_data["reason"],
-                                              actor=request.user)
-        except ValidationError as exc:
-            messages.error(request, " ".join(exc.messages))
-        else:
-            text = f"Incident mode lifted in {incident.environment.name}: {len(incident.restored)} flag(s) back on."
-            if incident.left:
-                text += f" Left as they are, because someone changed them since: {', '.join(incident.left)}."
-            messages.success(request, text)
+        report(request, lambda: incident_mode.incident_lift(incident=incident, reason=form.cleaned_data["reason"],
+                                                            actor=request.user), _lifted)
     url = reverse("rollouts:incidents", kwargs={"project_key": project.key})
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
-@login_required
-@require_POST
-def follow_up_acknowledge(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("POST")
+def follow_up_acknowledge(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     follow_up = get_object_or_404(FollowUp.objects.select_related("environment", "flag"), project=project, pk=pk)
-    if not permissions.participation(request.user, project):
-        return denied(request, "Acknowledging needs the editor, approver or operator role in this project.")
+    if refusal := refused(request, permissions.ACKNOWLEDGE, project):
+        return refusal
     form = AcknowledgeForm(request.POST, auto_id=f"id_ack_{pk}_%s")
     status = 200
     if form.is_valid():
-        try:
-            follow_up = follow_ups.follow_up_acknowledge(follow_up=follow_up, note=form.cleaned_data["note"],
-                                                       actor=request.user)
-        except ValidationError as exc:
-            add_service_errors(form, exc)
+        acknowledged = report(request, lambda: follow_ups.follow_up_acknowledge(
+            follow_up=follow_up, note=form.cleaned_data["note"], actor=request.user), "Acknowledged.", form)
+        if acknowledged is REFUSED:
             status = 422
         else:
-            messages.success(request, "Acknowledged.")
+            follow_up = acknowledged
     else:
         status = 422
     if not request.htmx:
@@ -464,7 +403,7 @@ def follow_up_acknowledge(request: HttpRequest, project_key: str, pk: int) -> Ht
         if request.POST.get("next_page") != "inbox" and follow_up.flag is not None:
             return redirect(_flag_url(project, follow_up.flag))
         return redirect("rollouts:inbox")
-    response = render(request, "rollouts/flag_control.html#follow-up", {
+    response = render(request, "rollouts/_follow_up.html", {
         "project": project, "item": follow_up, "ack_form": form, "can_acknowledge": True,
     }, status=status)
     return with_messages(request, response)
@@ -473,15 +412,13 @@ def follow_up_acknowledge(request: HttpRequest, project_key: str, pk: int) -> Ht
 # --- approval policy -------------------------------------------------------------------------
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def approval_policies(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
-    can_manage = has_project_permission(request.user, project, "manage_approval_policy")
+@project_page("GET", "POST")
+def approval_policies(request: HttpRequest, project: Project) -> HttpResponse:
+    can_manage = permissions.CHANGE_APPROVAL_POLICIES.allows(request.user, project)
     environments = list(project.environments.all())
     posted_key = request.POST.get("environment", "") if request.method == "POST" else ""
-    if request.method == "POST" and not can_manage:
-        return denied(request, "Approval policies are changed by the project's admins.")
+    if request.method == "POST" and (refusal := refused(request, permissions.CHANGE_APPROVAL_POLICIES, project)):
+        return refusal
     rows, status = [], 200
     for environment in environments:
         policy = approval_policy.policy_for(environment)
@@ -489,12 +426,9 @@ def approval_policies(request: HttpRequest, project_key: str) -> HttpResponse:
         if environment.key == posted_key:
             form = PolicyForm(request.POST, initial=initial, prefix=environment.key)
             if form.is_valid():
-                try:
-                    approval_policy.approval_policy_update(environment=environment, actor=request.user, **form.cleaned_data)
-                except ValidationError as exc:
-                    add_service_errors(form, exc)
-                else:
-                    messages.success(request, f"Approval policy of {environment.name} saved.")
+                if report(request, functools.partial(approval_policy.approval_policy_update,
+                                                     environment=environment, actor=request.user, **form.cleaned_data),
+                        f"Approval policy of {environment.name} saved.", form) is not REFUSED:
                     return redirect("rollouts:approval_policies", project_key=project.key)
             status = 422
         else:

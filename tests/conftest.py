@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -121,3 +122,29 @@ def demo(db: None) -> object:
 
     project, _ = seed_demo()
     return project
+
+
+@pytest.fixture
+def login(client: Any, demo: object, django_user_model: Any) -> Callable[[str], Any]:
+    """Log the test client in as one of the demo users and return that user. (Browser tests use
+    their own `login`, through the login form in Chromium.)"""
+
+    def log_in(username: str) -> Any:
+        user = django_user_model.objects.get(username=username)
+        client.force_login(user)
+        return user
+
+    return log_in
+
+
+@pytest.fixture
+def viewer(demo: object) -> Any:
+    """Someone holding the viewer role in the demo project, and no other."""
+    from django.contrib.auth import get_user_model
+
+    from flags.constants import Role
+    from tests.factories import grant
+
+    person = get_user_model().objects.create_user(username="visitor")
+    grant(demo, person, Role.VIEWER)
+    return person

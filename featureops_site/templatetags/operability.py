@@ -7,7 +7,7 @@ from typing import Any
 from django import template
 
 from featureops_site import selectors
-from featureops_site.permissions import can_view_system_status
+from flags.permissions import can_view_system_status
 
 register = template.Library()
 

@@ -17,7 +17,7 @@ Stored shapes (JSON):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from flags.evaluation.semver import parse_semver
@@ -67,6 +67,27 @@ def _unknown_fields(data: dict, allowed: set[str], path: str) -> list[Problem]:
         Problem(f"{path}.{name}" if path else str(name), "unknown field")
         for name in sorted(set(data) - allowed, key=str)
     ]
+
+
+def _objects(items: list, path: str, shape: str, allowed: set[str], problems: list[Problem]
+             ) -> Iterator[tuple[str, dict]]:
+    """Each object in `items` with its path, once its unknown fields are reported in `problems`;
+    any other item is reported there as not `shape`, and skipped."""
+    for index, item in enumerate(items):
+        item_path = f"{path}[{index}]"
+        if not isinstance(item, dict):
+            problems.append(Problem(item_path, f"must be {shape}"))
+            continue
+        problems.extend(_unknown_fields(item, allowed, item_path))
+        yield item_path, item
+
+
+def _validate_rule_clauses(rule: dict, path: str) -> list[Problem]:
+    clauses = rule.get("clauses")
+    if not isinstance(clauses, list) or not clauses:
+        return [Problem(f"{path}.clauses", "a rule needs at least one clause")]
+    return [problem for index, clause in enumerate(clauses)
+            for problem in validate_clause(clause, f"{path}.clauses[{index}]")]
 
 
 def validate_clause(clause: object, path: str = "clause") -> list[Problem]:
@@ -138,12 +159,7 @@ def validate_serve(serve: object, variation_keys: Iterable[str], path: str = "se
         return problems
     total = 0
     seen: set[str] = set()
-    for index, bucket in enumerate(split):
-        bpath = f"{path}.split[{index}]"
-        if not isinstance(bucket, dict):
-            problems.append(Problem(bpath, "must be {variation, weight}"))
-            continue
-        problems += _unknown_fields(bucket, {"variation", "weight"}, bpath)
+    for bpath, bucket in _objects(split, f"{path}.split", "{variation, weight}", {"variation", "weight"}, problems):
         variation = bucket.get("variation")
         if variation not in keys:
             problems.append(Problem(f"{bpath}.variation", f"unknown variation {variation!r}"))
@@ -171,12 +187,8 @@ def validate_rules(rules: object, variation_keys: Iterable[str], path: str = "ru
         return [Problem(path, f"at most {MAX_RULES} rules")]
     problems: list[Problem] = []
     ids: set[str] = set()
-    for index, rule in enumerate(rules):
-        rpath = f"{path}[{index}]"
-        if not isinstance(rule, dict):
-            problems.append(Problem(rpath, "must be an object with clauses and serve"))
-            continue
-        problems += _unknown_fields(rule, {"id", "description", "clauses", "serve"}, rpath)
+    for rpath, rule in _objects(rules, path, "an object with clauses and serve",
+                                {"id", "description", "clauses", "serve"}, problems):
         rule_id = rule.get("id")
         if rule_id is not None:
             if not isinstance(rule_id, str) or not rule_id:
@@ -187,12 +199,7 @@ def validate_rules(rules: object, variation_keys: Iterable[str], path: str = "ru
                 ids.add(rule_id)
         if not isinstance(rule.get("description", ""), str):
             problems.append(Problem(f"{rpath}.description", "must be text"))
-        clauses = rule.get("clauses")
-        if not isinstance(clauses, list) or not clauses:
-            problems.append(Problem(f"{rpath}.clauses", "a rule needs at least one clause"))
-        else:
-            for cindex, clause in enumerate(clauses):
-                problems += validate_clause(clause, f"{rpath}.clauses[{cindex}]")
+        problems += _validate_rule_clauses(rule, rpath)
         problems += validate_serve(rule.get("serve"), keys, f"{rpath}.serve")
     return problems
 
@@ -203,12 +210,7 @@ def validate_targets(targets: object, variation_keys: Iterable[str], path: str =
         return [Problem(path, "must be a list of {variation, values}")]
     problems: list[Problem] = []
     placed: dict[str, str] = {}
-    for index, target in enumerate(targets):
-        tpath = f"{path}[{index}]"
-        if not isinstance(target, dict):
-            problems.append(Problem(tpath, "must be {variation, values}"))
-            continue
-        problems += _unknown_fields(target, {"variation", "values"}, tpath)
+    for tpath, target in _objects(targets, path, "{variation, values}", {"variation", "values"}, problems):
         variation = target.get("variation")
         if variation not in keys:
             problems.append(Problem(f"{tpath}.variation", f"unknown variation {variation!r}"))
@@ -232,18 +234,8 @@ def validate_segment_rules(rules: object, path: str = "rules") -> list[Problem]:
     if not isinstance(rules, list):
         return [Problem(path, "must be a list of rules")]
     problems: list[Problem] = []
-    for index, rule in enumerate(rules):
-        rpath = f"{path}[{index}]"
-        if not isinstance(rule, dict):
-            problems.append(Problem(rpath, "must be an object with clauses"))
-            continue
-        problems += _unknown_fields(rule, {"clauses", "description"}, rpath)
-        clauses = rule.get("clauses")
-        if not isinstance(clauses, list) or not clauses:
-            problems.append(Problem(f"{rpath}.clauses", "a rule needs at least one clause"))
-            continue
-        for cindex, clause in enumerate(clauses):
-            problems += validate_clause(clause, f"{rpath}.clauses[{cindex}]")
+    for rpath, rule in _objects(rules, path, "an object with clauses", {"clauses", "description"}, problems):
+        problems += _validate_rule_clauses(rule, rpath)
     return problems
 
 

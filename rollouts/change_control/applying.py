@@ -20,6 +20,7 @@ from audit.services import Actor, SystemActor, record
 from audit.validators import check_text_limit
 from flags import services as flag_services
 from flags.models import Flag, Segment, Targeting
+from flags.permissions import APPLY, CANCEL_REQUEST, EDIT_REQUEST, SCHEDULE
 from flags.served_state.guard import (
     Authorization,
     GovernanceError,
@@ -35,7 +36,6 @@ from rollouts.change_control.approval_policy import governed_policy, policy_for
 from rollouts.change_control.approving import valid_approvals
 from rollouts.change_control.binding import bind, flag_content, locked, segment_content, served_pair, targeting_content
 from rollouts.change_control.notices import notify_approvers, notify_requester
-from rollouts.change_control.permissions import may_carry
 from rollouts.change_control.wording import label
 from rollouts.models import ChangeRequest
 
@@ -179,8 +179,7 @@ def change_request_edit(*, change_request: ChangeRequest, changes: dict[str, Any
     """The requester revises the proposal. Its hash changes, so earlier approvals no longer
     count, and the policy classifies it afresh."""
     change_request = locked(change_request)
-    if change_request.requester_id != actor.pk:
-        raise ValidationError("Only the requester can edit a request.")
+    EDIT_REQUEST.require(actor, change_request)
     if change_request.kind != ChangeRequest.Kind.TARGETING:
         raise ValidationError("Only a targeting request can be edited: cancel this one and make the edit again.")
     if change_request.status not in ChangeRequest.OPEN:
@@ -225,8 +224,7 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
     if change_request.status != Status.APPROVED and not due:
         raise ValidationError(f"Only an approved request can be applied; this one is "
                               f"{change_request.get_status_display().lower()}.")
-    if isinstance(actor, AbstractBaseUser) and not may_carry(actor, change_request):
-        raise ValidationError("Applying needs the flag owner or editor role (a requester who lost it cannot).")
+    APPLY.require(actor, change_request)
     count = valid_approvals(change_request)
     if count < change_request.required_approvals:
         raise ValidationError(f"{count} of {change_request.required_approvals} approvals are still valid "
@@ -238,8 +236,7 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
 def change_request_schedule(*, change_request: ChangeRequest, when: datetime.datetime,
                             actor: AbstractBaseUser) -> ChangeRequest:
     change_request = locked(change_request)
-    if not may_carry(actor, change_request):
-        raise ValidationError("Scheduling needs the flag owner or editor role.")
+    SCHEDULE.require(actor, change_request)
     if change_request.status != Status.APPROVED:
         raise ValidationError("Only an approved request can be scheduled.")
     if when <= timezone.now():
@@ -260,8 +257,7 @@ CANCELLABLE = (*ChangeRequest.OPEN, Status.CONFLICTED)
 def change_request_cancel(*, change_request: ChangeRequest, actor: AbstractBaseUser, reason: str = "") -> ChangeRequest:
     check_text_limit("reason", reason)
     change_request = locked(change_request)
-    if change_request.requester_id != actor.pk:
-        raise ValidationError("Only the requester can cancel a request.")
+    CANCEL_REQUEST.require(actor, change_request)
     if change_request.status not in CANCELLABLE:
         raise ValidationError(f"This request is {change_request.get_status_display().lower()} already.")
     return _cancelled(change_request, actor, reason)

@@ -15,7 +15,7 @@ from django.db import transaction
 from audit.constants import AuditAction
 from audit.services import record
 from flags.models import Environment, Project
-from flags.permissions import has_project_permission
+from flags.permissions import CHANGE_APPROVAL_POLICIES
 from rollouts.models import ApprovalPolicy
 
 
@@ -41,8 +41,7 @@ POLICY_LIMITS = {"approvals_for_escalation": (1, 10), "approvals_otherwise": (1,
 def approval_policy_update(*, environment: Environment, actor: AbstractBaseUser, **values: Any) -> ApprovalPolicy:
     """Project admins set how many approvals an environment needs and when requests expire.
     Requests already open keep the number they were opened with."""
-    if not has_project_permission(actor, environment.project, "manage_approval_policy"):
-        raise ValidationError("Changing approval policies needs the project admin role.")
+    CHANGE_APPROVAL_POLICIES.require(actor, environment.project)
     unknown = set(values) - set(POLICY_LIMITS)
     if unknown:
         raise ValidationError({name: "Unknown policy field." for name in sorted(unknown)})

@@ -12,11 +12,10 @@ from django.utils import timezone
 from audit.constants import AuditAction
 from audit.services import record
 from audit.validators import check_text_limit
-from flags.permissions import has_project_permission, holders_of
+from flags.permissions import APPROVE, COMMENT, REJECT, approvers_other_than, holders_of
 from rollouts.change_control import observers
 from rollouts.change_control.binding import locked
 from rollouts.change_control.notices import notify_requester
-from rollouts.change_control.permissions import approvers_other_than, participation
 from rollouts.change_control.wording import label
 from rollouts.models import Approval, ChangeRequest, ChangeRequestComment
 
@@ -58,8 +57,7 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be approved.")
     if change_request.requester_id == actor.pk:
         raise ValidationError("You cannot approve your own request: a second person must.")
-    if not has_project_permission(actor, change_request.project, "approve_change"):
-        raise ValidationError("Approving needs the approver role in this project.")
+    APPROVE.require(actor, change_request)
     if change_request.approvals.filter(approver=actor, diff_hash=change_request.diff_hash).exists():
         raise ValidationError("You have already decided on this version of the request.")
     if change_request.status == Status.APPROVED and valid_approvals(change_request) >= change_request.required_approvals:
@@ -90,8 +88,7 @@ def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseU
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be rejected.")
     if change_request.requester_id == actor.pk:
         raise ValidationError("Cancel your own request instead of rejecting it.")
-    if not has_project_permission(actor, change_request.project, "approve_change"):
-        raise ValidationError("Rejecting needs the approver role in this project.")
+    REJECT.require(actor, change_request)
     Approval.objects.create(change_request=change_request, approver=actor, decision=Approval.Decision.REJECT,
                             comment=comment, diff_hash=change_request.diff_hash)
     change_request.status = Status.REJECTED
@@ -111,9 +108,7 @@ def change_request_comment(*, change_request: ChangeRequest, body: str, actor: A
     """Requester, approvers, editors and operators discuss a request; comments never change it."""
     change_request = locked(change_request)
     project = change_request.project
-    if not (actor.pk == change_request.requester_id
-            or participation(actor, project)):
-        raise ValidationError("Commenting needs a role that takes part in changes (editor, approver or operator).")
+    COMMENT.require(actor, change_request)
     body = (body or "").strip()
     if not body:
         raise ValidationError({"body": "Write a comment first."})

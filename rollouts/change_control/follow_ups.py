@@ -13,9 +13,9 @@ from audit.constants import AuditAction
 from audit.services import record
 from audit.validators import check_text_limit
 from flags.models import Environment, Flag, Project, Targeting
+from flags.permissions import ACKNOWLEDGE
 from notifications.services import notify
 from rollouts.change_control.notices import owners_and_approvers
-from rollouts.change_control.permissions import participation
 from rollouts.change_control.wording import flag_url
 from rollouts.models import FollowUp, Incident
 
@@ -42,8 +42,7 @@ def follow_up_acknowledge(*, follow_up: FollowUp, note: str, actor: AbstractBase
     """A second person reviews a move to the fallback: what happened, what comes next."""
     follow_up = FollowUp.objects.select_for_update(of=("self",)).select_related("project", "environment", "flag").get(
         pk=follow_up.pk)
-    if not participation(actor, follow_up.project):
-        raise ValidationError("Acknowledging needs the editor, approver or operator role in this project.")
+    ACKNOWLEDGE.require(actor, follow_up.project)
     if follow_up.acknowledged_at is not None:
         raise ValidationError("This follow-up was acknowledged already.")
     if follow_up.opened_by_id == actor.pk:

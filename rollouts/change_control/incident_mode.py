@@ -18,7 +18,7 @@ from audit.services import record
 from flags import services as flag_services
 from flags.constants import BehaviorSurface
 from flags.models import Environment, Targeting
-from flags.permissions import has_project_permission
+from flags.permissions import LIFT_INCIDENT, START_INCIDENT
 from flags.served_state.guard import (
     Authorization,
     governed_write,
@@ -49,8 +49,7 @@ def incident_start(*, environment: Environment, surfaces: list[str], reason: str
     """Incident mode: every flag that is on in the environment (or only those of the chosen
     behavior surfaces) goes to its fallback in one transaction."""
     project = environment.project
-    if not has_project_permission(actor, project, "flip_killswitch"):
-        raise ValidationError("Incident mode needs the operator role in this project.")
+    START_INCIDENT.require(actor, project)
     reason = require_reason(reason)
     unknown = set(surfaces) - set(BehaviorSurface.values)
     if unknown:
@@ -103,8 +102,7 @@ def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -
     serving needs no new approval: the guard is authorised for that hash and nothing else."""
     incident = Incident.objects.select_for_update(of=("self",)).select_related("project", "environment").get(pk=incident.pk)
     project = incident.project
-    if not has_project_permission(actor, project, "flip_killswitch"):
-        raise ValidationError("Lifting incident mode needs the operator role in this project.")
+    LIFT_INCIDENT.require(actor, project)
     if incident.lifted_at is not None:
         raise ValidationError("This incident was lifted already.")
     reason = require_reason(reason)

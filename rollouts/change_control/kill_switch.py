@@ -10,7 +10,7 @@ from audit.constants import AuditAction
 from audit.services import record
 from flags import services as flag_services
 from flags.models import Targeting
-from flags.permissions import has_project_permission
+from flags.permissions import FLIP_KILL_SWITCH
 from notifications.services import notify
 from rollouts.actors import require_reason
 from rollouts.change_control import observers
@@ -29,8 +29,7 @@ def killswitch_flip(*, targeting: Targeting, reason: str, actor: AbstractBaseUse
                                                  "environment__project").get(pk=targeting.pk)
     project = targeting.environment.project
     flag = targeting.flag
-    if not has_project_permission(actor, project, "flip_killswitch"):
-        raise ValidationError("Flipping a kill switch needs the operator role in this project.")
+    FLIP_KILL_SWITCH.require(actor, project)
     reason = require_reason(reason)
     if not targeting.enabled:
         raise ValidationError(f"{flag.key} is already off in {targeting.environment.name}: everyone gets the "

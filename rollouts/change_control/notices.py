@@ -7,9 +7,8 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 
 from flags.models import Flag, Project
-from flags.permissions import holders_of
+from flags.permissions import approvers_other_than, holders_of
 from notifications.services import notify
-from rollouts.change_control.permissions import approvers_other_than
 from rollouts.change_control.wording import change_request_url
 from rollouts.models import ChangeRequest
 

@@ -18,7 +18,7 @@ from audit.services import Actor, record
 from audit.validators import check_text_limit
 from flags import services as flag_services
 from flags.models import Environment, Flag, Segment, Targeting
-from flags.permissions import can_edit_catalog, holders_of
+from flags.permissions import EDIT_SEGMENTS, holders_of, steers
 from flags.served_state.guard import (
     Overrides,
     served_states,
@@ -43,7 +43,6 @@ from rollouts.change_control.binding import (
 )
 from rollouts.change_control.follow_ups import operator_rollback_follow_up
 from rollouts.change_control.notices import notify_approvers
-from rollouts.change_control.permissions import may_propose
 from rollouts.change_control.wording import change_request_url, describe, label
 from rollouts.diff import DiffLine
 from rollouts.models import ChangeRequest
@@ -91,7 +90,7 @@ def targeting_change_submit(*, targeting: Targeting, changes: dict[str, Any], re
         raise flag_services.ConflictError(
             f"This targeting changed since you opened it (now version {targeting.version}). Reload and try again.")
     proposed = flag_services.targeting_proposal(targeting=targeting, changes=changes)
-    operator_only = isinstance(actor, AbstractBaseUser) and not may_propose(actor, targeting.flag)
+    operator_only = isinstance(actor, AbstractBaseUser) and not steers(actor, targeting.flag)
     if force_request:
         if operator_only:
             raise ValidationError("A change that needs approval is proposed by the flag's owner or an editor.")
@@ -306,8 +305,7 @@ def segment_change_submit(*, segment: Segment, changes: dict[str, Any], actor: A
     check_text_limit("reason", reason)
     segment = Segment.objects.select_related("project").get(pk=segment.pk)
     project = segment.project
-    if not can_edit_catalog(actor, project):
-        raise ValidationError("Editing segments needs the flag owner or editor role in this project.")
+    EDIT_SEGMENTS.require(actor, project)
     if expected_version is not None and segment.version != expected_version:
         raise flag_services.ConflictError("Someone changed this segment since you opened it. Reload and try again.")
     proposed = flag_services.segment_proposal(segment=segment, changes=changes)

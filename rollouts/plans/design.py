@@ -15,7 +15,7 @@ from audit.constants import AuditAction
 from audit.services import record
 from audit.validators import check_text_limit
 from flags.models import Environment, Flag, Segment, Targeting
-from rollouts.change_control.permissions import may_propose
+from flags.permissions import PLAN_ROLLOUT
 from rollouts.models import RolloutPlan, RolloutStage
 from rollouts.plans.guardrails import guardrail_problems
 from telemetry.models import Metric
@@ -150,8 +150,7 @@ def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidat
     segments of the project, exposure that only grows from stage to stage. The candidate's
     risk rank is not judged here: the approval policy judges each stage's change."""
     check_text_limit("reason", reason, limit="plan_reason")
-    if not may_propose(actor, flag):
-        raise ValidationError("Planning a rollout needs the flag owner or editor role.")
+    PLAN_ROLLOUT.require(actor, flag)
     if environment.project_id != flag.project_id:
         raise ValidationError({"environment": "The environment belongs to another project."})
     if flag.archived_at is not None:

@@ -28,11 +28,10 @@ from django.utils import timezone
 from audit.constants import AuditAction
 from audit.services import Actor, SystemActor, record
 from flags.models import Targeting
-from flags.permissions import has_project_permission
+from flags.permissions import INVESTIGATE_PLAN, STEER_PLAN, STOP_PLAN, Rule, steers
 from flags.row_states import targeting_state
 from rollouts.actors import actor_label, require_reason, user_of
 from rollouts.change_control.applying import change_request_withdraw
-from rollouts.change_control.permissions import may_propose, participation
 from rollouts.change_control.submitting import preview_targeting_change, targeting_change_submit
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan, RolloutStage
 from rollouts.plans.design import plan_stages, promote_targeting, rollback_targeting, stage_targeting
@@ -67,44 +66,35 @@ def locked(plan: RolloutPlan) -> RolloutPlan:
             .get(pk=plan.pk))
 
 
-PERMISSION_REFUSALS = {
-    "propose": "needs the flag owner or editor role",
-    "stop": "needs the operator, flag owner or editor role",
-    "participate": "needs a role that takes part in changes",
+# Owners and editors steer a plan, operators may also stop it, anyone taking part in changes
+# may mark it for investigation or close that investigation (its state is judged separately).
+RULES: dict[str, Rule] = {
+    **dict.fromkeys((Action.START, Action.ADVANCE, Action.PROMOTE, Action.RESUME, Action.DISCARD), STEER_PLAN),
+    **dict.fromkeys((Action.PAUSE, Action.ROLLBACK), STOP_PLAN),
+    **dict.fromkeys((Action.INVESTIGATE, Action.RESOLVE), INVESTIGATE_PLAN),
 }
 
 
-def _permission_kind(action: str) -> str:
-    if action in (Action.START, Action.ADVANCE, Action.PROMOTE, Action.RESUME, Action.DISCARD):
-        return "propose"
-    if action in (Action.PAUSE, Action.ROLLBACK):
-        return "stop"
-    return "participate"  # investigate, resolve
-
-
 def may_act(user: Any, plan: RolloutPlan, action: str) -> bool:
-    """Whether `user`'s roles allow `action` on the plan (its state is judged separately):
-    owners and editors steer it, operators may also stop it, anyone taking part in changes
-    may mark it for investigation or close that investigation."""
-    kind = _permission_kind(action)
-    if kind == "propose":
-        return may_propose(user, plan.flag)
-    if kind == "stop":
-        return may_propose(user, plan.flag) or has_project_permission(user, plan.project, "flip_killswitch")
-    return bool(participation(user, plan.project))
-
-
-def _check_permission(plan: RolloutPlan, actor: Actor, action: str) -> None:
-    if not isinstance(actor, AbstractBaseUser):
-        return  # system jobs act through the same services
-    if not may_act(actor, plan, action):
-        verb = {Action.ROLLBACK: "roll back", Action.RESOLVE: "close the investigation of"}.get(action, action)
-        raise ValidationError(f"To {verb} a rollout plan {PERMISSION_REFUSALS[_permission_kind(action)]}.")
+    return RULES[action].allows(user, plan)
 
 
 def _expect(plan: RolloutPlan, allowed: tuple[str, ...], verb: str) -> None:
     if plan.status not in allowed:
         raise ValidationError(f"A {plan.get_status_display().lower()} plan cannot be {verb}.")
+
+
+def _begin_synced(plan: RolloutPlan, action: str, actor: Actor, reason: str, allowed: tuple[str, ...],
+                  verb: str) -> tuple[RolloutPlan, list[RolloutStage], str]:
+    """How an action on a running plan starts: lock the plan, ask the action's rule, bring the
+    plan up to date with what was applied meanwhile, check its status allows the action, and
+    require the reason. Answers the locked plan, its stages and the reason."""
+    plan = locked(plan)
+    RULES[action].require(actor, plan)
+    stages = plan_stages(plan)
+    sync_locked(plan, stages)
+    _expect(plan, allowed, verb)
+    return plan, stages, _require_reason(reason)
 
 
 def decide(plan: RolloutPlan, action: str, actor: Actor, reason: str, *, to_stage: int | None = None,
@@ -280,7 +270,7 @@ def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: di
 def plan_start(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Enter the first stage (or open its change request)."""
     plan = locked(plan)
-    _check_permission(plan, actor, Action.START)
+    RULES[Action.START].require(actor, plan)
     _expect(plan, (Status.DRAFT,), "started")
     reason = _require_reason(reason)
     _require_on(plan, "turn it on first (it then serves its default, the baseline) and start the plan")
@@ -294,12 +284,7 @@ def plan_start(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
 def plan_advance(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Enter the next stage: refused before the bake time, while a guardrail is breached, or
     while an earlier step still waits for approval."""
-    plan = locked(plan)
-    _check_permission(plan, actor, Action.ADVANCE)
-    stages = plan_stages(plan)
-    sync_locked(plan, stages)
-    _expect(plan, (Status.RUNNING,), "advanced")
-    reason = _require_reason(reason)
+    plan, stages, reason = _begin_synced(plan, Action.ADVANCE, actor, reason, (Status.RUNNING,), "advanced")
     if plan.stage_index >= len(stages) - 1 and not plan.pending_change_request_id:
         raise ValidationError("This is the last stage: promote the candidate to complete the plan.")
     evidence = plan_evidence(plan, stages=stages)
@@ -312,12 +297,7 @@ def plan_advance(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
 def plan_promote(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """The candidate becomes the default for everyone and the plan completes, through the
     policy like any change. Skipping a later stage that needs approval opens a request."""
-    plan = locked(plan)
-    _check_permission(plan, actor, Action.PROMOTE)
-    stages = plan_stages(plan)
-    sync_locked(plan, stages)
-    _expect(plan, (Status.RUNNING,), "promoted")
-    reason = _require_reason(reason)
+    plan, stages, reason = _begin_synced(plan, Action.PROMOTE, actor, reason, (Status.RUNNING,), "promoted")
     if plan.stage_index < 0:
         raise ValidationError("The plan has not entered its first stage yet.")
     evidence = plan_evidence(plan, stages=stages)
@@ -355,12 +335,7 @@ def pause_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: dict
 @transaction.atomic
 def plan_pause(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Stop expanding: traffic stays as it is; a stage waiting for approval is withdrawn."""
-    plan = locked(plan)
-    _check_permission(plan, actor, Action.PAUSE)
-    stages = plan_stages(plan)
-    sync_locked(plan, stages)
-    _expect(plan, (Status.RUNNING,), "paused")
-    reason = _require_reason(reason)
+    plan, stages, reason = _begin_synced(plan, Action.PAUSE, actor, reason, (Status.RUNNING,), "paused")
     return pause_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan, stages=stages))
 
 
@@ -369,7 +344,7 @@ def plan_resume(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Running again. The stage's bake time and evidence window start over, so the data that
     caused the pause does not count for or against what happens next."""
     plan = locked(plan)
-    _check_permission(plan, actor, Action.RESUME)
+    RULES[Action.RESUME].require(actor, plan)
     _expect(plan, (Status.PAUSED,), "resumed")
     reason = _require_reason(reason)
     before = _before(plan)
@@ -389,7 +364,7 @@ def rollback_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: d
     _withdraw_pending(plan, actor, reason)
     submitter = actor
     if (isinstance(actor, AbstractBaseUser) and not plan.environment.is_governed
-            and not may_propose(actor, plan.flag)):
+            and not steers(actor, plan.flag)):
         # Outside governed environments targeting_change_submit leaves edits to owners and
         # editors; an operator's roll-back still never waits, so the plan submits it.
         submitter = SystemActor(f"rollout-plan:{actor.get_username()}")
@@ -410,12 +385,7 @@ def plan_rollback(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPla
     """Everyone to the baseline at once: the de-escalation path, which never waits for an
     approval (the policy applies moves towards the baseline at once) and withdraws a stage
     waiting for one."""
-    plan = locked(plan)
-    _check_permission(plan, actor, Action.ROLLBACK)
-    stages = plan_stages(plan)
-    sync_locked(plan, stages)
-    _expect(plan, (Status.RUNNING, Status.PAUSED), "rolled back")
-    reason = _require_reason(reason)
+    plan, stages, reason = _begin_synced(plan, Action.ROLLBACK, actor, reason, (Status.RUNNING, Status.PAUSED), "rolled back")
     return rollback_locked(plan, reason=reason, actor=actor, evidence=plan_evidence(plan, stages=stages))
 
 
@@ -436,7 +406,7 @@ def _set_attention(plan: RolloutPlan, *, attention: bool, reason: str, actor: Ac
 def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Mark the plan for attention; traffic does not change."""
     plan = locked(plan)
-    _check_permission(plan, actor, Action.INVESTIGATE)
+    RULES[Action.INVESTIGATE].require(actor, plan)
     _expect(plan, RolloutPlan.OPEN, "marked for investigation")
     return _set_attention(plan, attention=True, reason=_require_reason(reason), actor=actor)
 
@@ -445,7 +415,7 @@ def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> Rollout
 def plan_resolve(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Close an investigation: the plan no longer needs attention; traffic does not change."""
     plan = locked(plan)
-    _check_permission(plan, actor, Action.RESOLVE)
+    RULES[Action.RESOLVE].require(actor, plan)
     _expect(plan, RolloutPlan.OPEN, "cleared (it is closed; its log keeps the investigation)")
     if not plan.needs_attention:
         raise ValidationError("This plan is not marked for investigation.")
@@ -457,7 +427,7 @@ def plan_discard(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     """Drop a draft that never started. It stays in the log as discarded, and the flag may
     get a new plan in that environment."""
     plan = locked(plan)
-    _check_permission(plan, actor, Action.DISCARD)
+    RULES[Action.DISCARD].require(actor, plan)
     _expect(plan, (Status.DRAFT,), "discarded (only a draft can be; roll back a started plan)")
     reason = _require_reason(reason)
     before = _before(plan)

@@ -13,17 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from flags import permissions
 from flags.forms import add_service_errors
 from flags.models import Flag, Project
-from flags.permissions import has_project_permission
-from flags.shortcuts import denied, project_for, with_messages
-from rollouts.change_control import permissions
+from flags.shortcuts import project_page, refused, with_messages
 from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
 from rollouts.plans import design, transitions
@@ -54,10 +51,8 @@ def _plan_for(project: Project, pk: int) -> RolloutPlan:
     return plan
 
 
-@login_required
-@require_GET
-def plan_board(request: HttpRequest, project_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def plan_board(request: HttpRequest, project: Project) -> HttpResponse:
     chosen = request.GET.get("flag", "")
     if chosen and Flag.objects.filter(project=project, key=chosen).exists():
         return redirect("rollouts:plan_create", project_key=project.key, flag_key=chosen)
@@ -71,9 +66,9 @@ def plan_board(request: HttpRequest, project_key: str) -> HttpResponse:
 def _plannable(user: Any, project: Project) -> list[Flag]:
     """Flags the person may plan a rollout of: all of them for editors, their own otherwise."""
     flags = Flag.objects.filter(project=project, archived_at__isnull=True).select_related("project").order_by("key")
-    if has_project_permission(user, project, "propose_change"):
+    if permissions.has_project_permission(user, project, "propose_change"):
         return list(flags)
-    return [flag for flag in flags.filter(owner_user=user) if permissions.may_propose(user, flag)]
+    return [flag for flag in flags.filter(owner_user=user) if permissions.PLAN_ROLLOUT.allows(user, flag)]
 
 
 def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, form: PlanReasonForm | None = None,
@@ -81,25 +76,20 @@ def _page_context(request: HttpRequest, project: Project, plan: RolloutPlan, for
     return {"project": project, **plan_pages.plan_page(plan, request.user), "form": form or PlanReasonForm(), **extra}
 
 
-@login_required
-@require_GET
-def plan_detail(request: HttpRequest, project_key: str, pk: int) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET")
+def plan_detail(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
     plan = _plan_for(project, pk)
     return render(request, "rollouts/plan.html", _page_context(request, project, plan))
 
 
-@login_required
-@require_POST
-def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) -> HttpResponse:
+@project_page("POST")
+def plan_action(request: HttpRequest, project: Project, pk: int, action: str) -> HttpResponse:
     """htmx: one plan action with its reason; the plan's body comes back with the result."""
-    project = project_for(request, project_key)
     plan = _plan_for(project, pk)
     if action not in ACTIONS:
         raise Http404("No such action.")
-    if not transitions.may_act(request.user, plan, action):
-        return denied(request, f"{Action(action).label}: {transitions.PERMISSION_REFUSALS[transitions._permission_kind(action)]} "
-                               "in this project.")
+    if refusal := refused(request, transitions.RULES[action], plan):
+        return refusal
     form = PlanReasonForm(request.POST)
     problem = ""
     if form.is_valid():
@@ -121,7 +111,7 @@ def plan_action(request: HttpRequest, project_key: str, pk: int, action: str) ->
         return render(request, "rollouts/plan.html", _page_context(request, project, plan, form,
                                                                    action_problem=problem), status=status)
     return with_messages(request, render(
-        request, "rollouts/plan.html#plan-body",
+        request, "rollouts/_plan_body.html",
         _page_context(request, project, plan, form, action_problem=problem, failed_action=action), status=status))
 
 
@@ -181,16 +171,14 @@ def _attach_plan_errors(exc: ValidationError, form: PlanForm, stages: list[Any],
         add_service_errors(form, ValidationError(rest))
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def plan_create(request: HttpRequest, project_key: str, flag_key: str) -> HttpResponse:
-    project = project_for(request, project_key)
+@project_page("GET", "POST")
+def plan_create(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = (Flag.objects.filter(project=project, key=flag_key)
             .select_related("fallback_variation", "owner_user", "project").first())
     if flag is None:
         raise Http404("No such flag.")
-    if not permissions.may_propose(request.user, flag):
-        return denied(request, "Planning a rollout needs the flag owner or editor role in this project.")
+    if refusal := refused(request, permissions.PLAN_ROLLOUT, flag):
+        return refusal
     form, stages, guardrails = _creation_forms(request, project, flag)
     if request.method == "POST" and form.is_valid() & stages.is_valid() & guardrails.is_valid():
         stage_rows = [f for f in stages.forms if f.cleaned_data]

@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from audit.chain import GENESIS, HASHED_FIELDS, row_hash
+from audit.context import audit_context
 from audit.models import AuditEvent
 from audit.services import SystemActor, record
 from audit.verify import verify_chain
@@ -87,6 +88,15 @@ def test_chain__row_inserted__verify_names_the_inserted_row() -> None:
     report = verify_chain()
     assert (report.ok, report.bad_id) == (False, forged_id)
     assert "removed or inserted" in report.problem
+
+
+@pytest.mark.parametrize("address", ["::ffff:192.0.2.1", "2001:0db8:0000::0001", "192.0.2.7"])
+def test_chain__client_addresses__verify_intact(address: str) -> None:
+    project = make_project()
+    with audit_context(request_ip=address), transaction.atomic():
+        record(actor=SystemActor("t"), action="flag.updated", target=project, project=project)
+    report = verify_chain()
+    assert report.ok, report.problem
 
 
 @pytest.mark.postgres

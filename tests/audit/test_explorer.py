@@ -106,6 +106,14 @@ def test_explorer__keyset_pages__no_offset_and_no_overlap(client) -> None:
     assert not any("OFFSET" in q["sql"].upper() for q in queries.captured_queries)
 
 
+@pytest.mark.parametrize("query", ["?before=%C2%B2", "?project=%C2%B2", "?actor=%C2%B2", "?to=9999-12-31",
+                                   "?from=2026-13-45", "?q=%00", "?before=99999999999999999999999"])
+def test_explorer__odd_query_strings__200(client, demo, query: str) -> None:
+    _login(client, "auditor")
+    assert client.get("/audit/" + query).status_code == 200
+    assert client.get(f"/p/{demo.key}/flags/{PROFILE}/history/" + query).status_code == 200
+
+
 def test_event_detail__json_profile__diffed_key_by_key(client, demo) -> None:
     owner = _login(client, "owner")
     variation = Variation.objects.get(flag__project=demo, flag__key=PROFILE, key="citation_first_v4")
@@ -201,6 +209,15 @@ def test_export_jsonl__one_json_object_per_line(client, demo) -> None:
     assert client.get("/audit/export.xml").status_code == 404
 
 
+def test_export__project_id_outside_scope__not_written_into_that_project(client, demo) -> None:
+    other = make_project("other")
+    _login(client, "auditor")
+    response = client.get(f"/audit/export.csv?project={other.pk}")
+    b"".join(response.streaming_content)
+    export = AuditEvent.objects.get(action="audit.exported")
+    assert export.project_id is None
+
+
 def test_logins__success_and_failure__recorded(client, demo) -> None:
     client.post("/login/", {"username": "auditor", "password": "wrong"})
     client.post("/login/", {"username": "auditor", "password": "featureops-demo"})
@@ -208,6 +225,12 @@ def test_logins__success_and_failure__recorded(client, demo) -> None:
     assert failed.actor_id is None and failed.actor_label == "auditor (not signed in)"
     ok = AuditEvent.objects.get(action=AuditAction.LOGIN_SUCCEEDED)
     assert ok.actor_label.endswith("(auditor)") and ok.request_ip == "127.0.0.1"
+
+
+def test_failed_login__long_username__recorded_not_500(client, demo) -> None:
+    response = client.post("/login/", {"username": "x" * 150, "password": "nope"})
+    assert response.status_code == 200
+    assert AuditEvent.objects.filter(action="auth.login_failed").exists()
 
 
 # --- account-level events: rows with no project (sign-ins, accounts, whole-trail exports) ----------

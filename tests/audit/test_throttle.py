@@ -135,6 +135,58 @@ def test_sign_in__behind_a_trusted_proxy__each_client_is_throttled_by_its_own_ad
     assert through_proxy("198.51.100.20", PASSWORD) == 302
 
 
+def test_login__repeated_failures_for_an_account__throttled_even_with_the_right_password(client, demo, settings) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT = 3
+    settings.LOGIN_DELAY_BASE_SECONDS = 60  # the first wait outlasts the test, however slow the machine
+    from django.core.cache import cache
+
+    cache.clear()
+    for _ in range(3):
+        assert client.post("/login/", {"username": "auditor", "password": "wrong"}).status_code == 200
+    response = client.post("/login/", {"username": "auditor", "password": "featureops-demo"})
+    assert response.status_code == 200 and "Too many failed sign-ins" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert AuditEvent.objects.filter(action="auth.login_failed").count() == 3
+    assert AuditEvent.objects.filter(action="auth.login_throttled", actor_label="auditor (not signed in)").exists()
+    # Another account from elsewhere is unaffected
+    other = client_for_address("10.9.9.9")
+    assert other.post("/login/", {"username": "pm", "password": "featureops-demo"}).status_code == 302
+    cache.clear()
+
+
+def test_login__many_accounts_from_one_address__throttled_per_address(demo, settings) -> None:
+    settings.LOGIN_FAILURES_PER_ADDRESS = 4
+    from django.core.cache import cache
+
+    cache.clear()
+    attacker = client_for_address("203.0.113.5")
+    for n in range(4):
+        attacker.post("/login/", {"username": f"guess{n}", "password": "x"})
+    response = attacker.post("/login/", {"username": "owner", "password": "featureops-demo"})
+    assert "Too many failed sign-ins" in response.content.decode()
+    assert client_for_address("198.51.100.7").post(
+        "/login/", {"username": "owner", "password": "featureops-demo"}).status_code == 302
+    cache.clear()
+
+
+def test_throttle__compatibility_spelling_of_the_name__shares_the_counter(client, demo, settings) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT = 2
+    settings.LOGIN_DELAY_BASE_SECONDS = 60  # the first wait outlasts the test, however slow the machine
+    cache.clear()
+    for _ in range(2):
+        client.post("/login/", {"username": "owner", "password": "wrong"})
+    response = client.post("/login/", {"username": "\uff4fwner", "password": "featureops-demo"})  # fullwidth o
+    assert "Too many failed sign-ins" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+    cache.clear()
+
+
+def client_for_address(address: str) -> Any:
+    from django.test import Client
+
+    return Client(REMOTE_ADDR=address)
+
+
 # --- two processes, one counter ------------------------------------------------------------------
 
 def _post_login(base: str, username: str, password: str) -> str:

@@ -19,6 +19,7 @@ from playwright.sync_api import Locator, Page, expect
 from audit.models import AuditEvent
 from flags import services
 from flags.models import Flag, Variation
+from tests.browser.support import assert_no_full_page_load, set_page_marker
 from tests.factories import as_approved
 
 pytestmark = pytest.mark.browser
@@ -32,15 +33,6 @@ CSV_HEADER = ("id", "created_at", "actor_label", "action")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def set_page_marker(page: Page) -> None:
-    """Mark the current document; a full page load replaces `window` and loses the mark."""
-    page.evaluate("window.__marker = 1")
-
-
-def assert_no_full_page_load(page: Page) -> None:
-    assert page.evaluate("window.__marker") == 1, "the page was fully reloaded; expected an htmx swap"
 
 
 def audit_rows(page: Page) -> Locator:

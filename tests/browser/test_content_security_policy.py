@@ -22,6 +22,7 @@ from audit.models import AuditEvent
 from flags.models import SdkKey, Targeting
 from rollouts.change_control import submitting
 from rollouts.models import Approval, ChangeRequest
+from tests.browser.support import assert_no_full_page_load, set_page_marker
 
 pytestmark = pytest.mark.browser
 
@@ -33,15 +34,6 @@ BETA_WRITE_RULE = {"id": "beta", "description": "Beta accounts",
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def set_page_marker(page: Page) -> None:
-    """Mark the current document; a full page load replaces `window` and loses the mark."""
-    page.evaluate("window.__marker = 1")
-
-
-def assert_no_full_page_load(page: Page) -> None:
-    assert page.evaluate("window.__marker") == 1, "the page was fully reloaded; expected an htmx swap"
 
 
 def answer_dialogs(page: Page, answers: list[bool]) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from audit.models import AuditEvent
 from flags.models import Targeting, Variation
+from tests.browser.support import assert_no_full_page_load, open_flag, set_page_marker
 
 pytestmark = pytest.mark.browser
 
@@ -28,22 +29,8 @@ PROFILE_VARIATIONS = ("baseline_v3", "citation_first_v4", "fallback_human_review
 # --- helpers -------------------------------------------------------------------------------
 
 
-def set_page_marker(page: Page) -> None:
-    """Mark the current document; a full page load replaces `window` and loses the mark."""
-    page.evaluate("window.__marker = 1")
-
-
-def assert_no_full_page_load(page: Page) -> None:
-    assert page.evaluate("window.__marker") == 1, "the page was fully reloaded; expected an htmx swap"
-
-
 def flag_rows(page: Page) -> Locator:
     return page.locator("#flag-table tbody tr")
-
-
-def open_flag(page: Page, flag_key: str) -> None:
-    page.goto(f"/p/{PROJECT}/flags/{flag_key}/")
-    expect(page.get_by_role("heading", name=flag_key, level=1)).to_be_visible()
 
 
 def variation_row(page: Page, variation_key: str) -> Locator:

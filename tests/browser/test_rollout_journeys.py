@@ -42,8 +42,7 @@ from telemetry import ingest
 from telemetry.demo import seed_demo_metrics
 from telemetry.services import events_aggregate
 from tests import workers
-from tests.browser import test_change_control_journeys as change_control
-from tests.browser.test_change_control_journeys import (
+from tests.browser.support import (
     Evaluate,
     accept_dialogs,
     assert_no_full_page_load,
@@ -55,10 +54,6 @@ from tests.ofrep_client import call
 from tests.workers import require_broker, unique_prefix, worker_env
 
 pytestmark = pytest.mark.browser
-# The change-control walks' fixtures: one browser context per person, and OFREP over HTTP on
-# the real WSGI application with a polling snapshot store.
-as_user = change_control.as_user
-ofrep = change_control.ofrep
 
 PROJECT = "support-assistant"
 PROFILE = "support_assistant_profile"

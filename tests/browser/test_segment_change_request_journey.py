@@ -15,12 +15,7 @@ from playwright.sync_api import Page, expect
 
 from flags.models import Segment
 from rollouts.models import ChangeRequest
-from tests.browser.test_change_control_journeys import (  # the same people, dialogs and page-load checks
-    accept_dialogs,
-    as_user,  # noqa: F401 - a fixture, used by name
-    assert_no_full_page_load,
-    set_page_marker,
-)
+from tests.browser.support import accept_dialogs, assert_no_full_page_load, set_page_marker
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +30,7 @@ def internal_users() -> Segment:
 
 
 def test_segment_walk__owner_widens_internal_users_pm_approves_owner_applies__segments_page_shows_the_key(
-    as_user: Callable[[str], Page], tmp_path: Path,  # noqa: F811 - the fixture imported above
+    as_user: Callable[[str], Page], tmp_path: Path,
 ) -> None:
     # Given internal_users as production uses it
     version_before = internal_users().version

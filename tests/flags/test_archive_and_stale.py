@@ -6,6 +6,7 @@ and environment, recorded in batches by the evaluation service."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -158,3 +159,15 @@ def test_flag_page__governed_card_says_what_a_temporary_flag_lacks(client) -> No
     client.force_login(user)
     page = client.get("/p/lack/flags/bare/").content.decode()
     assert "this temporary flag needs an owner, a review date, a cleanup rule" in page
+
+
+def test_restore_of_a_retired_flag__stays_off_in_governed_environments(demo: Any) -> None:
+    profile = Flag.objects.get(key="support_assistant_profile")
+    Flag.objects.filter(pk=profile.pk).update(stage=LifecycleStage.CLEANUP_DUE)
+    profile.refresh_from_db()
+    services.flag_archive(flag=profile, actor=TEST_ACTOR, reason="done")
+    Flag.objects.filter(pk=profile.pk).update(served_until=timezone.now())
+    services.retire_archived_flags(actor=TEST_ACTOR)
+    services.flag_restore(flag=profile, actor=TEST_ACTOR, reason="needed after all")
+    assert production(profile).enabled is False  # back on only through a request
+    assert profile.targetings.get(environment__key="development").enabled is True

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from audit.models import AuditEvent
 from notifications.models import Notification
 from rollouts.change_control import applying, approving, follow_ups, incident_mode, kill_switch, submitting
-from rollouts.contracts.importing import import_contracts
+from rollouts.flags_as_code.importing import import_contracts
 from rollouts.forms import CommentForm, DecisionForm, PlanReasonForm, ReasonForm
 from rollouts.models import Approval, ChangeRequest, ChangeRequestComment, FollowUp, Incident, RolloutPlan
 from rollouts.plans import design, transitions

@@ -22,7 +22,7 @@ from django.db import transaction
 
 from audit.models import AuditEvent
 from tests.factories import TEST_ACTOR, make_project
-from tests.test_settings import _load_settings
+from tests.site.test_settings import _load_settings
 from tests.webhooks.conftest import TLS_NAME, NameServer, Receiver
 from webhooks import egress, services
 from webhooks.models import Webhook, WebhookDelivery

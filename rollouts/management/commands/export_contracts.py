@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flags.models import Project
-from rollouts.contracts import export_contracts
+from rollouts.flags_as_code import export_contracts
 
 
 class Command(BaseCommand):

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.context import audit_context
 from flags.models import Project
-from rollouts.contracts import import_contracts, render_report
+from rollouts.flags_as_code import import_contracts, render_report
 
 
 class Command(BaseCommand):
