@@ -113,15 +113,24 @@ def decide(plan: RolloutPlan, action: str, actor: Actor, reason: str, *, to_stag
 def audit(plan: RolloutPlan, action: AuditAction, actor: Actor, summary: str, reason: str = "",
           before: Any = None, change_request: ChangeRequest | None = None) -> None:
     record(actor=actor, action=action, target=plan, project=plan.project, environment=plan.environment,
-           flag=plan.flag, before=before,
-           after={"status": plan.status, "stage_index": plan.stage_index, "needs_attention": plan.needs_attention,
-                  "pending_change_request": plan.pending_change_request_id},
-           summary=summary, reason=reason, change_request_id=change_request.pk if change_request else None)
+           flag=plan.flag, before=before, after=_before(plan), summary=summary, reason=reason, change_request_id=change_request.pk if change_request else None)
 
 
 def _before(plan: RolloutPlan) -> dict[str, Any]:
+    """What the audit row keeps of a plan, before and after each transition."""
     return {"status": plan.status, "stage_index": plan.stage_index, "needs_attention": plan.needs_attention,
             "pending_change_request": plan.pending_change_request_id}
+
+
+def _conclude(plan: RolloutPlan, action: str, audit_action: AuditAction, actor: Actor, reason: str,
+              before: dict[str, Any], summary: str, *, fields: tuple[str, ...],
+              evidence: dict[str, Any] | None = None, **stages: int) -> RolloutPlan:
+    """How every transition ends, in the caller's transaction: save what changed, log the
+    release decision with its evidence, write the audit row."""
+    plan.save(update_fields=[*fields, "updated_at"])
+    decide(plan, action, actor, reason, evidence=evidence, **stages)
+    audit(plan, audit_action, actor, summary, reason, before)
+    return plan
 
 
 def _submit(plan: RolloutPlan, changes: dict[str, Any], *, reason: str, actor: Actor,
@@ -181,11 +190,10 @@ def _enter(plan: RolloutPlan, target: int, *, action: str, reason: str, actor: A
         return plan
     from_stage = plan.stage_index
     plan.stage_index, plan.stage_entered_at = target, timezone.now()
-    plan.save(update_fields=["status", "stage_index", "stage_entered_at", "updated_at"])
-    decide(plan, action, actor, reason, from_stage=from_stage, to_stage=target, evidence=evidence)
-    audit(plan, audit_action, actor, f"{plan.flag.key} in {plan.environment.name} entered stage {target + 1} "
-                                      f"({stage.name})", reason, before)
-    return plan
+    return _conclude(plan, action, audit_action, actor, reason, before,
+                     f"{plan.flag.key} in {plan.environment.name} entered stage {target + 1} ({stage.name})",
+                     fields=("status", "stage_index", "stage_entered_at"), evidence=evidence,
+                     from_stage=from_stage, to_stage=target)
 
 
 def sync_locked(plan: RolloutPlan, stages: list[RolloutStage]) -> bool:
@@ -314,22 +322,18 @@ def plan_promote(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
               f"{plan.environment.name} waits for approval: CR-{result.pk}", reason, before, change_request=result)
         return plan
     plan.status = Status.COMPLETED
-    plan.save(update_fields=["status", "updated_at"])
-    decide(plan, Action.PROMOTE, actor, reason, evidence=evidence)
-    audit(plan, AuditAction.PLAN_PROMOTED, actor, f"{plan.flag.key} in {plan.environment.name}: {plan.candidate} "
-          "is the default for everyone", reason, before)
-    return plan
+    return _conclude(plan, Action.PROMOTE, AuditAction.PLAN_PROMOTED, actor, reason, before,
+                     f"{plan.flag.key} in {plan.environment.name}: {plan.candidate} is the default for everyone",
+                     fields=("status",), evidence=evidence)
 
 
 def pause_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: dict[str, Any]) -> RolloutPlan:
     before = _before(plan)
     _withdraw_pending(plan, actor, reason)
     plan.status = Status.PAUSED
-    plan.save(update_fields=["status", "pending_change_request", "updated_at"])
-    decide(plan, Action.PAUSE, actor, reason, evidence=evidence)
-    audit(plan, AuditAction.PLAN_PAUSED, actor, f"Paused {plan.flag.key} in {plan.environment.name} at stage "
-                                                 f"{plan.stage_index + 1}", reason, before)
-    return plan
+    return _conclude(plan, Action.PAUSE, AuditAction.PLAN_PAUSED, actor, reason, before,
+                     f"Paused {plan.flag.key} in {plan.environment.name} at stage {plan.stage_index + 1}",
+                     fields=("status", "pending_change_request"), evidence=evidence)
 
 
 @transaction.atomic
@@ -352,11 +356,9 @@ def plan_resume(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     plan.status = Status.RUNNING
     if plan.stage_index >= 0:
         plan.stage_entered_at = timezone.now()
-    plan.save(update_fields=["status", "stage_entered_at", "updated_at"])
-    decide(plan, Action.RESUME, actor, reason, evidence=evidence)
-    audit(plan, AuditAction.PLAN_RESUMED, actor, f"Resumed {plan.flag.key} in {plan.environment.name} at stage "
-                                                  f"{plan.stage_index + 1}", reason, before)
-    return plan
+    return _conclude(plan, Action.RESUME, AuditAction.PLAN_RESUMED, actor, reason, before,
+                     f"Resumed {plan.flag.key} in {plan.environment.name} at stage {plan.stage_index + 1}",
+                     fields=("status", "stage_entered_at"), evidence=evidence)
 
 
 def rollback_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: dict[str, Any]) -> RolloutPlan:
@@ -373,11 +375,9 @@ def rollback_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: d
     if isinstance(result, ChangeRequest):  # only if the baseline is riskier than what it replaces
         raise ValidationError(f"Rolling back to {plan.baseline} raises risk here; use the kill switch.")
     plan.status = Status.ROLLED_BACK
-    plan.save(update_fields=["status", "pending_change_request", "updated_at"])
-    decide(plan, Action.ROLLBACK, actor, reason, evidence=evidence)
-    audit(plan, AuditAction.PLAN_ROLLED_BACK, actor, f"Rolled back {plan.flag.key} in {plan.environment.name}: "
-                                                      f"everyone gets {plan.baseline}", reason, before)
-    return plan
+    return _conclude(plan, Action.ROLLBACK, AuditAction.PLAN_ROLLED_BACK, actor, reason, before,
+                     f"Rolled back {plan.flag.key} in {plan.environment.name}: everyone gets {plan.baseline}",
+                     fields=("status", "pending_change_request"), evidence=evidence)
 
 
 @transaction.atomic
@@ -432,11 +432,8 @@ def plan_discard(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     reason = _require_reason(reason)
     before = _before(plan)
     plan.status = Status.DISCARDED
-    plan.save(update_fields=["status", "updated_at"])
-    decide(plan, Action.DISCARD, actor, reason)
-    audit(plan, AuditAction.PLAN_DISCARDED, actor, f"Discarded the draft plan for {plan.flag.key} in "
-                                                    f"{plan.environment.name}", reason, before)
-    return plan
+    return _conclude(plan, Action.DISCARD, AuditAction.PLAN_DISCARDED, actor, reason, before,
+                     f"Discarded the draft plan for {plan.flag.key} in {plan.environment.name}", fields=("status",))
 
 
 @transaction.atomic

@@ -20,7 +20,7 @@ from django.shortcuts import redirect, render
 from flags import permissions
 from flags.forms import add_service_errors
 from flags.models import Flag, Project
-from flags.shortcuts import project_page, refused, with_messages
+from flags.shortcuts import flag_for, project_page, refused, with_messages
 from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
 from rollouts.plans import design, transitions
@@ -173,10 +173,7 @@ def _attach_plan_errors(exc: ValidationError, form: PlanForm, stages: list[Any],
 
 @project_page("GET", "POST")
 def plan_create(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
-    flag = (Flag.objects.filter(project=project, key=flag_key)
-            .select_related("fallback_variation", "owner_user", "project").first())
-    if flag is None:
-        raise Http404("No such flag.")
+    flag = flag_for(project, flag_key)
     if refusal := refused(request, permissions.PLAN_ROLLOUT, flag):
         return refusal
     form, stages, guardrails = _creation_forms(request, project, flag)
