@@ -79,6 +79,24 @@ def project_page(*methods: str, rule: Rule | None = None) -> Callable[[Callable]
     return decorate
 
 
+def flag_page(*methods: str, rule: Rule,
+              load: Callable[[Project, str], Flag] = flag_detail_for) -> Callable[[Callable], Callable]:
+    """A view of one flag: as `project_page`, then the flag (404 otherwise; `load` says with
+    what, by default everything its page shows) passed in place of its key, and `rule` asked
+    about it before the view runs."""
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @project_page(*methods)
+        @functools.wraps(view)
+        def with_flag(request: HttpRequest, project: Project, *args: object, flag_key: str,
+                      **kwargs: object) -> HttpResponse:
+            flag = load(project, flag_key)
+            if refusal := refused(request, rule, flag):
+                return refusal
+            return view(request, project, flag, *args, **kwargs)
+        return with_flag
+    return decorate
+
+
 REFUSED = object()  # what `report` answers when the service refused
 
 

@@ -29,7 +29,7 @@ from flags.forms import (
 from flags.models import Flag, Project, Segment, Targeting, Variation
 from flags.permissions import can_edit_catalog, can_manage_members, can_manage_sdk_keys, role_labels
 from flags.selectors import FlagFilters
-from flags.shortcuts import REFUSED, denied, flag_detail_for, project_page, refused, report, with_messages
+from flags.shortcuts import REFUSED, denied, flag_detail_for, flag_page, project_page, refused, report, with_messages
 
 # --- projects and the flag list ------------------------------------------------------------
 
@@ -112,11 +112,8 @@ def flag_detail(request: HttpRequest, project: Project, flag_key: str) -> HttpRe
     })
 
 
-@project_page("GET", "POST")
-def flag_edit(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
-    flag = flag_detail_for(project, flag_key)
-    if refusal := refused(request, permissions.EDIT_CONTRACT, flag):
-        return refusal
+@flag_page("GET", "POST", rule=permissions.EDIT_CONTRACT)
+def flag_edit(request: HttpRequest, project: Project, flag: Flag) -> HttpResponse:
     form = FlagEditForm(request.POST or None, flag=flag, initial=FlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         fallback_moves = form.cleaned_data["fallback_variation"] != flag.fallback_variation.key
@@ -133,12 +130,9 @@ def flag_edit(request: HttpRequest, project: Project, flag_key: str) -> HttpResp
                   status=422 if form.errors else 200)
 
 
-@project_page("POST")
-def flag_archive(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
+@flag_page("POST", rule=permissions.ARCHIVE_FLAG)
+def flag_archive(request: HttpRequest, project: Project, flag: Flag) -> HttpResponse:
     """Archive (or, with `restore`, bring back) a flag, with a reason."""
-    flag = flag_detail_for(project, flag_key)
-    if refusal := refused(request, permissions.ARCHIVE_FLAG, flag):
-        return refusal
     restoring = request.POST.get("action") == "restore"
     reason = request.POST.get("reason", "")  # the services refuse one that is too long; nothing is cut
     try:
@@ -206,11 +200,8 @@ def variation_edit(request: HttpRequest, project: Project, flag_key: str, variat
                   status=422 if form.errors else 200)
 
 
-@project_page("POST")
-def variation_create(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
-    flag = flag_detail_for(project, flag_key)
-    if refusal := refused(request, permissions.ADD_VARIATIONS, flag):
-        return refusal
+@flag_page("POST", rule=permissions.ADD_VARIATIONS)
+def variation_create(request: HttpRequest, project: Project, flag: Flag) -> HttpResponse:
     form = VariationForm(request.POST, flag=flag, auto_id="id_new_%s")
     if form.is_valid():
         if report(request, lambda: services.variation_create(flag=flag, actor=request.user, **form.cleaned_data),

@@ -17,7 +17,7 @@ from flags import services as flag_services
 from flags.forms import add_service_errors
 from flags.fragments import variation_saved_response
 from flags.models import Flag, Project, Variation
-from flags.shortcuts import flag_for, project_page, refused
+from flags.shortcuts import flag_for, flag_page, project_page, refused
 from rollouts.change_control import submitting
 from rollouts.forms import GovernedFlagEditForm, GovernedVariationForm
 
@@ -62,11 +62,8 @@ def variation_change(request: HttpRequest, project: Project, flag_key: str, vari
                                       "save_url": save_url}, status=422 if form.errors else 200)
 
 
-@project_page("GET", "POST")
-def contract_change(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
-    flag = flag_for(project, flag_key)
-    if refusal := refused(request, permissions.EDIT_CONTRACT, flag):
-        return refusal
+@flag_page("GET", "POST", rule=permissions.EDIT_CONTRACT, load=flag_for)
+def contract_change(request: HttpRequest, project: Project, flag: Flag) -> HttpResponse:
     form = GovernedFlagEditForm(request.POST or None, flag=flag, initial=GovernedFlagEditForm.initial_for(flag))
     if request.method == "POST" and form.is_valid():
         try:
