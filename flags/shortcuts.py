@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -23,6 +24,8 @@ from flags.forms import add_service_errors
 from flags.models import Flag, Project
 from flags.permissions import Rule, can_view_project
 
+T = TypeVar("T")
+
 
 def project_for(request: HttpRequest, project_key: str) -> Project:
     project = get_object_or_404(Project, key=project_key)
@@ -31,13 +34,18 @@ def project_for(request: HttpRequest, project_key: str) -> Project:
     return project
 
 
+def first_or_404(queryset: QuerySet[T], what: str) -> T:
+    """The one row the URL names, or a 404 that says what was not found ("No such flag.")."""
+    row = queryset.first()
+    if row is None:
+        raise Http404(f"No such {what}.")
+    return row
+
+
 def flag_for(project: Project, flag_key: str) -> Flag:
     """The flag with its project, owner and fallback (what forms and change control read)."""
-    flag = (Flag.objects.filter(project=project, key=flag_key)
-            .select_related("project", "owner_user", "fallback_variation").first())
-    if flag is None:
-        raise Http404("No such flag.")
-    return flag
+    return first_or_404(Flag.objects.filter(project=project, key=flag_key)
+                        .select_related("project", "owner_user", "fallback_variation"), "flag")
 
 
 def flag_detail_for(project: Project, flag_key: str) -> Flag:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django_htmx.http import HttpResponseClientRedirect
@@ -17,7 +17,7 @@ from flags import services as flag_services
 from flags.forms import add_service_errors
 from flags.fragments import variation_saved_response
 from flags.models import Flag, Project, Variation
-from flags.shortcuts import flag_for, flag_page, project_page, refused
+from flags.shortcuts import first_or_404, flag_for, flag_page, project_page, refused
 from rollouts.change_control import submitting
 from rollouts.forms import GovernedFlagEditForm, GovernedVariationForm
 
@@ -35,9 +35,7 @@ def _after_request(request: HttpRequest, flag: Flag, change_request: object | No
 @project_page("GET", "POST")
 def variation_change(request: HttpRequest, project: Project, flag_key: str, variation_key: str) -> HttpResponse:
     flag = flag_for(project, flag_key)
-    variation = Variation.objects.filter(flag=flag, key=variation_key).select_related("flag").first()
-    if variation is None:
-        raise Http404("No such variation.")
+    variation = first_or_404(Variation.objects.filter(flag=flag, key=variation_key).select_related("flag"), "variation")
     if refusal := refused(request, permissions.EDIT_VARIATIONS, flag):
         return refusal
     form = GovernedVariationForm(request.POST or None, flag=flag, variation=variation,

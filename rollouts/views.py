@@ -30,7 +30,7 @@ from flags import permissions
 from flags.forms import add_service_errors
 from flags.fragments import targeting_card_context
 from flags.models import Flag, Project, Targeting
-from flags.shortcuts import REFUSED, flag_for, project_page, refused, report, with_messages
+from flags.shortcuts import REFUSED, first_or_404, flag_for, project_page, refused, report, with_messages
 from rollouts import selectors
 from rollouts.change_control import (
     applying,
@@ -57,11 +57,8 @@ from rollouts.plans import pages as plan_pages
 
 
 def _targeting_for(flag: Flag, environment_key: str) -> Targeting:
-    targeting = (Targeting.objects.filter(flag=flag, environment__key=environment_key)
-                 .select_related("environment", "flag__fallback_variation", "updated_by").first())
-    if targeting is None:
-        raise Http404("No such environment.")
-    return targeting
+    return first_or_404(Targeting.objects.filter(flag=flag, environment__key=environment_key)
+                        .select_related("environment", "flag__fallback_variation", "updated_by"), "environment")
 
 
 def _flag_url(project: Project, flag: Flag, anchor: str = "") -> str:

@@ -20,7 +20,7 @@ from django.shortcuts import redirect, render
 from flags import permissions
 from flags.forms import add_service_errors
 from flags.models import Flag, Project
-from flags.shortcuts import flag_for, project_page, refused, with_messages
+from flags.shortcuts import first_or_404, flag_for, project_page, refused, with_messages
 from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
 from rollouts.plans import design, transitions
@@ -43,12 +43,9 @@ STAGE_ERROR = re.compile(r"^stages\[(\d+)\]\.(\w+)(?:\[(\d+)\])?$")
 
 
 def _plan_for(project: Project, pk: int) -> RolloutPlan:
-    plan = (RolloutPlan.objects.filter(project=project, pk=pk)
-            .select_related("flag__owner_user", "flag__fallback_variation", "environment", "project",
-                            "pending_change_request", "created_by").first())
-    if plan is None:
-        raise Http404("No such rollout plan.")
-    return plan
+    return first_or_404(RolloutPlan.objects.filter(project=project, pk=pk)
+                        .select_related("flag__owner_user", "flag__fallback_variation", "environment", "project",
+                                        "pending_change_request", "created_by"), "rollout plan")
 
 
 @project_page("GET")

@@ -3,7 +3,7 @@ around the append-only trigger), and concurrent appends never fork it."""
 
 from __future__ import annotations
 
-import threading
+import functools
 from io import StringIO
 
 import pytest
@@ -15,6 +15,7 @@ from audit.context import audit_context
 from audit.models import AuditEvent
 from audit.services import SystemActor, record
 from audit.verify import verify_chain
+from tests.concurrency import run_together
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 
 pytestmark = pytest.mark.django_db
@@ -118,26 +119,14 @@ def test_trigger__update_delete_truncate__refused_by_postgresql(statement: str) 
 def test_chain__concurrent_appends__never_fork() -> None:
     # Given eight transactions that each append five rows at the same moment
     project = make_project("concurrent")
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
 
     def writer(n: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            with transaction.atomic():
-                for i in range(5):
-                    record(actor=SystemActor(f"writer-{n}"), action="flag.updated", target=project, project=project,
-                           after={"i": i})
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
+        with transaction.atomic():
+            for i in range(5):
+                record(actor=SystemActor(f"writer-{n}"), action="flag.updated", target=project, project=project,
+                       after={"i": i})
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _, errors = run_together(*(functools.partial(writer, n) for n in range(8)), timeout=60)
     # Then every row links to the one before it: one chain, no fork
     assert errors == []
     report = verify_chain()

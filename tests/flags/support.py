@@ -113,6 +113,14 @@ def assert_field_error(response: Any, field: str, fragment: str) -> None:
     assert escape(fragment) in field_errorlist(response.content.decode(), field)
 
 
+def assert_form_refused(response: Any, field: str, fragment: str, catalog_before: dict[str, Any]) -> None:
+    """The form came back refused (422) with the error beside the field, and the catalog is as
+    it was before (nothing saved, nothing audited)."""
+    assert response.status_code == 422
+    assert_field_error(response, field, fragment)
+    assert catalog_state() == catalog_before
+
+
 def context_messages(response: Any) -> list[str]:
     return [str(message) for message in response.context["messages"]]
 

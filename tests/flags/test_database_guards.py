@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 
 from flags import services
 from flags.models import Flag, Targeting, Variation
+from tests.concurrency import run_together
 from tests.factories import TEST_ACTOR, make_project, make_string_flag
 
 
@@ -40,28 +39,19 @@ def test_targeting_update__two_writers_same_base_version__exactly_one_wins() -> 
     # Given one targeting at version 1
     flag = make_string_flag(make_project())
     targeting = Targeting.objects.get(flag=flag, environment__key="development")
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
 
-    def writer(enabled: bool) -> None:
+    def writer(enabled: bool) -> str:
         try:
-            barrier.wait(timeout=10)
             services.targeting_update(targeting=targeting, actor=TEST_ACTOR, expected_version=1, enabled=enabled,
                                       assignment_unit="accountId" if enabled else "userId")
-            outcomes.append("applied")
+            return "applied"
         except services.ConflictError:
-            outcomes.append("conflict")
-        finally:
-            connection.close()
+            return "conflict"
 
     # When two writers both based on version 1 save at once
-    threads = [threading.Thread(target=writer, args=(flag,)) for flag in (True, False)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    outcomes, errors = run_together(lambda: writer(True), lambda: writer(False))
     # Then the row lock serialises them: one applies, the other sees a stale version
-    assert sorted(outcomes) == ["applied", "conflict"]
+    assert sorted(outcomes) == ["applied", "conflict"], errors
     targeting.refresh_from_db()
     assert targeting.version == 2
     from audit.models import AuditEvent

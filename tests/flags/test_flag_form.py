@@ -20,7 +20,7 @@ from tests.factories import TEST_ACTOR
 from tests.flags.support import (
     PROFILE,
     TOOL_MODE,
-    assert_field_error,
+    assert_form_refused,
     audit_events_since,
     audit_mark,
     catalog_state,
@@ -30,7 +30,16 @@ from tests.flags.support import (
     flag_edit_data,
 )
 
+PROMPT_SCHEMA = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
+
 # --- flag create -----------------------------------------------------------------------------
+
+
+def _post_fallback_breaking_its_schema(client: Any) -> Any:
+    """Create a JSON flag whose fallback value ({"prompt": 42}) breaks the flag's own JSON Schema."""
+    return client.post(console_url("flag_create"), flag_create_data(
+        json_schema=json.dumps(PROMPT_SCHEMA), fallback_value='{"prompt": 42}',
+    ))
 
 
 @pytest.mark.django_db
@@ -52,9 +61,8 @@ def test_flag_create__valid_json_flag__creates_flag_fallback_and_off_targeting_e
     # Given an editor
     owner = login("owner")
     mark = audit_mark()
-    schema = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
     # When a JSON flag is created with a fallback variation and a schema it satisfies
-    response = client.post(console_url("flag_create"), flag_create_data(json_schema=json.dumps(schema)))
+    response = client.post(console_url("flag_create"), flag_create_data(json_schema=json.dumps(PROMPT_SCHEMA)))
     # Then the browser goes to the new flag's page
     assert response.status_code == 302
     assert response.url == console_url("flag_detail", flag_key="support_summary_profile")
@@ -64,7 +72,7 @@ def test_flag_create__valid_json_flag__creates_flag_fallback_and_off_targeting_e
     assert flag.name == "Support summary profile"
     assert flag.behavior_surface == BehaviorSurface.PROMPT_PROFILE
     assert flag.lifetime == Lifetime.EXPERIMENT
-    assert flag.json_schema == schema
+    assert flag.json_schema == PROMPT_SCHEMA
     assert flag.guardrail_metrics == ["latency_p95", "correction_rate"]
     assert sorted(t.name for t in flag.tags.all()) == ["summary", "support"]
     assert flag.stage == LifecycleStage.DRAFT
@@ -140,11 +148,8 @@ def test_flag_create__bad_input__shows_error_beside_field_and_saves_nothing(
     before = catalog_state()
     # When a flag is posted with one bad field
     response = client.post(console_url("flag_create"), flag_create_data(**overrides))
-    # Then the form comes back (422) with the error beside that field
-    assert response.status_code == 422
-    assert_field_error(response, field, error)
-    # and nothing was saved or audited
-    assert catalog_state() == before
+    # Then the form comes back (422) with the error beside that field, and nothing was saved or audited
+    assert_form_refused(response, field, error, catalog_before=before)
 
 
 @pytest.mark.django_db
@@ -154,15 +159,10 @@ def test_flag_create__fallback_value_violating_json_schema__shows_error_beside_f
     # Given an editor
     login("owner")
     before = catalog_state()
-    schema = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
     # When the fallback value breaks the flag's own JSON Schema
-    response = client.post(console_url("flag_create"), flag_create_data(
-        json_schema=json.dumps(schema), fallback_value='{"prompt": 42}',
-    ))
+    response = _post_fallback_breaking_its_schema(client)
     # Then the form is refused, nothing is saved, and the error sits beside the fallback value
-    assert response.status_code == 422
-    assert catalog_state() == before
-    assert_field_error(response, "fallback_value", "does not match the flag's JSON Schema")
+    assert_form_refused(response, "fallback_value", "does not match the flag's JSON Schema", catalog_before=before)
 
 
 @pytest.mark.django_db
@@ -172,11 +172,8 @@ def test_flag_create__fallback_value_violating_json_schema__is_refused_and_saves
     # Given an editor
     login("owner")
     before = catalog_state()
-    schema = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
     # When the fallback value breaks the flag's own JSON Schema
-    response = client.post(console_url("flag_create"), flag_create_data(
-        json_schema=json.dumps(schema), fallback_value='{"prompt": 42}',
-    ))
+    response = _post_fallback_breaking_its_schema(client)
     # Then the schema violation is shown on the form and the whole creation is rolled back
     assert response.status_code == 422
     errors = [e for errors in response.context["form"].errors.values() for e in errors]

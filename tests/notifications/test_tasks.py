@@ -4,7 +4,6 @@ sweep after a failure; inline in unit tests, and once through a real worker and 
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from collections.abc import Callable
 from smtplib import SMTPServerDisconnected
@@ -13,12 +12,12 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.core.mail.backends.base import BaseEmailBackend
-from django.db import connections
 from django.utils import timezone
 
 from featureops_site.celery import app as celery_app
 from notifications import services, tasks
 from notifications.models import Notification
+from tests.concurrency import run_together
 from tests.workers import require_broker, routed_with_prefix, unique_prefix
 
 
@@ -159,23 +158,10 @@ def test_send_emails__concurrent_runs_over_the_same_rows__each_email_once(
     recipients = [make_user(email=f"user{i}@example.com") for i in range(20)]
     ids = [n.pk for n in _notify(*recipients)]
     # When four workers send the same ids at the same moment
-    barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
+    def send() -> None:
+        services.send_emails(notification_ids=ids)
 
-    def run() -> None:
-        try:
-            barrier.wait(timeout=10)
-            services.send_emails(notification_ids=ids)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _, errors = run_together(send, send, send, send, timeout=60)
     # Then every recipient got exactly one email
     assert errors == []
     assert sorted(m.to[0] for m in mailoutbox) == sorted(r.email for r in recipients)

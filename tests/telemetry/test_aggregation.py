@@ -5,14 +5,13 @@ boundaries, overlapping runs, late-committing ingest transactions, and a real wo
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError
 from django.utils import timezone
 
 from featureops_site.celery import app as celery_app
@@ -22,6 +21,7 @@ from telemetry.models import AggregationCursor, ExposureBucket, OutcomeBucket, U
 from telemetry.selectors import evidence, series
 from telemetry.services import events_aggregate
 from telemetry.tasks import aggregate_events
+from tests.concurrency import transaction_held_open
 from tests.conftest import missing_service
 from tests.telemetry.conftest import PROFILE, TOOL_MODE, environment_id, exposure, flag_id, outcome
 
@@ -204,24 +204,9 @@ def test_overlapping_runs__second_skips_while_first_holds_the_cursor(post: Post)
     # Given events, and another run holding the cursor's lock
     scenario(post)
     assert events_aggregate(chunk_size=1, budget_seconds=0) == 1  # creates the cursor row; one chunk
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        try:
-            with transaction.atomic():
-                AggregationCursor.objects.select_for_update().get(name=CURSOR_NAME)
-                held.set()
-                release.wait(timeout=20)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(timeout=10)
-    # When a second run starts meanwhile
-    skipped = events_aggregate()
-    release.set()
-    holder.join(timeout=20)
+    with transaction_held_open(lambda: AggregationCursor.objects.select_for_update().get(name=CURSOR_NAME)):
+        # When a second run starts meanwhile
+        skipped = events_aggregate()
     # Then it returns at once without counting, and a later run counts everything once
     assert skipped == 0
     assert events_aggregate() == 13
@@ -232,27 +217,14 @@ def test_overlapping_runs__second_skips_while_first_holds_the_cursor(post: Post)
 @pytest.mark.django_db(transaction=True)
 def test_late_commit__ingest_committing_after_a_newer_batch__still_counted_once(post: Post) -> None:
     # Given an ingest transaction that has written its events but not yet committed
-    written, commit = threading.Event(), threading.Event()
-
     def slow_ingest() -> None:
-        try:
-            with transaction.atomic():
-                ingest.store_batch(environment_id=environment_id(), batch_id="slow", now=timezone.now(), rejected=[],
-                                   rows=[("exposure", flag_id(), "baseline_v3", "baseline_v3", None, None, "slow-unit",
-                                          BASE)])
-                written.set()
-                commit.wait(timeout=20)
-        finally:
-            connection.close()
+        ingest.store_batch(environment_id=environment_id(), batch_id="slow", now=timezone.now(), rejected=[],
+                           rows=[("exposure", flag_id(), "baseline_v3", "baseline_v3", None, None, "slow-unit", BASE)])
 
-    slow = threading.Thread(target=slow_ingest)
-    slow.start()
-    assert written.wait(timeout=10)
-    # When a later batch commits first and aggregation runs
-    post([exposure("fast-unit", "baseline_v3", time=at(0))])
-    first_run = events_aggregate()
-    commit.set()
-    slow.join(timeout=20)
+    with transaction_held_open(slow_ingest):
+        # When a later batch commits first and aggregation runs
+        post([exposure("fast-unit", "baseline_v3", time=at(0))])
+        first_run = events_aggregate()
     second_run = events_aggregate()
     # Then the first run waited for the older transaction instead of passing its rows by (the
     # newer batch waits with it), and the next run counted both, once

@@ -5,7 +5,6 @@ idempotent retries (including two deliveries racing on PostgreSQL)."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from flags import services
 from flags.models import SdkKey
 from flags.snapshot_store import get_store
 from telemetry.models import Event, EventBatch
+from tests.concurrency import run_together
 from tests.ofrep_client import call
 from tests.telemetry.conftest import ACTOR, PROFILE, TOOL_MODE, ago, environment_id, exposure, flag_id, outcome
 
@@ -231,26 +231,15 @@ def test_retry_race__same_batch_twice_at_once__stored_once_both_answer_same(keys
     # Given one batch of 200 events
     batch_id = uuid.uuid4().hex
     body = {"batch_id": batch_id, "events": [exposure(f"acct-{n}") for n in range(200)] + [{"kind": "x"}]}
-    barrier = threading.Barrier(4)
-    answers: list[tuple[int, Any]] = []
 
-    def deliver() -> None:
-        try:
-            barrier.wait(timeout=10)
-            response = call("POST", "/api/v1/events", body=body,
-                            headers={"Authorization": f"Bearer {keys['production']}"})
-            answers.append((response.status, response.json()))
-        finally:
-            connection.close()
+    def deliver() -> tuple[int, Any]:
+        response = call("POST", "/api/v1/events", body=body, headers={"Authorization": f"Bearer {keys['production']}"})
+        return response.status, response.json()
 
     # When four deliveries of it arrive at the same moment
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    answers, errors = run_together(deliver, deliver, deliver, deliver)
     # Then every one answers the same counts, and the events are stored once
-    assert len(answers) == 4
+    assert len(answers) == 4, errors
     assert {(status, json.dumps(body, sort_keys=True)) for status, body in answers} == {
         (200, json.dumps({"accepted": 200, "rejected": [{"index": 200, "errors": {"kind": 'Must be "exposure" or "outcome".'}}]},
                          sort_keys=True))}

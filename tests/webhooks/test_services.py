@@ -6,16 +6,16 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import threading
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from audit.models import AuditEvent
+from tests.concurrency import run_together
 from tests.factories import TEST_ACTOR, make_project
 from tests.servers import free_port
 from tests.webhooks.conftest import Receiver
@@ -361,26 +361,13 @@ def test_races__same_attempt_by_many_workers__sent_once(receiver: Receiver, allo
     project = make_project()
     _webhook(project, url=receiver.url)
     (delivery,) = _dispatch(project)
-    barrier = threading.Barrier(6)
-    outcomes: list[str | None] = []
-
-    def run(call: Any) -> None:
-        try:
-            barrier.wait(timeout=10)
-            outcomes.append(call())
-        finally:
-            connection.close()
 
     # When the on-commit task, redelivered copies of it and two sweeps all run at once
     calls = [lambda: services.deliver(delivery_id=delivery.pk)] * 4 + [lambda: str(services.deliver_due())] * 2
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    outcomes, errors = run_together(*calls)
     # Then exactly one of them sent it, once
     assert len(receiver.received) == 1
     made = [str(outcome) for outcome in outcomes]
-    assert len(made) == 6 and made.count("succeeded") + made.count("1") == 1
+    assert len(made) == 6 and made.count("succeeded") + made.count("1") == 1, errors
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("succeeded", 1)

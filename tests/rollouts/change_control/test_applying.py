@@ -6,12 +6,11 @@ and applies."""
 from __future__ import annotations
 
 import datetime
-import threading
+import functools
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -21,6 +20,7 @@ from flags.demo import seed_demo
 from flags.models import Flag, Variation
 from rollouts.change_control import applying, approving, submitting
 from rollouts.models import ChangeRequest
+from tests.concurrency import run_together
 from tests.factories import TEST_ACTOR
 from tests.rollouts.support import BETA_WRITE, escalate, production, user
 
@@ -117,25 +117,15 @@ def test_races__double_apply_and_concurrent_approvals__one_outcome_each() -> Non
     seed_demo()
     change_request = escalate()
 
+    def outcome(call: Any) -> str:
+        try:
+            call()
+            return "ok"
+        except ValidationError:
+            return "refused"
+
     def in_threads(*calls: Any) -> list[str]:
-        barrier = threading.Barrier(len(calls))
-        outcomes: list[str] = []
-
-        def run(call: Any) -> None:
-            try:
-                barrier.wait(timeout=10)
-                call()
-                outcomes.append("ok")
-            except ValidationError:
-                outcomes.append("refused")
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        outcomes, _ = run_together(*(functools.partial(outcome, call) for call in calls))
         return sorted(outcomes)
 
     # Two approvers at once: both count, the request ends approved exactly once

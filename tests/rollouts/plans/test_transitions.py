@@ -5,12 +5,10 @@ production; a flag that is off is never turned on by a plan; concurrent advances
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
 
 from audit.models import AuditEvent
 from flags.demo import seed_demo
@@ -18,6 +16,7 @@ from rollouts.change_control import applying, kill_switch
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
 from rollouts.plans import transitions
 from telemetry.demo import seed_demo_metrics
+from tests.concurrency import run_together
 from tests.rollouts.plans.support import (
     BASELINE,
     CANDIDATE,
@@ -246,26 +245,17 @@ def test_races__two_advances_at_once__one_moves_the_plan() -> None:
     seed_demo_metrics(project)
     plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
     plan = baked(plan)
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
 
-    def advance() -> None:
+    def advance() -> str:
         try:
-            barrier.wait(timeout=10)
             transitions.plan_advance(plan=plan, reason="next", actor=user("owner"))
-            outcomes.append("ok")
+            return "ok"
         except ValidationError:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+            return "refused"
 
-    threads = [threading.Thread(target=advance) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    outcomes, errors = run_together(advance, advance)
     # The second waits on the row lock, then sees the fresh stage's bake time
-    assert sorted(outcomes) == ["ok", "refused"]
+    assert sorted(outcomes) == ["ok", "refused"], errors
     assert fresh(plan).stage_index == 1
     assert ReleaseDecision.objects.filter(plan=plan, action="advance").count() == 1
     assert AuditEvent.objects.filter(action="plan.advanced").count() == 1
