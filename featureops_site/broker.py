@@ -37,7 +37,9 @@ RedisTransport, for redis://
        the queue, then kombu records it in the `unacked` hash with a second command; if that
        fails, kombu raises and the message, held nowhere else, is dropped (or, had the record
        been written but its reply lost, waits an hour for the visibility timeout). RedisQoS
-       delivers it anyway: the worker has it, so it runs.
+       delivers it anyway, and keeps it: a Celery worker drops what it holds unstarted when
+       it reconnects, so the next channel to the same Redis puts it back on its queue (at
+       least once: a message that did start runs again).
 
     tests/site/test_broker_faults.py pins both bugs on kombu's own transport (so the guards can go
     when kombu fixes them) and shows a worker surviving ten Redis restarts under load.
@@ -49,6 +51,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from queue import Empty
@@ -198,6 +201,20 @@ class FilesystemTransport(filesystem.Transport):
     Channel = FilesystemChannel
 
 
+# Messages Redis handed over as its connection died, before it confirmed recording them as
+# unacknowledged: put back on their queue by the next channel this process opens.
+_unrecorded: list[tuple[Any, Any, str, str]] = []  # (which Redis, payload, exchange, routing key)
+_unrecorded_lock = threading.Lock()
+
+
+def _which_redis(channel: Any) -> Any:
+    """Host, port and database of a channel's Redis, read from its client's pool."""
+    with contextlib.suppress(Exception):
+        kwargs = channel.client.connection_pool.connection_kwargs
+        return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db"))
+    return None
+
+
 class RedisQoS(kombu_redis.QoS):
     """kombu's Redis ack emulation; see the module's docstring for the second guard."""
 
@@ -209,8 +226,17 @@ class RedisQoS(kombu_redis.QoS):
             # delivered, held in memory as unacknowledged. Whether Redis recorded it in its
             # `unacked` hash is unknown (the reply was lost, not necessarily the write); if it
             # did, the message comes back after the visibility timeout, a second delivery.
+            # The connection is dying, and a Celery worker drops what it holds but has not
+            # started when it reconnects (it counts on the broker to deliver it again), so the
+            # message is also kept to be put back on its queue once Redis answers again: at
+            # least once, never lost (a message that did start runs twice).
             logger.warning("Delivering message %s although Redis could not confirm recording it as "
-                           "unacknowledged (%s: %s)", delivery_tag, type(exc).__name__, exc)
+                           "unacknowledged (%s: %s); it goes back on its queue when Redis answers again",
+                           delivery_tag, type(exc).__name__, exc)
+            delivery = message.delivery_info
+            with _unrecorded_lock:
+                _unrecorded.append((_which_redis(self.channel), message._raw, delivery["exchange"],
+                                    delivery["routing_key"]))
             virtual.QoS.append(self, message, delivery_tag)
 
 
@@ -218,6 +244,29 @@ class RedisChannel(kombu_redis.Channel):
     """kombu's Redis channel; see the module's docstring for the two guards."""
 
     QoS = RedisQoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # connects: Redis answers again
+        self._restore_unrecorded()
+
+    def _restore_unrecorded(self) -> None:
+        here = _which_redis(self)
+        with _unrecorded_lock:
+            pending = [item for item in _unrecorded if item[0] == here]
+            _unrecorded[:] = [item for item in _unrecorded if item[0] != here]
+        if not pending:
+            return
+        try:
+            with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                for _, payload, exchange, routing_key in pending:
+                    self._do_restore_message(payload, exchange, routing_key, pipe)
+                pipe.execute()
+        except self.connection_errors:
+            with _unrecorded_lock:  # Redis went away again: the next channel tries
+                _unrecorded.extend(pending)
+            raise
+        logger.warning("Put %d message(s) back on their queues that Redis handed over as it went away",
+                       len(pending))
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:

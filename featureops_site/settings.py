@@ -284,8 +284,9 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         # A message a worker took but never acknowledged (it died, or lost its connection
         # mid-task: the ack then fails) is delivered again after this many seconds. It must
         # exceed the longest time from a task's delivery to its end, or a task still running
-        # is delivered twice. kombu's default, written down.
-        "visibility_timeout": 3600,
+        # is delivered twice. kombu's default, written down (a test of broker faults shortens it
+        # for its worker, to see those messages come back).
+        "visibility_timeout": env_int("CELERY_BROKER_VISIBILITY_TIMEOUT", 3600),
         # Bounded waits on a Redis that stops answering without closing the connection
         # (a network partition, a frozen host); the ping checks a connection idle this long
         # before reusing it. No retry_on_timeout: replaying a timed-out LPUSH can publish
