@@ -235,7 +235,7 @@ class RedisQoS(kombu_redis.QoS):
                            delivery_tag, type(exc).__name__, exc)
             delivery = message.delivery_info
             with _unrecorded_lock:
-                _unrecorded.append((_which_redis(self.channel), message._raw, delivery["exchange"],
+                _unrecorded.append((self.channel.redis_address, message._raw, delivery["exchange"],
                                     delivery["routing_key"]))
             virtual.QoS.append(self, message, delivery_tag)
 
@@ -247,10 +247,12 @@ class RedisChannel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # connects: Redis answers again
+        # Read now, while the transport is attached: a dying channel cannot tell its address.
+        self.redis_address = _which_redis(self)
         self._restore_unrecorded()
 
     def _restore_unrecorded(self) -> None:
-        here = _which_redis(self)
+        here = self.redis_address
         with _unrecorded_lock:
             pending = [item for item in _unrecorded if item[0] == here]
             _unrecorded[:] = [item for item in _unrecorded if item[0] != here]
@@ -261,10 +263,12 @@ class RedisChannel(kombu_redis.Channel):
                 for _, payload, exchange, routing_key in pending:
                     self._do_restore_message(payload, exchange, routing_key, pipe)
                 pipe.execute()
-        except self.connection_errors:
+        except self.connection_errors as exc:
             with _unrecorded_lock:  # Redis went away again: the next channel tries
                 _unrecorded.extend(pending)
-            raise
+            logger.warning("Could not put %d message(s) back on their queues yet (%s); the next connection "
+                           "tries again", len(pending), exc)
+            return
         logger.warning("Put %d message(s) back on their queues that Redis handed over as it went away",
                        len(pending))
 
