@@ -9,7 +9,7 @@ A `Rule` is one predicate and the message a refused person reads. Views ask
 `RULE.allows(user, obj)` and answer `denied(request, RULE.refusal)`; services call
 `RULE.require(actor, obj)`, which raises `Refused` (a ValidationError with code "forbidden");
 the API answers 403 with the same message. System jobs (an actor that is a label, not a user)
-carry out decisions already taken and are not asked. The rules cover change control and
+pass only where the service says they carry out a decision already taken (`system=True`). The rules cover change control and
 rollout plans too: they read only the project, flag and requester of the object they are
 given, so this module imports nothing of `rollouts` and every app can use it.
 """
@@ -181,9 +181,15 @@ class Rule:
     def allows(self, user: User, *objects: Any) -> bool:
         return self.test(user, *objects)
 
-    def require(self, actor: Any, *objects: Any) -> None:
-        """Refuse a person the rule does not allow; system jobs (a label) are not asked."""
-        if isinstance(actor, AbstractBaseUser) and not self.test(actor, *objects):
+    def require(self, actor: Any, *objects: Any, system: bool = False) -> None:
+        """Refuse a person the rule does not allow. A system job (an actor that is a label, not
+        a user) passes only where its caller says it carries out a decision already taken
+        (`system=True`: scheduled applies, guardrail pauses); anywhere else it is refused."""
+        if not isinstance(actor, AbstractBaseUser):
+            if system:
+                return
+            raise Refused(self.refusal, code="forbidden")
+        if not self.test(actor, *objects):
             raise Refused(self.refusal, code="forbidden")
 
 

