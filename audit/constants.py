@@ -55,6 +55,8 @@ class AuditAction(models.TextChoices):
     FOLLOW_UP_ACKNOWLEDGED = "follow_up.acknowledged", "Follow-up acknowledged"
     SDK_KEY_CREATED = "sdk_key.created", "SDK key created"
     SDK_KEY_REVOKED = "sdk_key.revoked", "SDK key revoked"
+    ACCESS_TOKEN_CREATED = "access_token.created", "API token created"
+    ACCESS_TOKEN_REVOKED = "access_token.revoked", "API token revoked"
     WEBHOOK_CREATED = "webhook.created", "Webhook created"
     WEBHOOK_UPDATED = "webhook.updated", "Webhook changed"
     WEBHOOK_DELETED = "webhook.deleted", "Webhook deleted"

@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from audit.validators import shortened
 
@@ -16,6 +16,9 @@ class AuditContext:
     correlation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     request_ip: str | None = None
     user_agent: str = ""
+    # The credential a person or service acted through when it was not a console session
+    # (an API token: "API token CI deploy (fo_svc_AbCd…)"); every row of the request names it.
+    via: str = ""
 
 
 _current: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
@@ -42,3 +45,11 @@ def audit_context(
         yield ctx
     finally:
         _current.reset(token)
+
+
+
+def name_credential(credential: str) -> None:
+    """Name the credential (an API token) the running request acts with: every audit row it
+    writes says so. The request's own context (AuditContextMiddleware) is restored when the
+    request ends, which clears the name."""
+    _current.set(replace(current_context(), via=shortened(credential, 120)))

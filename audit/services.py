@@ -138,7 +138,7 @@ def record(
     event = AuditEvent(
         created_at=None,
         actor=user,
-        actor_label=shortened(actor_label(actor), 200),
+        actor_label=shortened(actor_label(actor) + (f" via {ctx.via}" if ctx.via else ""), 200),
         actor_kind=kind,
         action=AuditAction(action),
         target_type=target_type,

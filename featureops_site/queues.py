@@ -30,11 +30,12 @@ QUEUES: dict[str, tuple[str, ...]] = {
         "webhooks.tasks.deliver_webhook",
         "webhooks.tasks.retry_due_webhooks",
     ),
-    # Reminders and housekeeping: lifecycle stages, review reminders, audit checkpoints.
+    # Reminders and housekeeping: lifecycle stages, review reminders, audit checkpoints, API tokens' last use.
     "reminders": (
         "reminders.tasks.send_reminders",
         "reminders.tasks.deliver_reminders",
         "flags.tasks.recompute_lifecycle_stages",
+        "flags.tasks.record_token_use",
         "audit.tasks.publish_checkpoint",
     ),
 }

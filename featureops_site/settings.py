@@ -80,6 +80,8 @@ INSTALLED_APPS = [
     "notifications",
     "webhooks",
     "telemetry",
+    "ninja",  # django-ninja: the management API's reference page and its static files
+    "api",
     "featureops_site",  # the site's own migrations: the cache table
 ]
 
@@ -403,6 +405,9 @@ FEATUREOPS_REMINDER_SWEEP_SECONDS = env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS",
 
 # OFREP evaluation (flags/ofrep.py): how often each process polls environment versions,
 # the largest accepted body, and the origins browser clients may call from ("*" for any).
+# The management API (/api/v1/): requests per token per minute, counted in the shared cache.
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
+
 OFREP_SNAPSHOT_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_POLL_SECONDS", "0.2"))
 OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
 OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")

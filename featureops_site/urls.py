@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from api.site import api as api_v1
 from featureops_site.auth import ThrottledLoginView
 from featureops_site.status_views import system_status
 
@@ -15,6 +16,7 @@ urlpatterns = [
     # Site staff and project admins: workers, queues, task failures (/healthz, /readyz and /metrics
     # are served before Django, featureops_site/health.py).
     path("system/", system_status, name="system_status"),
+    path("api/v1/", api_v1.urls),
     path("", include("rollouts.urls")),
     path("", include("flags.urls")),
 ]

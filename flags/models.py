@@ -326,6 +326,53 @@ class SdkKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
+class AccessToken(models.Model):
+    """A bearer token for the management API (/api/v1/). Only a SHA-256 hash is stored.
+
+    A personal token acts as its user, with the roles the user holds at each request. A service
+    token is bound to one project and acts as a service account of its own (`user`, which cannot
+    sign in) holding one role per scope; `created_by` is the person answering for it, so change
+    control counts its approvals and its requests as theirs (four eyes hold across tokens)."""
+
+    class Kind(models.TextChoices):
+        PERSONAL = "personal", "Personal"
+        SERVICE = "service", "Service"
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Write (edit flags, propose changes, act on plans)"
+        APPROVE = "approve", "Approve or reject change requests"
+        OPERATE = "operate", "Operate (kill switches, incident mode)"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="access_tokens")
+    scopes = models.JSONField(default=list)
+    prefix = models.CharField(max_length=16, help_text="The first characters, shown to tell tokens apart.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind="personal") | Q(project__isnull=False),
+                                   name="service_token_has_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def usable(self, now: datetime.datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
 # Direct-foreign-key object permissions (django-guardian): deleting a project or flag deletes
 # its permission rows with it, and lookups join on a real key instead of a generic one.
 class ProjectUserObjectPermission(UserObjectPermissionBase):

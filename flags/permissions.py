@@ -26,7 +26,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from flags.constants import FLAG_OWNER_PERMISSION, Role
-from flags.models import Environment, Flag, FlagUserObjectPermission, Project, ProjectUserObjectPermission
+from flags.models import AccessToken, Environment, Flag, FlagUserObjectPermission, Project, ProjectUserObjectPermission
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -129,6 +129,17 @@ def holders_of(project: Project, codename: str) -> QuerySet:
         pk__in=ProjectUserObjectPermission.objects.filter(content_object=project, permission__codename=codename)
         .values("user_id"),
     )
+
+
+def principal_ids(user_ids: set[int | None]) -> dict[int, int]:
+    """Who answers for each user: a service token's account answers to the person who created the
+    token, everyone else to themself. Change control compares these, so one person's tokens never
+    approve that person's request, nor count twice towards one."""
+    ids = {pk for pk in user_ids if pk is not None}
+    answering = dict(AccessToken.objects.filter(kind=AccessToken.Kind.SERVICE, user_id__in=ids,
+                                                created_by__isnull=False)
+                     .values_list("user_id", "created_by_id"))
+    return {pk: answering.get(pk, pk) for pk in ids}
 
 
 def approvers_other_than(project: Project, user_id: int | None) -> QuerySet:
@@ -249,6 +260,7 @@ MANAGE_MEMBERS = Rule(can_manage_members, "Members and roles are managed by the 
 CHANGE_PROJECT_SETTINGS = Rule(can_manage_members, "Project settings are changed by the project's admins.")
 MANAGE_SDK_KEYS = Rule(can_manage_sdk_keys, "SDK keys are managed by the project's admins.")
 MANAGE_WEBHOOKS = Rule(can_manage_sdk_keys, "Webhooks are managed by the project's admins.")
+MANAGE_SERVICE_TOKENS = Rule(can_manage_sdk_keys, "Service tokens are managed by the project's admins.")
 CHANGE_APPROVAL_POLICIES = Rule(_holds("manage_approval_policy"),
                                 "Approval policies are changed by the project's admins.")
 

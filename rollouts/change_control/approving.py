@@ -12,7 +12,7 @@ from django.utils import timezone
 from audit.constants import AuditAction
 from audit.services import record
 from audit.validators import check_text_limit
-from flags.permissions import APPROVE, COMMENT, REJECT, approvers_other_than, holders_of
+from flags.permissions import APPROVE, COMMENT, REJECT, approvers_other_than, holders_of, principal_ids
 from rollouts.change_control import observers
 from rollouts.change_control.binding import locked
 from rollouts.change_control.notices import notify_requester
@@ -24,7 +24,10 @@ Status = ChangeRequest.Status
 
 def eligible_approvers(change_request: ChangeRequest) -> list[AbstractBaseUser]:
     """Who can approve this request: active holders of the approver role, not its requester."""
-    return list(approvers_other_than(change_request.project, change_request.requester_id))
+    candidates = list(approvers_other_than(change_request.project, change_request.requester_id))
+    principals = principal_ids({change_request.requester_id, *(user.pk for user in candidates)})
+    requester = principals.get(change_request.requester_id)
+    return [user for user in candidates if principals[user.pk] != requester]
 
 
 def approval_shortfall(change_request: ChangeRequest) -> str:
@@ -46,7 +49,17 @@ def valid_approvals(change_request: ChangeRequest) -> int:
         change_request.approvals.filter(decision=Approval.Decision.APPROVE, diff_hash=change_request.diff_hash,
                                         approver__is_active=True)
         .exclude(approver_id=change_request.requester_id).values_list("approver_id", flat=True))
-    return holders_of(change_request.project, "approve_change").filter(pk__in=approver_ids).count()
+    holding = set(holders_of(change_request.project, "approve_change").filter(pk__in=approver_ids)
+                  .values_list("pk", flat=True))
+    # Counted by who answers for each approval: one person's service tokens count once, and
+    # never for a request that person (or one of their tokens) opened.
+    principals = principal_ids({change_request.requester_id, *holding})
+    return len({principals[pk] for pk in holding} - {principals.get(change_request.requester_id)})
+
+
+def _same_principal(change_request: ChangeRequest, actor: AbstractBaseUser) -> bool:
+    principals = principal_ids({change_request.requester_id, actor.pk})
+    return principals.get(change_request.requester_id) == principals[actor.pk]
 
 
 @transaction.atomic
@@ -57,6 +70,9 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be approved.")
     if change_request.requester_id == actor.pk:
         raise ValidationError("You cannot approve your own request: a second person must.")
+    if _same_principal(change_request, actor):
+        raise ValidationError("This request was opened by the person this token answers for (or by another of "
+                              "their tokens): a second person must approve it.")
     APPROVE.require(actor, change_request)
     if change_request.approvals.filter(approver=actor, diff_hash=change_request.diff_hash).exists():
         raise ValidationError("You have already decided on this version of the request.")
@@ -86,7 +102,7 @@ def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseU
     change_request = locked(change_request)
     if change_request.status not in ChangeRequest.OPEN:
         raise ValidationError(f"This request is {change_request.get_status_display().lower()}; it can no longer be rejected.")
-    if change_request.requester_id == actor.pk:
+    if change_request.requester_id == actor.pk or _same_principal(change_request, actor):
         raise ValidationError("Cancel your own request instead of rejecting it.")
     REJECT.require(actor, change_request)
     Approval.objects.create(change_request=change_request, approver=actor, decision=Approval.Decision.REJECT,

@@ -1,0 +1,52 @@
+"""The management API, version 1 (`/api/v1/`): django-ninja, OpenAPI 3.1 at
+`/api/v1/openapi.json`, its reference at `/api/v1/docs`.
+
+Why django-ninja rather than Django REST framework with drf-spectacular: the document is
+generated from the same type hints that parse and validate each request (pydantic), in OpenAPI
+3.1 natively, with no second description to keep in step; its reference page ships as static
+files that run under our Content-Security-Policy (no inline script, no CDN); and our views stay
+plain functions calling our services, as the console's do, with no serializer layer to hold
+business rules. Permission rules, change control and the served-state policy are the console's
+own (flags.permissions, rollouts.change_control): the API adds tokens, scopes and HTTP shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ninja import NinjaAPI
+
+from api import problems
+from api.auth import TokenAuth
+
+
+class ManagementApi(NinjaAPI):
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        """Errors are problem details: document their media type as served."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if str(status).startswith(("4", "5")) and "application/json" in content:
+                        content["application/problem+json"] = content.pop("application/json")
+        return schema
+
+
+api = ManagementApi(
+    title="FeatureOps Console management API",
+    version="1",
+    description=(
+        "Projects, flags, targeting, change requests, kill switches, rollout plans, the audit trail and "
+        "flags as code, governed exactly as in the console: risky changes answer 202 with the change request "
+        "they opened. Authenticate with `Authorization: Bearer <token>` (a personal or a service token, made "
+        "in the console). Errors are RFC 9457 problem details."
+    ),
+    auth=TokenAuth(),
+    urls_namespace="api-v1",
+)
+problems.install(api)
+
+from api.routers import catalog  # noqa: E402  (routers register on the api above)
+
+api.add_router("/", catalog.router)
