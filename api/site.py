@@ -47,6 +47,17 @@ api = ManagementApi(
 )
 problems.install(api)
 
-from api.routers import catalog  # noqa: E402  (routers register on the api above)
+# Routers register on the api above.
+from api.routers import (  # noqa: E402
+    audit,
+    catalog,
+    change_requests,
+    flags_as_code,
+    operations,
+    plans,
+    segments,
+    webhooks,
+)
 
-api.add_router("/", catalog.router)
+for module in (catalog, segments, change_requests, operations, plans, flags_as_code, audit, webhooks):
+    api.add_router("/", module.router)
