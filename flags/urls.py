@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from flags import audit_views, project_views, views, webhook_views
+from flags import audit_views, project_views, token_views, views, webhook_views
 
 app_name = "flags"
 
@@ -31,6 +31,11 @@ urlpatterns = [
     path("p/<slug:project_key>/members/revoke/", project_views.member_revoke, name="member_revoke"),
     path("p/<slug:project_key>/sdk-keys/", project_views.sdk_keys, name="sdk_keys"),
     path("p/<slug:project_key>/sdk-keys/<int:key_id>/revoke/", project_views.sdk_key_revoke, name="sdk_key_revoke"),
+    path("account/api-tokens/", token_views.personal_tokens, name="personal_tokens"),
+    path("account/api-tokens/<int:token_id>/revoke/", token_views.personal_token_revoke, name="personal_token_revoke"),
+    path("p/<slug:project_key>/api-tokens/", token_views.service_tokens, name="service_tokens"),
+    path("p/<slug:project_key>/api-tokens/<int:token_id>/revoke/", token_views.service_token_revoke,
+         name="service_token_revoke"),
     path("p/<slug:project_key>/segments/", views.segment_list, name="segment_list"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/delete/", views.segment_delete, name="segment_delete"),
     path("p/<slug:project_key>/webhooks/", webhook_views.webhooks, name="webhooks"),
