@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
+from ninja import Status
 
 from rollouts.change_control.approving import valid_approvals
 from rollouts.change_control.wording import change_request_url
@@ -27,6 +28,6 @@ def change_request_brief(request: HttpRequest, change_request: ChangeRequest) ->
     }
 
 
-def held(request: HttpRequest, change_request: ChangeRequest) -> tuple[int, dict[str, Any]]:
+def held(request: HttpRequest, change_request: ChangeRequest) -> Status:
     """202 Accepted: the change waits for approval in the change request it opened."""
-    return 202, change_request_brief(request, change_request)
+    return Status(202, change_request_brief(request, change_request))
