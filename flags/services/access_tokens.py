@@ -101,7 +101,7 @@ def service_token_create(*, project: Project, name: str, scopes: Iterable[str], 
     MANAGE_SERVICE_TOKENS.require(actor, project)
     name, chosen = _clean(name=name, scopes=scopes, expires_at=expires_at, expiry_required=True)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "token"
-    username = f"service:{project.key}:{slug}:{secrets.token_hex(3)}"[:150]
+    username = f"svc.{project.key}.{slug}.{secrets.token_hex(3)}"[:150]  # what Django's username rule allows
     service_user = get_user_model()(username=username, first_name=f"Service token “{name}”"[:150], is_active=True)
     service_user.set_unusable_password()
     service_user.save()
