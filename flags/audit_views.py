@@ -8,11 +8,7 @@ view_account_audit (auditors). A flag's History tab is open to anyone who may vi
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
-import json
-from collections.abc import Iterator
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -28,6 +24,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from audit.constants import AuditAction
 from audit.diff import diff
+from audit.export import EXPORT_FIELDS, csv_rows, jsonl_rows
 from audit.models import AuditEvent
 from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
 from audit.services import AuditTarget, record
@@ -35,10 +32,6 @@ from flags import permissions
 from flags.models import Environment, Flag, Project
 from flags.permissions import audit_project_ids, can_view_project, sees_account_events
 from flags.shortcuts import project_page, refused
-
-EXPORT_FIELDS = ("id", "created_at", "actor_id", "actor_label", "actor_kind", "action", "project_id",
-                 "project_label", "environment_label", "target_type", "target_id", "target_label", "summary",
-                 "reason", "before", "after", "correlation_id", "request_ip", "change_request_id", "hash")
 
 
 def _int(value: str | None) -> int | None:
@@ -142,45 +135,6 @@ def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     return render(request, "audit/_audit_detail.html", {"event": event, "changes": diff(event.before, event.after)})
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: Any) -> Any:
-    """A cell a spreadsheet will not run: text starting like a formula (OWASP's list: = + - @,
-    tab, carriage return) is prefixed with an apostrophe, so `=HYPERLINK(…)` in a reason
-    reads as text. Everything else is written as it is."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def _csv_rows(rows: Iterator[dict]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT_FIELDS)
-    for row in rows:
-        writer.writerow([csv_cell(
-            json.dumps(row[f], ensure_ascii=False) if f in ("before", "after") and row[f] is not None
-            else row[f].isoformat() if f == "created_at" else row[f]) for f in EXPORT_FIELDS])
-        if buffer.tell() > 64_000:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _jsonl_rows(rows: Iterator[dict]) -> Iterator[str]:
-    lines = []
-    for row in rows:
-        row["created_at"] = row["created_at"].isoformat()
-        lines.append(json.dumps(row, ensure_ascii=False, default=str))
-        if len(lines) >= 500:
-            yield "\n".join(lines) + "\n"
-            lines = []
-    if lines:
-        yield "\n".join(lines) + "\n"
-
-
 @login_required
 @require_GET
 def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
@@ -201,8 +155,8 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponse:
     rows = iter_events(filters, up_to=event.pk - 1, fields=EXPORT_FIELDS)
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     if fmt == "csv":
-        response = StreamingHttpResponse(_csv_rows(rows), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(csv_rows(rows), content_type="text/csv; charset=utf-8")
     else:
-        response = StreamingHttpResponse(_jsonl_rows(rows), content_type="application/x-ndjson; charset=utf-8")
+        response = StreamingHttpResponse(jsonl_rows(rows), content_type="application/x-ndjson; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{fmt}"'
     return response

@@ -194,7 +194,7 @@ def test_export_csv__kill_switch_reason_that_looks_like_a_formula__written_as_te
 @pytest.mark.parametrize(("value", "written"), [("\tcmd", "'\tcmd"), ("\r=1", "'\r=1"), ("a=b", "a=b"),
                                                ("", ""), (42, 42), (None, None)])
 def test_csv_cell__formula_starts_neutralised__other_values_unchanged(value, written) -> None:
-    from flags.audit_views import csv_cell
+    from audit.export import csv_cell
 
     assert csv_cell(value) == written
 
