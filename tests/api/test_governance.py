@@ -111,8 +111,9 @@ def test_fallback_value_edited_after_approval__apply_conflicted_nothing_served(d
     applied = owner.post(f"{P}/change-requests/{change_request.pk}/apply")
 
     # Then it is not applied as approved: production serves what it served
+    assert applied.status_code == 409 and applied.json()["code"] == "conflicted", applied.content
     change_request.refresh_from_db()
-    assert change_request.status != ChangeRequest.Status.APPLIED, applied.content
+    assert change_request.status == ChangeRequest.Status.CONFLICTED
     assert production_hashes() == before
 
 
@@ -124,14 +125,17 @@ def test_segment_widened_between_approval_and_apply__conflicted(demo: object, pe
     rules = [{"id": "pilot", "clauses": [{"op": "in_segment", "values": ["pilot_accounts"]}],
               "serve": {"variation": "write"}}]
     change_request = _request(owner.patch(FLAG + "/targeting/production", {"rules": rules, "reason": "pilot"}))
-    approving.change_request_approve(change_request=change_request, actor=user("pm"))
+    for approver in ("pm", "lead")[:change_request.required_approvals]:
+        approving.change_request_approve(change_request=change_request, actor=user(approver))
     # and the segment widened to everyone through the API afterwards
-    owner.patch(f"{P}/segments/pilot_accounts", {"rules": EVERYONE, "reason": "tidy"})
+    widened = owner.patch(f"{P}/segments/pilot_accounts", {"rules": EVERYONE, "reason": "tidy"})
+    assert widened.status_code == 200, widened.content  # not yet reached by production: saved at once
 
-    owner.post(f"{P}/change-requests/{change_request.pk}/apply")
+    applied = owner.post(f"{P}/change-requests/{change_request.pk}/apply")
 
+    assert applied.status_code == 409, applied.content
     change_request.refresh_from_db()
-    assert change_request.status != ChangeRequest.Status.APPLIED
+    assert change_request.status == ChangeRequest.Status.CONFLICTED
     assert served(TOOL_MODE, "acct-anyone") == "read_only"
 
 
@@ -141,8 +145,8 @@ def test_edits_while_incident_mode_is_on__lift_leaves_the_flag_off(demo: object,
                                             reason="Bad answers", actor=user("operator"))
     # and the owner, through the API, widened internal_users and made approval_required serve "write"
     owner = personal_api("owner")
-    owner.patch(f"{P}/segments/internal_users", {"rules": EVERYONE, "reason": "tidy"})
-    owner.patch(FLAG + "/variations/approval_required", {"value": "write", "reason": "tidy"})
+    assert owner.patch(f"{P}/segments/internal_users", {"rules": EVERYONE, "reason": "tidy"}).status_code == 200
+    assert owner.patch(FLAG + "/variations/approval_required", {"value": "write", "reason": "tidy"}).status_code == 200
 
     incident_mode.incident_lift(incident=incident, reason="Recovered", actor=user("operator"))
 
