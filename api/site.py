@@ -14,18 +14,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from api import problems
 from api.auth import TokenAuth
 
 
+def not_found(request: HttpRequest) -> HttpResponse:
+    """Under /api/v1/, a path no operation matches answers a problem, not the console's page."""
+    return problems.problem(request, 404, "not_found", "No such API path: see /api/v1/docs.")
+
+
 class ManagementApi(NinjaAPI):
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
         """Errors are problem details: document their media type as served."""
         schema = super().get_openapi_schema(*args, **kwargs)
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if str(status).startswith(("4", "5")) and "application/json" in content:

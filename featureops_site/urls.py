@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from api.site import api as api_v1
+from api.site import not_found as api_not_found
 from featureops_site.auth import ThrottledLoginView
 from featureops_site.status_views import system_status
 
@@ -17,6 +18,7 @@ urlpatterns = [
     # are served before Django, featureops_site/health.py).
     path("system/", system_status, name="system_status"),
     path("api/v1/", api_v1.urls),
+    re_path(r"^api/v1/", api_not_found),  # what no operation matches: a problem, not the console's 404 page
     path("", include("rollouts.urls")),
     path("", include("flags.urls")),
 ]

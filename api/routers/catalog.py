@@ -7,21 +7,21 @@ applies at once (200). `If-Match` with the resource's ETag refuses a stale write
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Literal
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch
+from django.db.models import Prefetch, TextField
+from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 
 from api.answers import held
 from api.auth import needs
 from api.json import dumps
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, page
 from api.problems import ApiError
-from api.schemas import ChangeRequestBrief, answers
+from api.schemas import ChangeRequestBrief, IsoDate, StrictBool, StrictInt, answers
 from api.versions import etag, expected_version
 from flags import permissions, selectors
 from flags import services as flag_services
@@ -106,7 +106,7 @@ class VariationIn(Schema):
     value: Any = Field(description="Typed by the flag's value type.")
     name: str = Field("", max_length=200)
     description: str = ""
-    risk_rank: int = Field(0, ge=0, le=32767)
+    risk_rank: StrictInt = Field(0, ge=0, le=32767)
 
 
 class FlagCreate(Schema):
@@ -121,7 +121,7 @@ class FlagCreate(Schema):
     description: str = ""
     owner_user: str | None = Field(None, description="The username of a member with a role that changes things.")
     owner_team: str = Field("", max_length=100)
-    review_date: datetime.date | None = None
+    review_date: IsoDate | None = None
     cleanup_rule: str = ""
     primary_metric: str = Field("", max_length=100)
     guardrail_metrics: list[str] = Field(default_factory=list, max_length=50)
@@ -132,42 +132,44 @@ class FlagCreate(Schema):
 
 class FlagPatch(Schema):
     """Only the fields sent change. A new fallback or JSON Schema of a flag served in a governed
-    environment waits for approval (202); the rest saves at once."""
+    environment waits for approval (202); the rest saves at once. Only `value_schema`,
+    `owner_user` and `review_date` may be null (to clear them)."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = None
-    behavior_surface: BehaviorSurface | None = None
-    lifetime: Lifetime | None = None
+    # `str = Field(None)`: may be left out, may not be null (the default is not validated).
+    name: str = Field(None, min_length=1, max_length=200)
+    description: str = Field(None)
+    behavior_surface: BehaviorSurface = Field(None)
+    lifetime: Lifetime = Field(None)
     value_schema: dict[str, Any] | None = None
-    fallback_variation: str | None = Field(None, min_length=1, max_length=100)
+    fallback_variation: str = Field(None, min_length=1, max_length=100)
     owner_user: str | None = None
-    owner_team: str | None = Field(None, max_length=100)
-    review_date: datetime.date | None = None
-    cleanup_rule: str | None = None
-    primary_metric: str | None = Field(None, max_length=100)
-    guardrail_metrics: list[str] | None = Field(None, max_length=50)
-    rollback_action: str | None = None
-    first_audience: str | None = Field(None, max_length=200)
-    tags: list[str] | None = Field(None, max_length=50)
+    owner_team: str = Field(None, max_length=100)
+    review_date: IsoDate | None = None
+    cleanup_rule: str = Field(None)
+    primary_metric: str = Field(None, max_length=100)
+    guardrail_metrics: list[str] = Field(None, max_length=50)
+    rollback_action: str = Field(None)
+    first_audience: str = Field(None, max_length=200)
+    tags: list[str] = Field(None, max_length=50)
     reason: str = Field("", description="Why: required when part of the change waits for approval.")
 
 
 class VariationPatch(Schema):
-    name: str | None = Field(None, max_length=200)
+    name: str = Field(None, max_length=200)
     value: Any = None
-    description: str | None = None
-    risk_rank: int | None = Field(None, ge=0, le=32767)
+    description: str = Field(None)
+    risk_rank: StrictInt = Field(None, ge=0, le=32767)
     reason: str = ""
 
 
 class TargetingPatch(Schema):
     """Only the fields sent change; the result is validated as a whole."""
 
-    enabled: bool | None = None
-    targets: list[dict[str, Any]] | None = Field(None, max_length=1000)
-    rules: list[dict[str, Any]] | None = Field(None, max_length=1000)
-    default_serve: dict[str, Any] | None = None
-    assignment_unit: str | None = Field(None, max_length=100)
+    enabled: StrictBool = Field(None)
+    targets: list[dict[str, Any]] = Field(None, max_length=1000)
+    rules: list[dict[str, Any]] = Field(None, max_length=1000)
+    default_serve: dict[str, Any] = Field(None)
+    assignment_unit: str = Field(None, max_length=100)
     reason: str = Field("", description="Why: required in a governed environment.")
 
 
@@ -211,6 +213,63 @@ def _flags(project: Project) -> Any:
                                        .order_by("environment__sort_order", "environment__key"))))
 
 
+# A page of 200 flags holds 600 variations and 600 targetings, about 750 KB of JSON, most of it
+# the JSON columns (rules, targets, values). The list reads plain rows in four queries whatever
+# the page's size, and takes those columns as the database's own JSON text, written into the
+# answer as it is: no model instances, no decoding and encoding again, no second validation of
+# the answer by django-ninja. bench/api_flag_list.py: a page of 200 took ~315 ms (p95 ~450) with
+# prefetched instances, ~45-50 ms (p95 < 80) this way. Each item is what `_flag_out` answers for
+# the flag, but for whitespace inside the JSON columns (the benchmark compares them).
+_FLAG_COLUMNS = ("pk", "key", "name", "description", "behavior_surface", "value_type", "fallback_variation__key",
+                 "owner_user__username", "owner_team", "lifetime", "review_date", "cleanup_rule", "primary_metric",
+                 "rollback_action", "first_audience", "stage", "version", "archived_at")
+
+
+def _text(field: str) -> Cast:
+    return Cast(field, output_field=TextField())
+
+
+def _spliced(scalars: dict[str, Any], **json_text: str | None) -> str:
+    """`scalars` as a JSON object, with members whose values are already JSON text."""
+    members = "".join(f',"{name}":{"null" if text is None else text}' for name, text in json_text.items())
+    return dumps(scalars)[:-1] + members + "}"
+
+
+def _flag_page(rows: list[dict[str, Any]], next_cursor: str | None) -> str:
+    ids = [row["pk"] for row in rows]
+    variations: dict[int, list[str]] = {pk: [] for pk in ids}
+    for flag_id, key, name, description, risk_rank, value in (
+            Variation.objects.filter(flag_id__in=ids).order_by("sort_order", "id")
+            .values_list("flag_id", "key", "name", "description", "risk_rank", _text("value"))):
+        variations[flag_id].append(_spliced({"key": key, "name": name, "description": description,
+                                             "risk_rank": risk_rank}, value=value))
+    targeting: dict[int, list[str]] = {pk: [] for pk in ids}
+    for flag_id, environment, governed, enabled, unit, version, targets, rules, default_serve in (
+            Targeting.objects.filter(flag_id__in=ids).order_by("environment__sort_order", "environment__key")
+            .values_list("flag_id", "environment__key", "environment__is_governed", "enabled", "assignment_unit",
+                         "version", _text("targets"), _text("rules"), _text("default_serve"))):
+        targeting[flag_id].append(_spliced(
+            {"environment": environment, "governed": governed, "enabled": enabled, "assignment_unit": unit,
+             "version": version}, targets=targets, rules=rules, default_serve=default_serve))
+    tags: dict[int, list[str]] = {pk: [] for pk in ids}
+    for flag_id, name in Flag.tags.through.objects.filter(flag_id__in=ids).values_list("flag_id", "tag__name"):
+        tags[flag_id].append(name)
+    items = [_spliced({
+        "key": row["key"], "name": row["name"], "description": row["description"],
+        "behavior_surface": row["behavior_surface"], "value_type": row["value_type"],
+        "fallback_variation": row["fallback_variation__key"], "owner_user": row["owner_user__username"],
+        "owner_team": row["owner_team"], "lifetime": row["lifetime"],
+        "review_date": row["review_date"].isoformat() if row["review_date"] else None,
+        "cleanup_rule": row["cleanup_rule"], "primary_metric": row["primary_metric"],
+        "rollback_action": row["rollback_action"], "first_audience": row["first_audience"],
+        "tags": sorted(tags[row["pk"]]), "stage": row["stage"], "version": row["version"],
+        "archived": row["archived_at"] is not None,
+    }, guardrail_metrics=row["guardrail_metrics_json"], value_schema=row["json_schema_json"],
+        variations="[" + ",".join(variations[row["pk"]]) + "]",
+        targeting="[" + ",".join(targeting[row["pk"]]) + "]") for row in rows]
+    return '{"items":[' + ",".join(items) + '],"next_cursor":' + dumps(next_cursor) + "}"
+
+
 def _flag(project: Project, flag_key: str) -> Flag:
     return first_or_404(_flags(project).filter(key=flag_key), "flag")
 
@@ -250,9 +309,11 @@ def flag_list(request: HttpRequest, project_key: str, filters: Query[FlagFilters
     ids = selectors.flag_list(project, selectors.FlagFilters(
         q=filters.q, surface=filters.surface, owner=filters.owner, stage=filters.stage, tag=filters.tag,
     )).values("pk")
-    flags, next_cursor = page(_flags(project).filter(pk__in=ids), order=("key",), cursor=filters.cursor,
-                              limit=filters.limit, key=lambda flag: [flag.key])
-    return {"items": [_flag_out(flag) for flag in flags], "next_cursor": next_cursor}
+    rows = (Flag.objects.filter(project=project, pk__in=ids)
+            .values(*_FLAG_COLUMNS, guardrail_metrics_json=_text("guardrail_metrics"), json_schema_json=_text("json_schema")))
+    rows, next_cursor = page(rows, order=("key",), cursor=filters.cursor, limit=filters.limit,
+                             key=lambda row: [row["key"]])
+    return HttpResponse(_flag_page(rows, next_cursor), content_type="application/json")
 
 
 @router.get("/projects/{project_key}/flags/{flag_key}", response=answers({200: FlagOut}),
@@ -318,9 +379,6 @@ def flag_patch(request: HttpRequest, project_key: str, flag_key: str, payload: F
         sent["json_schema"] = sent.pop("value_schema")
     if "owner_user" in sent:
         sent["owner_user"] = _owner(project, sent["owner_user"])
-    nullable = {"json_schema", "owner_user", "review_date"}
-    for name in [n for n, v in sent.items() if v is None and n not in nullable]:
-        raise ValidationError({name: "This field cannot be null."})
     if flag.value_type != ValueType.JSON and sent.get("json_schema") is not None:
         raise ValidationError({"value_schema": "Only JSON flags have a JSON Schema."})
     _, change_request = submitting.contract_change_submit(
@@ -358,7 +416,7 @@ def variation_create(request: HttpRequest, project_key: str, flag_key: str, payl
     flag = _flag(project_for(request, project_key), flag_key)
     _refuse(permissions.ADD_VARIATIONS, request, flag)
     variation = flag_services.variation_create(flag=flag, actor=request.user, **payload.dict())
-    return 201, variation_state(variation)
+    return Status(201, variation_state(variation))
 
 
 @router.patch("/projects/{project_key}/flags/{flag_key}/variations/{variation_key}",
@@ -372,13 +430,11 @@ def variation_patch(request: HttpRequest, project_key: str, flag_key: str, varia
     variation = _variation(flag, variation_key)
     sent = payload.dict(exclude_unset=True)
     reason = sent.pop("reason", "")
-    for name in [n for n, v in sent.items() if v is None and n != "value"]:
-        raise ValidationError({name: "This field cannot be null."})
     variation, change_request = submitting.variation_change_submit(variation=variation, actor=request.user,
                                                                    reason=reason, **sent)
     if change_request is not None:
         return held(request, change_request)
-    return 200, variation_state(variation)
+    return Status(200, variation_state(variation))
 
 
 @router.delete("/projects/{project_key}/flags/{flag_key}/variations/{variation_key}",
@@ -388,7 +444,7 @@ def variation_delete(request: HttpRequest, project_key: str, flag_key: str, vari
     flag = _flag(project_for(request, project_key), flag_key)
     _refuse(permissions.DELETE_VARIATIONS, request, flag)
     flag_services.variation_delete(variation=_variation(flag, variation_key), actor=request.user)
-    return 204, None
+    return Status(204, None)
 
 
 def _targeting(flag: Flag, environment_key: str) -> Targeting:
@@ -419,8 +475,6 @@ def targeting_patch(request: HttpRequest, project_key: str, flag_key: str, envir
     _refuse(rule, request, flag, environment)
     changes = payload.dict(exclude_unset=True)
     reason = changes.pop("reason", "")
-    for name in [n for n, v in changes.items() if v is None]:
-        raise ValidationError({name: "This field cannot be null."})
     if not changes:
         raise ApiError(422, "invalid", "Send at least one targeting field to change.")
     result = submitting.targeting_change_submit(targeting=targeting, changes=changes, reason=reason,

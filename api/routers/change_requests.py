@@ -20,13 +20,12 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Field, Path, Query, Router, Schema
-from pydantic import AwareDatetime
 
 from api.answers import change_request_brief
 from api.auth import needs, token_of
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode, page
 from api.problems import ApiError, problem
-from api.schemas import ChangeRequestBrief, answers
+from api.schemas import ChangeRequestBrief, IsoAwareDateTime, answers
 from flags import permissions
 from flags.models import Project
 from flags.shortcuts import project_for
@@ -99,7 +98,7 @@ class ChangeRequestDecisionIn(Schema):
 
 
 class ChangeRequestScheduleIn(Schema):
-    when: AwareDatetime = Field(description="When to apply it: an ISO 8601 time with its zone, within a year.")
+    when: IsoAwareDateTime = Field(description="When to apply it: an ISO 8601 time with its zone, within a year.")
 
 
 class ChangeRequestCancelIn(Schema):

@@ -378,6 +378,14 @@ def _plan(request: HttpRequest, result: ImportResult, current: dict[str, dict[st
 def _import(request: HttpRequest, project: Project, document: PlanIn, *, dry_run: bool,
             fingerprint: str = "") -> tuple[ImportResult, dict[str, Any]]:
     outline = _outline(document.document)
+    if not outline:  # no contract at all (an empty file or list, a bare value, broken YAML): nothing to plan
+        try:
+            empty = yaml.load(document.document, Loader=OutlineLoader) in (None, [], "")  # noqa: S506 - safe loader
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+            empty = False  # broken YAML: the import says where
+        if empty:
+            raise ApiError(422, "invalid_document", "The document holds no contract: nothing to plan or apply.",
+                           errors=[{"path": "", "message": "The document holds no contract."}])
     if errors := _nul_errors(document, outline):
         raise ApiError(422, "invalid_document", "The document cannot be stored as it is; nothing was written.",
                        errors=errors)

@@ -77,11 +77,12 @@ class SegmentPatch(Schema):
     """Only the fields sent change. A change that raises risk in a governed environment whose
     rules use the segment waits for approval (202) and needs a reason."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = None
-    included_keys: list[str] | None = Field(None, max_length=KEY_LIST_LIMIT)
-    excluded_keys: list[str] | None = Field(None, max_length=KEY_LIST_LIMIT)
-    rules: list[dict[str, Any]] | None = Field(None, max_length=1000)
+    # `str = Field(None)`: may be left out, may not be null (the default is not validated).
+    name: str = Field(None, min_length=1, max_length=200)
+    description: str = Field(None)
+    included_keys: list[str] = Field(None, max_length=KEY_LIST_LIMIT)
+    excluded_keys: list[str] = Field(None, max_length=KEY_LIST_LIMIT)
+    rules: list[dict[str, Any]] = Field(None, max_length=1000)
     reason: str = Field("", description="Why: required when the change waits for approval.")
 
 

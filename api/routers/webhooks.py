@@ -19,7 +19,7 @@ from ninja import Field, Query, Router, Schema, Status
 from api.auth import needs
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, page
 from api.routers.segments import PathKey, storable
-from api.schemas import answers
+from api.schemas import StrictBool, answers
 from flags import permissions
 from flags.models import Project
 from flags.shortcuts import first_or_404, project_for
@@ -66,10 +66,11 @@ class WebhookCreate(Schema):
 class WebhookPatch(Schema):
     """Only the fields sent change. Deactivating abandons the pending retries."""
 
-    url: str | None = Field(None, min_length=1, max_length=URL_MAX_LENGTH)
-    events: list[EventFamily] | None = Field(None, description=EVENTS_HELP)
-    active: bool | None = None
-    description: str | None = Field(None, max_length=200)
+    # `str = Field(None)`: may be left out, may not be null (the default is not validated).
+    url: str = Field(None, min_length=1, max_length=URL_MAX_LENGTH)
+    events: list[EventFamily] = Field(None, description=EVENTS_HELP)
+    active: StrictBool = Field(None)
+    description: str = Field(None, max_length=200)
 
 
 class WebhookFilters(Schema):

@@ -220,3 +220,22 @@ def test_api__malformed_json__a_problem_not_a_500(demo: object, personal_api: ob
                                 headers={"Authorization": f"Bearer {api.token}"})
 
     assert 400 <= response.status_code < 500
+
+
+def test_api__a_nul_character_anywhere__422_at_its_path_and_nothing_saved(demo: object, personal_api: object) -> None:
+    api = personal_api("owner")
+
+    in_body = api.patch(TOOL_MODE, {"description": "before\x00after"})
+    nested = api.patch(TOOL_MODE + "/targeting/development", {"rules": [{"id": "r\x00"}]})
+    in_query = api.get(P + "/flags", {"q": "a\x00"})
+
+    assert [r.status_code for r in (in_body, nested, in_query)] == [422, 422, 422]
+    assert in_body.json()["errors"][0]["path"] == "description"
+    assert nested.json()["errors"][0]["path"] == "rules.0.id"
+    assert "\x00" not in Flag.objects.get(key="support_agent_tool_mode").description
+
+
+def test_api__a_path_no_operation_matches__404_problem(demo: object, personal_api: object) -> None:
+    response = personal_api("owner").get("/nothing/here")
+
+    assert response.status_code == 404 and response["Content-Type"] == "application/problem+json"
