@@ -30,7 +30,7 @@ from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_p
 from audit.services import AuditTarget, record
 from flags import permissions
 from flags.models import Environment, Flag, Project
-from flags.permissions import audit_project_ids, can_view_project, sees_account_events
+from flags.permissions import audit_project_ids, can_read_audit_event, sees_account_events
 from flags.shortcuts import project_page, refused
 
 
@@ -122,15 +122,7 @@ def flag_history(request: HttpRequest, project: Project, flag_key: str) -> HttpR
 @require_GET
 def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     event = get_object_or_404(AuditEvent, pk=event_id)
-    if event.project_id is None:
-        allowed = sees_account_events(request.user)
-    else:
-        allowed = event.project_id in audit_project_ids(request.user)
-    if not allowed and event.flag_id is not None:
-        # A flag's History tab shows its rows to anyone who may view the flag.
-        project = Project.objects.filter(pk=event.project_id).first()
-        allowed = project is not None and can_view_project(request.user, project)
-    if not allowed:
+    if not can_read_audit_event(request.user, event):
         raise Http404("No such event.")
     return render(request, "audit/_audit_detail.html", {"event": event, "changes": diff(event.before, event.after)})
 

@@ -118,6 +118,20 @@ def sees_account_events(user: User) -> bool:
     return ProjectUserObjectPermission.objects.filter(user=user, permission__codename="view_account_audit").exists()
 
 
+def can_read_audit_event(user: User, event: Any) -> bool:
+    """One audit row: a project's rows for who browses that project's trail, rows of no project
+    for who sees account events, and a flag's rows for anyone who may view the flag (its History
+    tab shows them). The console's event detail and the API's ask this."""
+    if event.project_id is None:
+        return sees_account_events(user)
+    if event.project_id in audit_project_ids(user):
+        return True
+    if event.flag_id is None:
+        return False
+    project = Project.objects.filter(pk=event.project_id).first()
+    return project is not None and can_view_project(user, project)
+
+
 def role_labels(user: User, project: Project) -> list[str]:
     return [Role(role).label for role in sorted(roles_in(user, project))]
 

@@ -34,7 +34,7 @@ from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, filtere
 from audit.services import AuditTarget, record
 from flags import permissions
 from flags.models import Environment, Flag, Project
-from flags.permissions import audit_project_ids, can_view_project, sees_account_events
+from flags.permissions import audit_project_ids, can_read_audit_event, sees_account_events
 
 router = Router(tags=["audit"])
 ACCOUNT_SCOPE = "account"  # ?project=account: the rows that belong to no project
@@ -181,18 +181,6 @@ def _event_out(event: AuditEvent) -> dict[str, Any]:
             "request_ip": event.request_ip, "change_request_id": event.change_request_id, "hash": event.hash}
 
 
-def _may_read(request: HttpRequest, event: AuditEvent) -> bool:
-    """The console's rule for one event (flags.audit_views.audit_event_detail)."""
-    if event.project_id is None:
-        allowed = sees_account_events(request.user)
-    else:
-        allowed = event.project_id in audit_project_ids(request.user)
-    if not allowed and event.flag_id is not None:
-        project = Project.objects.filter(pk=event.project_id).first()
-        allowed = project is not None and can_view_project(request.user, project)
-    return allowed
-
-
 # --- endpoints ---------------------------------------------------------------------------------
 
 @router.get("/audit/events", response=answers({200: AuditPage}),
@@ -211,7 +199,7 @@ def audit_event_list(request: HttpRequest, query: Query[AuditListQuery]) -> Any:
 def audit_event_get(request: HttpRequest, event_id: EventId) -> Any:
     needs(request, "read")
     event = AuditEvent.objects.filter(pk=event_id).first()
-    if event is None or not _may_read(request, event):
+    if event is None or not can_read_audit_event(request.user, event):
         raise Http404("No such event.")
     changes = [{"path": c.path, "before": c.before, "after": c.after, "kind": c.kind}
                for c in diff(event.before, event.after)]
