@@ -1,9 +1,9 @@
 """Propagation benchmark: time from a committed change until every gunicorn worker serves it.
-Goal: p99 under 1 s.
+Goal: p99 under 50 ms (changes pushed by PostgreSQL LISTEN/NOTIFY; it was 1 s when only polled).
 
 Each trial commits a targeting change through the service, then sends requests on new
 connections (so any worker may answer) for 1.5 s; the trial's figure is when the last stale
-answer was seen. Three workers, poll interval OFREP_SNAPSHOT_POLL_SECONDS (0.2 s).
+answer was seen. Three workers, each listening for change notifications (flags/change_feed.py).
 
     python bench/propagation.py     # PostgreSQL, as bench/ofrep_http.py
 """
@@ -39,6 +39,7 @@ def main() -> None:
     from audit.services import SystemActor
     from flags import services
     from flags.models import Targeting
+    from tests.factories import as_approved
     from tests.servers import gunicorn
 
     targeting = Targeting.objects.get(flag__key=FLAG, environment__key="production",
@@ -48,8 +49,9 @@ def main() -> None:
     with gunicorn(DATABASE_URL, workers=3) as base:
         for trial in range(TRIALS):
             wanted = choices[trial % 2]
-            services.targeting_update(targeting=targeting, actor=SystemActor("bench"), enabled=True,
-                                      default_serve={"variation": wanted})
+            # Production is governed: the change goes in as an approved change request would apply it.
+            as_approved(lambda wanted=wanted: services.targeting_update(
+                targeting=targeting, actor=SystemActor("bench"), enabled=True, default_serve={"variation": wanted}))
             committed = time.monotonic()
             last_stale, samples = committed, 0
             while time.monotonic() - committed < 1.5:
@@ -61,7 +63,7 @@ def main() -> None:
     lags.sort()
     p99 = lags[min(len(lags) - 1, int(round(0.99 * (len(lags) - 1))))]
     print(f"{TRIALS} trials, 3 gunicorn workers, ~{samples} samples per trial")
-    print(f"propagation: p50 {statistics.median(lags):.0f} ms, p99 {p99:.0f} ms, max {lags[-1]:.0f} ms (goal: p99 < 1000 ms)")
+    print(f"propagation: p50 {statistics.median(lags):.0f} ms, p99 {p99:.0f} ms, max {lags[-1]:.0f} ms (goal: p99 < 50 ms)")
 
 
 if __name__ == "__main__":

@@ -409,6 +409,9 @@ FEATUREOPS_REMINDER_SWEEP_SECONDS = env_int("FEATUREOPS_REMINDER_SWEEP_SECONDS",
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
 
 OFREP_SNAPSHOT_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_POLL_SECONDS", "0.2"))
+# With PostgreSQL, changes are pushed (LISTEN/NOTIFY, flags/change_feed.py); versions are still
+# read this often in case a notification was missed.
+OFREP_SNAPSHOT_SAFETY_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_SAFETY_POLL_SECONDS", "1.0"))
 OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
 OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")
 

@@ -109,6 +109,8 @@ class Environment(models.Model):
     # Bumped by every change that can alter what this environment serves; evaluation
     # processes compare it with their snapshot's version.
     version = models.PositiveBigIntegerField(default=1)
+    # When the version last moved: OFREP event streams send it as `lastModified`.
+    changed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["project", "sort_order", "key"]

@@ -1,11 +1,15 @@
 """The in-process store of compiled snapshots that evaluation reads.
 
 Each server process holds one `SnapshotStore`. Requests only read it (no database query).
-A daemon thread polls `Environment.version` every OFREP_SNAPSHOT_POLL_SECONDS (0.2 s by
-default): one small query. An environment whose version moved is rebuilt and compiled
-off the request path, then swapped in with one reference assignment. Every catalog write
-bumps the versions it affects in its own transaction (SDK key creation and revocation
-included), so each process serves a committed change within one poll plus one rebuild.
+A daemon thread keeps it current: on PostgreSQL it LISTENs on `change_feed.CHANNEL` with a
+connection of its own and refreshes as soon as a change commits (push), and it still reads
+`Environment.version` every OFREP_SNAPSHOT_SAFETY_POLL_SECONDS (1 s) in case a notification
+was missed, and at once after reconnecting. Elsewhere (SQLite) it polls every
+OFREP_SNAPSHOT_POLL_SECONDS (0.2 s). An environment whose version moved is rebuilt and
+compiled off the request path, then swapped in with one reference assignment. Every catalog
+write bumps the versions it affects in its own transaction (SDK key creation and revocation
+included), so each process serves a committed change within one notification (or one poll)
+plus one rebuild.
 
 The store starts lazily, in each process, on the first request; a fork (gunicorn workers)
 is noticed by pid, so every worker has its own poller. If the database is unreachable the
@@ -23,10 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
+from flags import change_feed
 from flags.evaluation.engine import Snapshot, SnapshotError, compile_snapshot
 from flags.models import EvaluationRecord, Flag, SdkKey
 from flags.snapshot_builder import build_environment_snapshot, read_environment_versions
@@ -48,8 +54,13 @@ class SnapshotStore:
         poll_seconds: float,
         build: Callable[[int], dict[str, Any]] = build_environment_snapshot,
         read_versions: Callable[[], dict[int, int]] = read_environment_versions,
+        listen: bool = True,
+        safety_poll_seconds: float | None = None,
     ) -> None:
         self.poll_seconds = poll_seconds
+        self.listen = listen
+        self.safety_poll_seconds = safety_poll_seconds if safety_poll_seconds is not None else poll_seconds
+        self.notifications = 0  # wake-ups by a notification (or a reconnect), not by the safety poll
         self._build = build
         self._read_versions = read_versions
         # (snapshots by environment id, key hash -> (environment id, revoked)), replaced whole.
@@ -62,7 +73,6 @@ class SnapshotStore:
         # (environment id, flag key) -> when; environment id -> when all its flags were evaluated (bulk)
         self._flag_use: dict[tuple[int, str], float] = {}
         self._bulk_use: dict[int, float] = {}
-        self._last_use_flush = time.monotonic()
         self.last_success: float = 0.0
         self.last_error: str = ""
         # environment id -> when a poll last found its snapshot at the database's version (time.time())
@@ -105,11 +115,18 @@ class SnapshotStore:
 
     # -- refreshing (the poller, or a caller that just wrote) --
 
-    def refresh(self) -> set[int]:
-        """Rebuild every environment whose version moved; returns the ids rebuilt."""
+    def refresh(self, notified: dict[int, int] | None = None) -> set[int]:
+        """Rebuild every environment whose version moved; returns the ids rebuilt. `notified`
+        (environment id -> version, from a change notification) spares the versions query:
+        only those environments are compared and rebuilt."""
         with self._refresh_lock:
-            versions = self._read_versions()
             current, current_keys = self._state
+            if notified:
+                versions = {env_id: snapshot.version for env_id, snapshot in current.items()}
+                versions.update({env_id: version for env_id, version in notified.items()
+                                 if version > versions.get(env_id, 0)})
+            else:
+                versions = self._read_versions()
             changed = {env_id for env_id, version in versions.items()
                        if env_id not in current or current[env_id].version != version}
             gone = set(current) - set(versions)
@@ -157,12 +174,12 @@ class SnapshotStore:
             # empty store and refusing valid keys.
             self._pid = pid
             if self.poll_seconds > 0:
-                thread = threading.Thread(target=self._poll, name="snapshot-poller", daemon=True)
-                thread.start()
+                threading.Thread(target=self._poll, name="snapshot-poller", daemon=True).start()
+                threading.Thread(target=self._flush_use, name="snapshot-use-flusher", daemon=True).start()
 
-    def poll_once(self) -> None:
+    def poll_once(self, notified: dict[int, int] | None = None) -> None:
         try:
-            self.refresh()
+            self.refresh(notified)
         except Exception as exc:  # noqa: BLE001 - keep serving the last good snapshots
             self.last_error = f"{type(exc).__name__}: {exc}"
             logger.warning("snapshot refresh failed, serving the last good snapshots: %s", self.last_error)
@@ -171,7 +188,6 @@ class SnapshotStore:
     def flush_key_use(self) -> int:
         """Write when each SDK key was last used: one UPDATE per key used since the last flush."""
         used, self._key_use = self._key_use, {}
-        self._last_use_flush = time.monotonic()
         for key_hash, seen in used.items():
             when = datetime.datetime.fromtimestamp(seen, tz=datetime.UTC)
             SdkKey.objects.filter(key_hash=key_hash).filter(
@@ -206,18 +222,75 @@ class SnapshotStore:
 
     def _poll(self) -> None:
         # The thread keeps one database connection open across ticks (reconnecting only
-        # after an error), rather than paying a new connection five times a second.
-        while not self._stop.wait(self.poll_seconds):
-            self.poll_once()
-            if time.monotonic() - self._last_use_flush >= KEY_USE_FLUSH_SECONDS:
-                try:
-                    self.flush_key_use()
-                    self.flush_evaluations()
-                except Exception:  # noqa: BLE001 - last-use times are best effort
-                    logger.warning("could not record SDK key use or flag evaluations", exc_info=True)
+        # after an error), rather than paying a new connection five times a second, and on
+        # PostgreSQL a second one that only LISTENs.
+        params = change_feed.listener_params() if self.listen else None
+        listener = _Listener(params) if params is not None else None
+        try:
+            while not self._stop.is_set():
+                notified = None
+                if listener is not None:
+                    woken, notified = listener.wait(self.safety_poll_seconds)
+                    self.notifications += woken
+                elif self._stop.wait(self.poll_seconds):
+                    break
+                if self._stop.is_set():
+                    break
+                self._tick(notified)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _tick(self, notified: dict[int, int] | None = None) -> None:
+        self.poll_once(notified)
+
+    def _flush_use(self) -> None:
+        # A thread of its own: a slow write here must never delay the next rebuild.
+        while not self._stop.wait(KEY_USE_FLUSH_SECONDS):
+            try:
+                self.flush_key_use()
+                self.flush_evaluations()
+            except Exception:  # noqa: BLE001 - last-use times are best effort
+                logger.warning("could not record SDK key use or flag evaluations", exc_info=True)
+                connection.close()
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class _Listener:
+    """The poller's LISTEN connection. `wait` blocks until a change is notified or the
+    timeout passes; it answers True when the store should refresh now because of it."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.connection: psycopg.Connection[Any] | None = None
+
+    def wait(self, timeout: float) -> tuple[bool, dict[int, int] | None]:
+        """(woken by a notification or a reconnect, the versions it named); the versions are
+        None when the store must read them all (a timeout, a reconnect, an unreadable payload)."""
+        try:
+            if self.connection is None or self.connection.closed:
+                self.connection = psycopg.connect(**self.params, autocommit=True)
+                self.connection.execute(f"LISTEN {change_feed.CHANNEL}")
+                return True, None  # (re)connected: anything committed meanwhile was not notified to us
+            for notification in self.connection.notifies(timeout=timeout, stop_after=1):
+                changes = change_feed.parse(notification.payload)
+                return True, {env_id: version for env_id, version, _changed_at in changes} or None
+            return False, None
+        except psycopg.Error as exc:
+            logger.warning("change notifications unavailable, polling meanwhile: %s", exc)
+            self.close()
+            time.sleep(timeout)
+            return False, None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except psycopg.Error:
+                pass
+            self.connection = None
 
 
 _store: SnapshotStore | None = None
@@ -229,7 +302,8 @@ def get_store() -> SnapshotStore:
     if _store is None:
         with _store_lock:
             if _store is None:
-                _store = SnapshotStore(poll_seconds=settings.OFREP_SNAPSHOT_POLL_SECONDS)
+                _store = SnapshotStore(poll_seconds=settings.OFREP_SNAPSHOT_POLL_SECONDS,
+                                       safety_poll_seconds=settings.OFREP_SNAPSHOT_SAFETY_POLL_SECONDS)
     return _store
 
 

@@ -143,6 +143,7 @@ class Snapshot:
     flags: Mapping[str, CompiledFlag]
     sdk_keys: Mapping[str, bool]  # key hash -> revoked
     built_at: float = 0.0
+    changed_at: float = 0.0  # when the environment's version last moved (Unix seconds; 0 if never)
 
 
 # --- clause compilation --------------------------------------------------------------------
@@ -372,6 +373,7 @@ def compile_snapshot(data: Mapping[str, Any]) -> Snapshot:
             environment_id=int(environment["id"]), environment_key=str(environment["key"]),
             version=version, flags=MappingProxyType(flags),
             sdk_keys=MappingProxyType(dict(data.get("sdk_keys", {}))), built_at=float(data.get("built_at", 0.0)),
+            changed_at=float(environment.get("changed_at") or 0.0),
         )
     except (KeyError, TypeError, AttributeError, re.error) as exc:
         raise SnapshotError(f"snapshot is malformed: {exc!r}") from exc

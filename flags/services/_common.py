@@ -8,14 +8,13 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
 
 from audit.services import Actor
+from flags.change_feed import bump_environments
 from flags.evaluation.targeting_schema import (
     Problem,
 )
 from flags.models import (
-    Environment,
     Project,
 )
 
@@ -45,11 +44,11 @@ def _save_new(instance: Any, *, duplicate_field: str, duplicate_message: str) ->
 
 
 def _bump_environments(environment_ids: Iterable[int]) -> None:
-    Environment.objects.filter(pk__in=list(environment_ids)).update(version=F("version") + 1)
+    bump_environments(ids=environment_ids)
 
 
 def _bump_project(project: Project) -> None:
-    Environment.objects.filter(project=project).update(version=F("version") + 1)
+    bump_environments(project_id=project.pk)
 
 
 def _clean_key_list(keys: Iterable[Any], field: str) -> list[str]:
