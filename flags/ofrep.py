@@ -3,12 +3,23 @@
 A plain WSGI application placed in front of Django (`featureops_site/wsgi.py`): evaluation
 requests never enter Django's middleware, sessions or ORM. The path is: SDK-key
 authentication against the in-process key index → the environment's compiled snapshot →
-the engine → JSON. Bodies follow the OFREP OpenAPI file (`open-feature/protocol`,
-`service/openapi.yaml`).
+the engine → JSON. Bodies follow OFREP 0.3, as restated in our words in `flags/ofrep_openapi.yaml`
+(the protocol's own file cannot be fetched in CI); tests/flags/test_ofrep_conformance.py holds
+real answers to it.
+
+Reasons. OFREP's reason is a closed list (STATIC, TARGETING_MATCH, SPLIT, DISABLED, UNKNOWN);
+the engine's own is finer (it says DEFAULT when the default rule served a flag that has targets
+or rules). The answer carries OFREP's reason, and the engine's in `metadata.featureopsReason`.
+
+Bodies. JSON as RFC 8259 has it: NaN and ±Infinity (which json.loads accepts by default), and
+numbers too large for a float, are PARSE_ERROR. A body without Content-Length is read to its end
+when the server marks where it ends (`wsgi.input_terminated`: gunicorn does, for chunked uploads),
+within the same OFREP_MAX_BODY_BYTES.
 
 Status codes: 200; 304 (bulk, If-None-Match matches the ETag); 400 with `errorCode`
-PARSE_ERROR (also a body nesting over MAX_JSON_DEPTH) / INVALID_CONTEXT / TARGETING_KEY_MISSING / GENERAL; 404 FLAG_NOT_FOUND; 401 for
-a missing or unknown key; 403 for a revoked key; 405 for another method; 413 for a body over
+PARSE_ERROR (also a body nesting over MAX_JSON_DEPTH) / INVALID_CONTEXT (also a targetingKey that is
+not a string) / TARGETING_KEY_MISSING (a split reached without its assignment unit) / GENERAL; 404
+FLAG_NOT_FOUND; 401 for a missing or unknown key; 403 for a revoked key; 405 for another method; 413 for a body over
 OFREP_MAX_BODY_BYTES; 503 when no snapshot could ever be loaded (database down at start).
 
 Each answer is counted by endpoint and status, and timed, in memory (featureops_site/instruments.py,
@@ -20,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +40,7 @@ from typing import Any
 from django.conf import settings
 
 from featureops_site.instruments import ofrep_request_observe
-from flags.evaluation.engine import ErrorCode, EvaluationResult, Snapshot, context_problem, evaluate
+from flags.evaluation.engine import ErrorCode, EvaluationResult, Reason, Snapshot, context_problem, evaluate
 from flags.sdk_auth import SdkKeyRefused, authenticate
 from flags.snapshot_store import get_store
 
@@ -83,9 +95,37 @@ class _Reply(Exception):
         self.status, self.body, self.headers = status, body, headers or []
 
 
+# The engine's reason -> OFREP's. DEFAULT (the default rule served one variation of a flag that has
+# individual targets or rules) is TARGETING_MATCH: the targeting was evaluated and chose it; STATIC
+# is kept for a flag whose answer cannot depend on the context. Any other reason is UNKNOWN.
+OFREP_REASONS: dict[str, str] = {
+    Reason.STATIC: "STATIC",
+    Reason.DEFAULT: "TARGETING_MATCH",
+    Reason.TARGETING_MATCH: "TARGETING_MATCH",
+    Reason.SPLIT: "SPLIT",
+    Reason.DISABLED: "DISABLED",
+}
+UNKNOWN_REASON = "UNKNOWN"
+
+# Successful results are prebuilt once per snapshot and shared (engine.EvaluationResult), so their
+# OFREP bodies are too: built on first use, then one dict lookup per answer. Keyed by the result
+# object itself (identity: it defines no __eq__), which also keeps it alive so that an entry never
+# answers for another object. Old snapshots' entries go when the cache is emptied at the bound.
+_SUCCESS_BODIES_MAX = 20_000
+_success_bodies: dict[EvaluationResult, dict[str, Any]] = {}
+
+
 def _success_body(result: EvaluationResult) -> dict[str, Any]:
-    return {"key": result.flag_key, "value": result.value, "reason": result.reason, "variant": result.variant,
-            "metadata": result.metadata}
+    """The OFREP success body of a result (shared: read-only)."""
+    body = _success_bodies.get(result)
+    if body is None:
+        body = {"key": result.flag_key, "value": result.value,
+                "reason": OFREP_REASONS.get(result.reason, UNKNOWN_REASON), "variant": result.variant,
+                "metadata": {**result.metadata, "featureopsReason": result.reason}}
+        if len(_success_bodies) >= _SUCCESS_BODIES_MAX:
+            _success_bodies.clear()
+        _success_bodies[result] = body
+    return body
 
 
 def _failure_body(result: EvaluationResult) -> dict[str, Any]:
@@ -112,22 +152,68 @@ def _authenticate(environ: dict[str, Any]) -> Snapshot:
         raise _Reply(refused.status, {"errorDetails": refused.details}, refused.headers) from None
 
 
-def _read_context(environ: dict[str, Any]) -> dict[str, Any]:
+class _NotFinite(ValueError):
+    """NaN or ±Infinity in a body: JSON (RFC 8259) has no such numbers."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999 overflows to inf
+        raise _NotFinite(text)
+    return number
+
+
+_READ_CHUNK = 16 * 1024
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """The request body, at most OFREP_MAX_BODY_BYTES (413 beyond)."""
     limit = settings.OFREP_MAX_BODY_BYTES
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError as exc:
-        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "Invalid Content-Length."}) from exc
-    if length > limit:
-        raise _Reply(413, {"errorDetails": f"The request body is over {limit} bytes."})
-    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+            if length < 0:
+                raise ValueError(declared)
+        except ValueError as exc:
+            raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "Invalid Content-Length."}) from exc
+        if length > limit:
+            raise _Reply(413, {"errorDetails": f"The request body is over {limit} bytes."})
+        return stream.read(length) if length > 0 else b""
+    # No length (a chunked upload): PEP 3333 lets an application read to the end only when the
+    # server says the stream ends with the body; otherwise there is no body to read.
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = stream.read(min(_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _Reply(413, {"errorDetails": f"The request body is over {limit} bytes."})
+
+
+def _read_context(environ: dict[str, Any]) -> dict[str, Any]:
+    body = _read_body(environ)
     if not body.strip():
         return {}
     if json_too_deep(body):
         raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR,
                            "errorDetails": f"The body nests arrays or objects more than {MAX_JSON_DEPTH} deep."})
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR,
+                           "errorDetails": "NaN and Infinity are not JSON numbers (nor is a number this large)."}
+                     ) from exc
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Reply(400, {"errorCode": ErrorCode.PARSE_ERROR, "errorDetails": "The body is not valid JSON."}) from exc
     if not isinstance(payload, dict):

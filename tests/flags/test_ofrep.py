@@ -3,6 +3,7 @@ file says, SDK-key authentication, ETags, every error status, no database query 
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from flags.demo import seed_demo
 from flags.models import Environment, Targeting
 from flags.snapshot_builder import read_environment_versions
 from flags.snapshot_store import SnapshotStore, get_store, reset_store
+from tests.factories import as_approved
 from tests.ofrep_client import call, evaluate
 
 pytestmark = pytest.mark.django_db
@@ -60,23 +62,30 @@ def test_single__internal_account__candidate_by_rule(keys: dict[str, str]) -> No
     assert all(isinstance(v, bool | str | int | float) for v in body["metadata"].values())
 
 
-def test_single__other_account__default_baseline_and_x_api_key_accepted(keys: dict[str, str]) -> None:
+def test_single__other_account__default_rule_is_a_targeting_match_and_x_api_key_accepted(
+        keys: dict[str, str]) -> None:
     response = call("POST", f"/ofrep/v1/evaluate/flags/{PROFILE}", body={"context": {"accountId": "acct-other"}},
                     headers={"X-API-Key": keys["production"]})
     assert response.status == 200
-    assert (response.json()["variant"], response.json()["reason"]) == ("baseline_v3", "DEFAULT")
+    body = response.json()
+    # The flag has rules, so the default rule is part of the targeting that chose the value (OFREP has
+    # no DEFAULT); the engine's own word is kept in the metadata, beside the versions.
+    assert (body["variant"], body["reason"]) == ("baseline_v3", "TARGETING_MATCH")
+    assert body["metadata"]["featureopsReason"] == "DEFAULT"
+    assert body["metadata"]["flagVersion"] >= 1 and "ruleId" not in body["metadata"]
 
 
 def test_single__flag_off__fallback_disabled(keys: dict[str, str]) -> None:
     body = evaluate(INCIDENT, keys["production"], {"accountId": "a"}).json()
     assert (body["variant"], body["value"], body["reason"]) == ("baseline_model", "baseline_model", "DISABLED")
+    assert body["metadata"]["featureopsReason"] == "DISABLED"
 
 
 def test_single__key_selects_environment(keys: dict[str, str]) -> None:
     production = evaluate(TOOL_MODE, keys["production"], {"accountId": "acct-other"}).json()
     development = evaluate(TOOL_MODE, keys["development"], {"accountId": "acct-other"}).json()
     assert (production["variant"], development["variant"]) == ("read_only", "approval_required")
-    assert development["reason"] == "STATIC"
+    assert development["reason"] == "STATIC" and development["metadata"]["featureopsReason"] == "STATIC"
 
 
 def test_single__beta_split_without_assignment_unit__400_targeting_key_missing(keys: dict[str, str]) -> None:
@@ -284,3 +293,125 @@ def test_body__lone_surrogate_in_context__evaluated_not_5xx(keys: dict[str, str]
     body = json.dumps({"context": {"targetingKey": "\ud800", "\udfff": "x"}})
     response = call("POST", path, body=body, headers={"Authorization": f"Bearer {keys['production']}"})
     assert response.status < 500  # nothing is stored, so a lone surrogate is only an odd key
+
+
+# --- OFREP reasons (issue 18) ----------------------------------------------------------------
+
+
+def test_reasons__individual_target__targeting_match__others_default_rule_targeting_match(
+        keys: dict[str, str]) -> None:
+    # Given tool mode in development, static until an individual target is added
+    assert evaluate(TOOL_MODE, keys["development"], {"accountId": "acct-7"}).json()["reason"] == "STATIC"
+    as_approved(lambda: services.targeting_update(targeting=_targeting(TOOL_MODE, "development"), actor=ACTOR,
+                                                  targets=[{"variation": "write", "values": ["acct-7"]}]))
+    get_store().refresh()
+
+    # When the targeted account and another one ask
+    targeted = evaluate(TOOL_MODE, keys["development"], {"accountId": "acct-7"}).json()
+    other = evaluate(TOOL_MODE, keys["development"], {"accountId": "acct-8"}).json()
+
+    # Then both are targeting matches (the default rule now depends on the context), told apart by the
+    # engine's reason in the metadata
+    assert (targeted["variant"], targeted["reason"]) == ("write", "TARGETING_MATCH")
+    assert targeted["metadata"]["featureopsReason"] == "TARGETING_MATCH" and targeted["metadata"]["matchedTarget"]
+    assert (other["variant"], other["reason"], other["metadata"]["featureopsReason"]) == (
+        "approval_required", "TARGETING_MATCH", "DEFAULT")
+
+
+def test_reasons__split_by_rule_and_by_default__split(keys: dict[str, str]) -> None:
+    beta = evaluate(PROFILE, keys["production"], {"accountId": "acct-beta-101"}).json()
+    assert (beta["reason"], beta["metadata"]["featureopsReason"], beta["metadata"]["ruleId"]) == (
+        "SPLIT", "SPLIT", "beta-5")
+    as_approved(lambda: services.targeting_update(
+        targeting=_targeting(TOOL_MODE, "development"), actor=ACTOR,
+        default_serve={"split": [{"variation": "read_only", "weight": 50_000},
+                                 {"variation": "approval_required", "weight": 50_000}]}))
+    get_store().refresh()
+    answers = [evaluate(TOOL_MODE, keys["development"], {"accountId": f"acct-{n}"}).json() for n in range(20)]
+    assert {(a["reason"], a["metadata"]["featureopsReason"]) for a in answers} == {("SPLIT", "SPLIT")}
+    assert {a["variant"] for a in answers} == {"read_only", "approval_required"}  # 20 units: both halves reached
+
+
+def test_reasons__engine_reason_outside_ofrep__unknown_and_shared_result_untouched() -> None:
+    from flags.evaluation.engine import EvaluationResult
+    from flags.ofrep import OFREP_REASONS, _success_body
+
+    result = EvaluationResult("k", value=True, variant="on", reason="SOMETHING_NEW", metadata={"flagVersion": 3})
+    body = _success_body(result)
+    assert (body["reason"], body["metadata"]) == ("UNKNOWN", {"flagVersion": 3, "featureopsReason": "SOMETHING_NEW"})
+    assert result.metadata == {"flagVersion": 3}  # results are shared between requests: never written
+    assert set(OFREP_REASONS.values()) <= {"STATIC", "TARGETING_MATCH", "SPLIT", "DISABLED", "UNKNOWN"}
+
+
+# --- bodies: non-finite numbers, chunked uploads, targetingKey --------------------------------
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e400"])
+@pytest.mark.parametrize("path", ["/ofrep/v1/evaluate/flags", f"/ofrep/v1/evaluate/flags/{TOOL_MODE}"])
+def test_body__non_finite_number__400_parse_error(keys: dict[str, str], path: str, number: str) -> None:
+    body = '{"context": {"targetingKey": "u", "score": ' + number + "}}"
+    response = call("POST", path, body=body, headers={"Authorization": f"Bearer {keys['production']}"})
+    assert response.status == 400
+    assert response.json()["errorCode"] == "PARSE_ERROR" and "NaN" in response.json()["errorDetails"]
+
+
+def _chunked(path: str, raw_key: str, body: bytes, *, terminated: bool = True) -> tuple[int, dict]:
+    """The environ gunicorn builds for a chunked upload: no CONTENT_LENGTH, input read to its end."""
+    from flags.ofrep import ofrep_application
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.input": io.BytesIO(body),
+               "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_AUTHORIZATION": f"Bearer {raw_key}"}
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    captured: list[str] = []
+    payload = b"".join(ofrep_application(environ, lambda status, headers: captured.append(status)))
+    return int(captured[0].split()[0]), json.loads(payload)
+
+
+def test_body__chunked_without_length__read_to_the_end(keys: dict[str, str]) -> None:
+    context = json.dumps({"context": {"accountId": "acct-internal-001", "padding": "x" * 40_000}}).encode()
+    status, body = _chunked(f"/ofrep/v1/evaluate/flags/{TOOL_MODE}", keys["production"], context)
+    assert (status, body["variant"], body["reason"]) == (200, "approval_required", "TARGETING_MATCH")
+    status, body = _chunked("/ofrep/v1/evaluate/flags", keys["production"], context)
+    assert status == 200 and {f["key"]: f["variant"] for f in body["flags"]}[TOOL_MODE] == "approval_required"
+
+
+def test_body__chunked_over_limit__413(keys: dict[str, str], settings) -> None:
+    settings.OFREP_MAX_BODY_BYTES = 1024
+    status, body = _chunked(f"/ofrep/v1/evaluate/flags/{TOOL_MODE}", keys["production"],
+                            json.dumps({"context": {"targetingKey": "x" * 1100}}).encode())
+    assert status == 413 and "1024" in body["errorDetails"]
+    exact = json.dumps({"context": {"t": "x" * (1024 - 22)}}).encode()
+    assert len(exact) == 1024 and _chunked("/ofrep/v1/evaluate/flags", keys["production"], exact)[0] == 200
+
+
+def test_body__no_length_and_stream_not_terminated__read_as_empty(keys: dict[str, str]) -> None:
+    # A server that does not mark the stream's end (PEP 3333): reading on could block or read the next request.
+    status, body = _chunked(f"/ofrep/v1/evaluate/flags/{TOOL_MODE}", keys["production"],
+                            b'{"context": {"accountId": "acct-internal-001"}}', terminated=False)
+    assert (status, body["variant"]) == (200, "read_only")
+
+
+@pytest.mark.parametrize("targeting_key", [42, True, ["a"], {"id": "a"}, 1.5])
+def test_context__targeting_key_not_a_string__400_invalid_context_single_and_bulk(
+        keys: dict[str, str], targeting_key: object) -> None:
+    context = {"targetingKey": targeting_key, "accountId": "acct-internal-001"}
+    single = evaluate(TOOL_MODE, keys["production"], context)
+    bulk = evaluate(None, keys["production"], context)
+    assert (single.status, single.json()["errorCode"], single.json()["key"]) == (400, "INVALID_CONTEXT", TOOL_MODE)
+    assert (bulk.status, bulk.json()["errorCode"]) == (400, "INVALID_CONTEXT") and "flags" not in bulk.json()
+    assert "targetingKey" in single.json()["errorDetails"]
+
+
+def test_context__split_on_targeting_key_without_one__400_targeting_key_missing(keys: dict[str, str]) -> None:
+    # Given a split on targetingKey (the OpenFeature default unit) by the default rule
+    as_approved(lambda: services.targeting_update(
+        targeting=_targeting(TOOL_MODE, "development"), actor=ACTOR, assignment_unit="targetingKey",
+        default_serve={"split": [{"variation": "read_only", "weight": 50_000},
+                                 {"variation": "approval_required", "weight": 50_000}]}))
+    get_store().refresh()
+    # Then without a targeting key (absent or empty) it is an error, and with one a split
+    for context in ({"accountId": "acct-1"}, {"targetingKey": ""}):
+        response = evaluate(TOOL_MODE, keys["development"], context)
+        assert (response.status, response.json()["errorCode"]) == (400, "TARGETING_KEY_MISSING")
+    assert evaluate(TOOL_MODE, keys["development"], {"targetingKey": "u-1"}).json()["reason"] == "SPLIT"

@@ -67,7 +67,10 @@ def test_openfeature_sdk__seed_flags__expected_values_variants_and_reasons(ofrep
     assert profile.error_code is None
 
     baseline = client.get_object_details("support_assistant_profile", {"profile": "local"}, other)
-    assert (baseline.variant, baseline.reason) == ("baseline_v3", "DEFAULT")
+    # (OFREP has no DEFAULT: the default rule of a flag with rules is a targeting match; the engine's
+    # own reason reaches the application as flag metadata)
+    assert (baseline.variant, baseline.reason) == ("baseline_v3", "TARGETING_MATCH")
+    assert baseline.flag_metadata["featureopsReason"] == "DEFAULT"
 
     tool_mode = client.get_string_details("support_agent_tool_mode", "none", internal)
     assert (tool_mode.value, tool_mode.reason) == ("approval_required", "TARGETING_MATCH")
@@ -75,6 +78,10 @@ def test_openfeature_sdk__seed_flags__expected_values_variants_and_reasons(ofrep
 
     incident = client.get_string_details("support_ai_incident_fallback", "off", other)
     assert (incident.value, incident.variant, incident.reason) == ("baseline_model", "baseline_model", "DISABLED")
+
+    beta = client.get_object_details("support_assistant_profile", {"profile": "local"},
+                                     EvaluationContext(targeting_key="t", attributes={"accountId": "acct-beta-101"}))
+    assert (beta.reason, beta.flag_metadata["ruleId"]) == ("SPLIT", "beta-5")
 
     # And errors reach the SDK as OpenFeature error codes, with the caller's default served
     missing = client.get_string_details("no_such_flag", "caller-default", other)
