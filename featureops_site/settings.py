@@ -412,6 +412,14 @@ OFREP_SNAPSHOT_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_POLL_SECONDS"
 # With PostgreSQL, changes are pushed (LISTEN/NOTIFY, flags/change_feed.py); versions are still
 # read this often in case a notification was missed.
 OFREP_SNAPSHOT_SAFETY_POLL_SECONDS = float(os.environ.get("OFREP_SNAPSHOT_SAFETY_POLL_SECONDS", "1.0"))
+# OFREP event streams (flags/ofrep_streams.py, served by uvicorn through featureops_site/asgi.py).
+# OFREP_STREAM_ORIGIN: where providers connect ("https://streams.example.com"); empty means the
+# origin they already use for OFREP (a proxy sends /ofrep/v1/streams to the stream server).
+OFREP_STREAM_ORIGIN = os.environ.get("OFREP_STREAM_ORIGIN", "").rstrip("/")
+OFREP_STREAM_TOKEN_SECONDS = env_int("OFREP_STREAM_TOKEN_SECONDS", 24 * 3600)
+OFREP_STREAM_HEARTBEAT_SECONDS = float(os.environ.get("OFREP_STREAM_HEARTBEAT_SECONDS", "15"))
+OFREP_STREAM_SAFETY_POLL_SECONDS = float(os.environ.get("OFREP_STREAM_SAFETY_POLL_SECONDS", "5"))
+OFREP_STREAM_INACTIVITY_SECONDS = env_int("OFREP_STREAM_INACTIVITY_SECONDS", 120)
 OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
 OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")
 

@@ -36,12 +36,14 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from django.conf import settings
 
 from featureops_site.instruments import ofrep_request_observe
 from flags.evaluation.engine import ErrorCode, EvaluationResult, Reason, Snapshot, context_problem, evaluate
-from flags.sdk_auth import SdkKeyRefused, authenticate
+from flags.ofrep_streams import STREAM_PATH, parse_event_etag, stream_token
+from flags.sdk_auth import SdkKeyRefused, authenticate, hash_sdk_key, raw_sdk_key
 from flags.snapshot_store import get_store
 
 logger = logging.getLogger(__name__)
@@ -248,15 +250,48 @@ def _evaluate_single(environ: dict[str, Any], flag_key: str) -> tuple[int, dict[
     return 200, _success_body(result), [("Cache-Control", "no-store")]
 
 
+def _newer_than(snapshot: Snapshot, environ: dict[str, Any]) -> dict[int, int] | None:
+    """What `flagConfigEtag` / `flagConfigLastModified` (sent by a provider re-fetching because an
+    event stream said so) know that this process's snapshot does not: {environment: version} to
+    rebuild now, or {environment: 0} to re-read versions. None when the snapshot is current or
+    the values are not ours (they are hints: a bad one is ignored, never an error)."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    etag = (query.get("flagConfigEtag") or [""])[0]
+    parsed = parse_event_etag(etag) if etag else None
+    if parsed is not None and parsed[0] == snapshot.environment_id and parsed[1] > snapshot.version:
+        return {parsed[0]: parsed[1]}
+    modified = (query.get("flagConfigLastModified") or [""])[0]
+    if modified.isdigit() and int(modified) > int(snapshot.changed_at):
+        return {}
+    return None
+
+
+def _event_streams(snapshot: Snapshot, environ: dict[str, Any]) -> list[dict[str, Any]]:
+    key_hash = hash_sdk_key(raw_sdk_key(environ) or "")
+    where = f"{STREAM_PATH}?token={stream_token(snapshot.environment_id, key_hash)}"
+    stream: dict[str, Any] = {"type": "sse", "inactivityDelaySec": settings.OFREP_STREAM_INACTIVITY_SECONDS}
+    if settings.OFREP_STREAM_ORIGIN:
+        stream["url"] = settings.OFREP_STREAM_ORIGIN + where
+    else:
+        stream["endpoint"] = {"requestUri": where}  # the provider's own OFREP origin
+    return [stream]
+
+
 def _evaluate_bulk(environ: dict[str, Any]) -> tuple[int, bytes, list[tuple[str, str]]]:
     snapshot = _authenticate(environ)
+    newer = _newer_than(snapshot, environ)
+    if newer is not None:
+        # A stream told the provider about a change this process has not rebuilt yet (its
+        # notification is on the way): rebuild now rather than answer with the old flags.
+        get_store().poll_once(newer or None)
+        snapshot = _authenticate(environ)
     context = _read_context(environ)
     get_store().record_bulk_evaluation(snapshot.environment_id)
     flags = []
     for key in snapshot.flags:
         result = evaluate(snapshot, key, context)
         flags.append(_failure_body(result) if result.is_error else _success_body(result))
-    body = _dumps({"flags": flags}).encode()
+    body = _dumps({"flags": flags, "eventStreams": _event_streams(snapshot, environ)}).encode()
     etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
     headers = [("ETag", etag), ("Cache-Control", "no-cache")]
     if _etag_matches(environ, etag):
