@@ -168,10 +168,34 @@ def record(
     event.prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS
     event.hash = row_hash({name: getattr(event, name) for name in HASHED_FIELDS}, event.prev_hash)
     event.save()
+    _announce(event)
     observers = getattr(settings, "AUDIT_COMMIT_OBSERVERS", ())
     if observers:
         _observe_after_commit(tuple(observers), event)
     return event
+
+
+LIVE_CHANNEL = "featureops_live"
+_live_listeners: list[Callable[[str], object]] = []
+
+
+def _announce(event: AuditEvent) -> None:
+    """Tell open consoles (featureops_site/live.py) that something of a project changed, when
+    (and only if) this transaction commits: PostgreSQL's NOTIFY, or, on other databases, the
+    listeners of this process (the development server runs console and streams in one)."""
+    if event.project_id is None:
+        return
+    payload = json.dumps([event.project_id, event.target_type, event.target_id, event.change_request_id])
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [LIVE_CHANNEL, payload])
+    elif _live_listeners:
+        transaction.on_commit(lambda: [listener(payload) for listener in list(_live_listeners)], robust=True)
+
+
+def listen_in_process(listener: Callable[[str], object]) -> None:
+    """Receive the announcements of this process's commits (databases without NOTIFY)."""
+    _live_listeners.append(listener)
 
 
 def _observe_after_commit(paths: tuple[str, ...], event: AuditEvent) -> None:

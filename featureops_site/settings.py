@@ -156,6 +156,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# Serve static files from the app folders without collectstatic (DEBUG does it too): for a
+# production-like server started by tests on a fresh checkout (tests/servers.py).
+WHITENOISE_USE_FINDERS = DEBUG or env_bool("STATIC_FROM_FINDERS")
 # Compressed copies (gzip) beside each collected file. Not the manifest storage: its hashed
 # names need collectstatic before any page renders, and pages render with DEBUG off in tests.
 STORAGES = {
@@ -420,6 +423,9 @@ OFREP_STREAM_TOKEN_SECONDS = env_int("OFREP_STREAM_TOKEN_SECONDS", 24 * 3600)
 OFREP_STREAM_HEARTBEAT_SECONDS = float(os.environ.get("OFREP_STREAM_HEARTBEAT_SECONDS", "15"))
 OFREP_STREAM_SAFETY_POLL_SECONDS = float(os.environ.get("OFREP_STREAM_SAFETY_POLL_SECONDS", "5"))
 OFREP_STREAM_INACTIVITY_SECONDS = env_int("OFREP_STREAM_INACTIVITY_SECONDS", 120)
+# The live console (featureops_site/live.py): how long one stream lives before the browser
+# reconnects (and its session is checked again).
+LIVE_STREAM_SECONDS = float(os.environ.get("LIVE_STREAM_SECONDS", "300"))
 OFREP_MAX_BODY_BYTES = env_int("OFREP_MAX_BODY_BYTES", 64 * 1024)
 OFREP_CORS_ALLOWED_ORIGINS = env_list("OFREP_CORS_ALLOWED_ORIGINS")
 

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 STREAM_PATH = "/ofrep/v1/streams"
 REPLAY_KEPT = 64
-_CLOSE = b""  # put in a stream's queue: the stream ends (its key was revoked)
+CLOSE = b""  # put in a stream's queue: the stream ends (its key was revoked)
 
 
 # -- tokens (made by flags/ofrep.py, checked here) ----------------------------------------------
@@ -181,7 +181,7 @@ class _Feed:
             entry = keys.get(fingerprint)
             if entry is None or entry[1]:
                 for queue in queues:
-                    queue.put_nowait(_CLOSE)
+                    queue.put_nowait(CLOSE)
 
     def _apply_versions(self, versions: dict[int, tuple[int, int]]) -> None:
         for env_id, (version, changed_at) in versions.items():
@@ -344,16 +344,23 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         last_event_id = headers.get(b"last-event-id", b"").decode("latin-1") or None
         opening = b"retry: 2000\n: featureops event stream\n\n" + b"".join(state.missed(env_id, last_event_id))
         await send({"type": "http.response.body", "body": opening, "more_body": True})
-        await _pump(queue, receive, send)
+        await pump(queue, receive, send, heartbeat=settings.OFREP_STREAM_HEARTBEAT_SECONDS)
     finally:
         state.unsubscribe(env_id, fingerprint, queue)
 
 
-async def _pump(queue: asyncio.Queue[bytes], receive: Any, send: Any) -> None:
-    heartbeat = settings.OFREP_STREAM_HEARTBEAT_SECONDS
+async def pump(queue: asyncio.Queue[bytes], receive: Any, send: Any, *, heartbeat: float,
+               lifetime: float | None = None) -> None:
+    """Write what arrives in `queue` to an open event stream until the client leaves, the queue
+    says CLOSE or `lifetime` seconds pass (the client then reconnects, and is checked again);
+    a comment line every `heartbeat` seconds keeps proxies from closing an idle stream."""
     disconnected = asyncio.ensure_future(_wait_disconnect(receive))
+    ends = time.monotonic() + lifetime if lifetime else None
     try:
         while not disconnected.done():
+            if ends is not None and time.monotonic() >= ends:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             getting = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait({getting, disconnected}, timeout=heartbeat,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -364,12 +371,12 @@ async def _pump(queue: asyncio.Queue[bytes], receive: Any, send: Any) -> None:
                 await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
                 continue
             event = getting.result()
-            if event == _CLOSE:
+            if event == CLOSE:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             while not queue.empty():  # a burst goes out in one write
                 more = queue.get_nowait()
-                if more == _CLOSE:
+                if more == CLOSE:
                     await send({"type": "http.response.body", "body": event, "more_body": False})
                     return
                 event += more

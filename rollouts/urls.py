@@ -13,6 +13,7 @@ _change = "p/<slug:project_key>/changes/<int:pk>/"
 
 urlpatterns = [
     path("changes/", views.inbox, name="inbox"),
+    path("changes/waiting-count/", views.nav_approvals, name="nav_approvals"),
     path(_flag + "propose/<slug:environment_key>/", views.targeting_propose, name="targeting_propose"),
     path(_flag + "propose/<slug:environment_key>/preview/", views.targeting_preview, name="targeting_preview"),
     path(_flag + "killswitch/<slug:environment_key>/", views.killswitch, name="killswitch"),

@@ -275,6 +275,14 @@ def change_request_cancel(request: HttpRequest, project: Project, pk: int) -> Ht
 
 @login_required
 @require_GET
+def nav_approvals(request: HttpRequest) -> HttpResponse:
+    """The navigation's "Change requests" link alone: the live console re-fetches it when a
+    change request of one of the person's projects moves (base.html)."""
+    return render(request, "rollouts/_nav_approvals.html")
+
+
+@login_required
+@require_GET
 def inbox(request: HttpRequest) -> HttpResponse:
     waiting = list(selectors.waiting_for(request.user)[:100])
     mine = selectors.requested_by(request.user)

@@ -11,7 +11,12 @@
  *   <button data-dismiss="form">      removes its closest "form" (an inline form's Cancel);
  *   <button data-disclosure …>        sets aria-expanded="true" on click (htmx loads what it
  *                                     discloses);
- *   <a data-history-back href="…">    goes back in history (href is where to go without it).
+ *   <a data-history-back href="…">    goes back in history (href is where to go without it);
+ *   <p data-live hx-get hx-trigger="sse:…" hx-target="#region" …>
+ *                                     a live region's refresher (featureops_site/live.py): when
+ *                                     its event arrives and the person is typing in the region,
+ *                                     the refresh waits and this element (a notice) shows instead,
+ *                                     so nobody loses what they typed.
  */
 (function () {
   "use strict";
@@ -49,6 +54,26 @@
     if (back && window.history.length > 1) {
       event.preventDefault();
       window.history.back();
+    }
+  });
+  function typingIn(region) {
+    var active = document.activeElement;
+    if (active && region.contains(active) && active.matches("textarea, input, select")) {
+      return true;
+    }
+    return Array.prototype.some.call(region.querySelectorAll("textarea, input[type=text], input:not([type])"),
+      function (field) { return field.value.trim() !== ""; });
+  }
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var trigger = event.detail.elt;
+    if (!trigger || !trigger.hasAttribute || !trigger.hasAttribute("data-live")) {
+      return;
+    }
+    var region = document.querySelector(trigger.getAttribute("hx-target"));
+    if (region && typingIn(region)) {
+      event.preventDefault();
+      trigger.hidden = false;
     }
   });
 })();

@@ -101,6 +101,7 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "audit_event_detail": ("GET", ANY_MEMBER, lambda p: {"event_id": p["flag_event"].pk}, lambda p: {}),
     # rollouts: change control (the change request was opened by the editor)
     "rollouts:inbox": ("GET", None, lambda p: {}, lambda p: {}),
+    "rollouts:nav_approvals": ("GET", None, lambda p: {}, lambda p: {}),
     "rollouts:targeting_propose": ("POST", EDITORS | OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
                                    lambda p: {"assignment_unit": "accountId", "default_variation": "none",
                                               "version": "1", "reason": "matrix"}),
@@ -148,7 +149,7 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
                                              "reason": "matrix", "action": "preview"}),
 }
 # Endpoints that are not project-scoped: "another project" cannot apply.
-GLOBAL = {"project_list", "audit_explorer", "audit_export", "rollouts:inbox"}
+GLOBAL = {"project_list", "audit_explorer", "audit_export", "rollouts:inbox", "rollouts:nav_approvals"}
 # A person's own API tokens: no role decides, only whose they are (tests/api/test_tokens.py).
 PERSONAL = {"personal_tokens", "personal_token_revoke"}
 
