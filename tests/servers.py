@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -71,3 +72,41 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+
+@contextlib.contextmanager
+def uvicorn(database_url: str, *, port: int | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """The whole site (console, OFREP, event streams) on one uvicorn process serving
+    `featureops_site.asgi`. `port` lets a test restart it where its clients are connected;
+    `env` adds to (or overrides) the variables `gunicorn()` sets. Its stderr goes to a file (a
+    pipe nobody reads would block a chatty server) and is shown if it does not start."""
+    port = port or free_port()
+    environment = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "0",
+                   "SECRET_KEY": "gunicorn-test-secret-key-xx", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                   "OFREP_SNAPSHOT_POLL_SECONDS": "0.2", "LOG_LEVEL": "WARNING", **(env or {})}
+    command = [sys.executable, "-m", "uvicorn", "featureops_site.asgi:application", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log",
+               # An open event stream never ends by itself: without a limit uvicorn waits for it
+               # on SIGTERM until stop() kills it (15 s).
+               "--timeout-graceful-shutdown", "2"]
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,  # noqa: S603
+                                   stderr=stderr)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
+                except urllib.error.HTTPError:
+                    break  # 401: the server answers
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        stop(process)
+                        stderr.seek(0)
+                        raise RuntimeError("uvicorn did not start: " + stderr.read().decode()[-2000:]) from None
+                    time.sleep(0.1)
+            yield base
+        finally:
+            stop(process)
