@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 STREAM_PATH = "/ofrep/v1/streams"
 REPLAY_KEPT = 64
-CLOSE = b""  # put in a stream's queue: the stream ends (its key was revoked)
+CLOSE = b""  # put in a queue `pump` reads: the stream ends
 
 
 # -- tokens (made by flags/ofrep.py, checked here) ----------------------------------------------
@@ -98,24 +98,39 @@ class _Feed:
         self.versions: dict[int, tuple[int, int]] = {}  # environment -> (version, changed_at)
         self.keys: dict[str, tuple[int, bool]] = {}  # key fingerprint -> (environment, revoked)
         self.recent: dict[int, collections.deque[tuple[int, bytes]]] = {}  # environment -> [(version, event)]
-        self.streams: dict[int, set[asyncio.Queue[bytes]]] = {}
-        self.by_key: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self.streams: dict[int, set[_Stream]] = {}
+        self.by_key: dict[str, set[_Stream]] = {}
+        # environment -> the future every stream of it awaits: resolved by the next change, a
+        # revocation or the heartbeat tick. One shared future, not a queue per stream, so a
+        # change costs one wake-up and one write per stream (docs/performance.md, "Event streams").
+        self.wakers: dict[int, asyncio.Future[None]] = {}
+        self._since: dict[tuple[int, int], bytes] = {}  # (environment, version a stream has) -> what to send it
+        self.heartbeat_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connection: psycopg.AsyncConnection[Any] | None = None
 
     def start(self) -> None:
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run(), name="ofrep-stream-feed")
+            loop = asyncio.get_running_loop()
+            self.task = loop.create_task(self._run(), name="ofrep-stream-feed")
+            self.heartbeat_task = loop.create_task(self._beat(), name="ofrep-stream-heartbeat")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-            self.task = None
+        for task in (self.task, self.heartbeat_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self.task = self.heartbeat_task = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(settings.OFREP_STREAM_HEARTBEAT_SECONDS)
+            for env_id in list(self.wakers):
+                self.wake(env_id)
 
     # reading the database
 
@@ -177,11 +192,12 @@ class _Feed:
 
     def _apply_keys(self, keys: dict[str, tuple[int, bool]]) -> None:
         self.keys = keys
-        for fingerprint, queues in list(self.by_key.items()):
+        for fingerprint, streams in list(self.by_key.items()):
             entry = keys.get(fingerprint)
             if entry is None or entry[1]:
-                for queue in queues:
-                    queue.put_nowait(CLOSE)
+                for stream in streams:
+                    stream.closed = True
+                    self.wake(stream.env_id)
 
     def _apply_versions(self, versions: dict[int, tuple[int, int]]) -> None:
         for env_id, (version, changed_at) in versions.items():
@@ -193,20 +209,42 @@ class _Feed:
                 continue  # first sight (start-up): nothing changed for anyone connected
             event = render_event(env_id, version, changed_at)
             self.recent.setdefault(env_id, collections.deque(maxlen=REPLAY_KEPT)).append((version, event))
-            for queue in self.streams.get(env_id, ()):
-                queue.put_nowait(event)
+            self._since.clear()
+            self.wake(env_id)
 
     # streams
 
-    def subscribe(self, env_id: int, fingerprint: str) -> asyncio.Queue[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.streams.setdefault(env_id, set()).add(queue)
-        self.by_key.setdefault(fingerprint, set()).add(queue)
-        return queue
+    def waker(self, env_id: int) -> asyncio.Future[None]:
+        future = self.wakers.get(env_id)
+        if future is None or future.done():
+            future = self.wakers[env_id] = asyncio.get_running_loop().create_future()
+        return future
 
-    def unsubscribe(self, env_id: int, fingerprint: str, queue: asyncio.Queue[bytes]) -> None:
-        self.streams.get(env_id, set()).discard(queue)
-        self.by_key.get(fingerprint, set()).discard(queue)
+    def wake(self, env_id: int) -> None:
+        future = self.wakers.pop(env_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def subscribe(self, env_id: int, fingerprint: str) -> _Stream:
+        stream = _Stream(env_id, fingerprint)
+        self.streams.setdefault(env_id, set()).add(stream)
+        self.by_key.setdefault(fingerprint, set()).add(stream)
+        return stream
+
+    def unsubscribe(self, stream: _Stream) -> None:
+        self.streams.get(stream.env_id, set()).discard(stream)
+        self.by_key.get(stream.fingerprint, set()).discard(stream)
+
+    def current_version(self, env_id: int) -> int:
+        return self.versions.get(env_id, (0, 0))[0]
+
+    def since(self, env_id: int, version: int) -> bytes:
+        """What a stream that has seen `version` is sent now (built once for all such streams)."""
+        key = (env_id, version)
+        body = self._since.get(key)
+        if body is None:
+            body = self._since[key] = b"".join(self.missed(env_id, f"{env_id}-{version}"))
+        return body
 
     def missed(self, env_id: int, last_event_id: str | None) -> list[bytes]:
         """Events after `last_event_id` (`<environment>-<version>`), oldest first."""
@@ -336,17 +374,58 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if key[1]:
         await _refuse(send, 403, "This SDK key has been revoked.", cors)
         return
-    queue = state.subscribe(env_id, fingerprint)
+    stream = state.subscribe(env_id, fingerprint)
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, stream))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"), *cors]})
         last_event_id = headers.get(b"last-event-id", b"").decode("latin-1") or None
+        seen = state.current_version(env_id)
         opening = b"retry: 2000\n: featureops event stream\n\n" + b"".join(state.missed(env_id, last_event_id))
         await send({"type": "http.response.body", "body": opening, "more_body": True})
-        await pump(queue, receive, send, heartbeat=settings.OFREP_STREAM_HEARTBEAT_SECONDS)
+        await _serve(state, stream, seen, send)
+    except OSError:
+        pass  # the client went away mid-write
     finally:
-        state.unsubscribe(env_id, fingerprint, queue)
+        watcher.cancel()
+        state.unsubscribe(stream)
+
+
+class _Stream:
+    __slots__ = ("env_id", "fingerprint", "closed")
+
+    def __init__(self, env_id: int, fingerprint: str) -> None:
+        self.env_id, self.fingerprint, self.closed = env_id, fingerprint, False
+
+
+async def _serve(state: _Feed, stream: _Stream, seen: int, send: Any) -> None:
+    """Until the stream closes: sleep on the environment's shared waker; on waking, send what
+    changed since `seen`, or a heartbeat comment when nothing did (the tick woke it)."""
+    while True:
+        try:
+            await state.waker(stream.env_id)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            continue  # another stream's cancellation cancelled the shared future, not this one
+        if stream.closed:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        current_version = state.current_version(stream.env_id)
+        if current_version > seen:
+            body = state.since(stream.env_id, seen)
+            seen = current_version
+        else:
+            body = b": heartbeat\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _watch_disconnect(receive: Any, stream: _Stream) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.closed = True  # noticed at the next wake-up (a change or the heartbeat)
 
 
 async def pump(queue: asyncio.Queue[bytes], receive: Any, send: Any, *, heartbeat: float,
