@@ -154,8 +154,8 @@ class _Feed:
                     await self.connection.execute(f"LISTEN {change_feed.CHANNEL}")
                 await self._reload()  # at start, after a reconnect, and on every safety tick
                 deadline = time.monotonic() + safety
-                if self.connection is None:
-                    await asyncio.sleep(safety)
+                if self.connection is None:  # no NOTIFY (SQLite, development): polling is all there is
+                    await asyncio.sleep(settings.OFREP_SNAPSHOT_POLL_SECONDS or safety)
                     continue
                 while (left := deadline - time.monotonic()) > 0:
                     changes = None

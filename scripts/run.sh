@@ -73,4 +73,10 @@ echo "Django admin:       http://$HOST:$PORT/admin/  (log in as admin)"
 echo "Rollout demo:       http://$HOST:$PORT/p/support-assistant/rollouts/  (traffic in var/traffic.log; to breach" \
   "its latency guardrail: $PY manage.py simulate_traffic --url http://$HOST:$PORT --regress-latency 2)"
 echo
-"$PY" manage.py runserver "$HOST:$PORT"
+# uvicorn serves the whole site on one port: the console, OFREP and the events API (the WSGI
+# app, in a thread pool) and the event streams (OFREP's and the live console's), reloading on
+# code changes like runserver did.
+"$PY" -m uvicorn featureops_site.asgi:application --host "$HOST" --port "$PORT" --reload \
+  --reload-dir featureops_site --reload-dir flags --reload-dir rollouts --reload-dir audit --reload-dir api \
+  --reload-dir telemetry --reload-dir notifications --reload-dir reminders --reload-dir webhooks \
+  --timeout-graceful-shutdown 2

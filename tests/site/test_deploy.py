@@ -102,4 +102,8 @@ def test_the_production_layout_runs_a_supervised_worker_for_every_queue_and_one_
     enable = re.search(r"^systemctl enable --now (.*?)\n(?!  )", readme.replace("\\\n", " "), re.M | re.S)
     assert enable, "README shows no `systemctl enable --now` line"
     enabled = set(enable.group(1).split())
-    assert enabled == {f"featureops-worker@{queue}" for queue in QUEUES} | {"featureops-beat"}
+    assert enabled == {f"featureops-worker@{queue}" for queue in QUEUES} | {"featureops-beat", "featureops-streams"}
+    # the stream server is uvicorn on the ASGI app, bounded at shutdown (an open stream never ends by itself)
+    streams = (units / "featureops-streams.service").read_text()
+    assert re.search(r"^Restart=always$", streams, re.M)
+    assert "uvicorn featureops_site.asgi:application" in streams and "--timeout-graceful-shutdown" in streams
