@@ -20,7 +20,13 @@ from rollouts.change_control import approving
 from rollouts.change_control.submitting import targeting_change_submit
 from rollouts.models import ChangeRequest
 from tests.browser.conftest import TIMEOUT_MS, fail_on_csp_reports, sign_in, watch_csp
-from tests.browser.support import BETA_WRITE_RULE, TOOL_FLAG, assert_no_full_page_load, set_page_marker
+from tests.browser.support import (
+    BETA_WRITE_RULE,
+    TOOL_FLAG,
+    assert_no_full_page_load,
+    review_screenshot,
+    set_page_marker,
+)
 from tests.servers import database_url_from_settings, uvicorn
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
@@ -93,6 +99,7 @@ def test_an_approval_by_someone_else_lands_on_the_open_request_page_and_in_the_n
     landed = time.monotonic() - approved
     expect(pm.locator("#cr-body")).to_contain_text("Checked the beta list.")
     assert_no_full_page_load(pm)
+    review_screenshot(pm, "live-approval-landed.png")
     assert landed < 2.0, f"the approval took {landed:.2f} s to reach the open page"
 
     # When the owner cancels the request elsewhere, the nav count of pm (on another page) drops to none
@@ -123,6 +130,46 @@ def test_someone_typing_a_comment_keeps_it__the_page_says_it_changed_instead(
     notice = pm.get_by_text("This changed while you were typing")
     expect(notice).to_be_visible(timeout=3_000)
     expect(comment).to_have_value("Half-written thoughts")
+    review_screenshot(pm, "live-typing-notice.png")
+
+
+def test_a_plan_paused_elsewhere_shows_paused_on_the_open_plan_page_and_board(
+    open_as: Any, demo: dict[str, Any],
+) -> None:
+    # Given a running rollout plan of the profile in production (started through its approval)
+    from flags.models import Environment, Flag
+    from rollouts.plans import design, transitions
+    from tests.browser.test_rollout_journeys import through_approval
+
+    owner = _user("owner")
+    plan = design.plan_from_template(
+        flag=Flag.objects.get(key="support_assistant_profile"),
+        environment=Environment.objects.get(project__key="support-assistant", key="production"),
+        candidate="citation_first_v4", actor=owner, reason="Citation-first v4 is ready")
+    plan = through_approval(transitions.plan_start(plan=plan, reason="internal users first", actor=owner))
+    assert plan.status == "running"
+    # and the owner has its page open, and the operator the rollout board
+    page = open_as("owner")
+    page.goto(f"/p/support-assistant/rollouts/{plan.pk}/")
+    expect(page.locator("#plan-body")).to_contain_text("Pause")
+    set_page_marker(page)
+    board = open_as("operator")
+    board.goto("/p/support-assistant/rollouts/")
+    row = board.get_by_test_id("board-open").locator(f"tr[data-plan='{plan.pk}']")
+    expect(row).to_contain_text("Running")
+    set_page_marker(board)
+
+    # When the plan is paused elsewhere (as a guardrail breach pauses it: by the system)
+    from audit.services import SystemActor
+
+    transitions.plan_pause(plan=plan, reason="p95 latency over its limit", actor=SystemActor("guardrails"))
+
+    # Then both pages show it paused, without a reload
+    expect(row).to_contain_text("Paused", timeout=3_000)
+    expect(page.locator("#plan-body")).to_contain_text("p95 latency over its limit", timeout=3_000)
+    assert_no_full_page_load(page)
+    assert_no_full_page_load(board)
+    review_screenshot(board, "live-board-paused.png")
 
 
 def test_the_live_stream_refuses_a_visitor_who_is_not_signed_in(site: str) -> None:
