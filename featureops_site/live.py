@@ -32,8 +32,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from audit.services import LIVE_CHANNEL, listen_in_process
-from flags import change_feed
-from flags.ofrep_streams import pump
+from flags.ofrep_streams import listener_params, pump
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class _Hub:
                 queue.put_nowait(events)
 
     async def _run(self) -> None:
-        params = await sync_to_async(_listener_params, thread_sensitive=False)()
+        params = await sync_to_async(listener_params, thread_sensitive=False)()
         if params is None:  # no NOTIFY: this process's own commits (the development server)
             loop = asyncio.get_running_loop()
             listen_in_process(lambda payload: loop.call_soon_threadsafe(self.publish, payload))
@@ -111,15 +110,6 @@ class _Hub:
             except asyncio.CancelledError:
                 pass
             self.task = None
-
-
-def _listener_params() -> dict[str, Any] | None:
-    from django.db import connection
-
-    try:
-        return change_feed.listener_params()
-    finally:
-        connection.close()
 
 
 def _readable_projects(session_key: str) -> frozenset[int] | None:

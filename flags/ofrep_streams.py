@@ -135,7 +135,7 @@ class _Feed:
     # reading the database
 
     async def _read_all(self) -> tuple[dict[int, tuple[int, int]], dict[str, tuple[int, bool]]]:
-        params = await asyncio.to_thread(_listener_params)
+        params = await asyncio.to_thread(listener_params)
         if params is None:
             return await asyncio.to_thread(_read_with_orm)
         async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
@@ -145,7 +145,7 @@ class _Feed:
                 {fingerprint: (env, revoked) for fingerprint, env, revoked in keys})
 
     async def _run(self) -> None:
-        params = await asyncio.to_thread(_listener_params)
+        params = await asyncio.to_thread(listener_params)
         safety = settings.OFREP_STREAM_SAFETY_POLL_SECONDS
         while True:
             try:
@@ -275,7 +275,9 @@ _VERSIONS_SQL = ("SELECT id, version, COALESCE(floor(extract(epoch FROM changed_
 _KEYS_SQL = "SELECT left(key_hash, 16), environment_id, revoked_at IS NOT NULL FROM flags_sdkkey"
 
 
-def _listener_params() -> dict[str, Any] | None:
+def listener_params() -> dict[str, Any] | None:
+    """change_feed.listener_params() from a worker thread of an event loop, closing the Django
+    connection that reading them opened (the thread is not a request's: nothing else closes it)."""
     from django.db import connection
 
     try:

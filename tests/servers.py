@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,20 +48,28 @@ def gunicorn(database_url: str, *, workers: int = 3, worker_class: str = "sync",
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
-            except urllib.error.HTTPError:
-                break  # 401: the server answers
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    stderr = (process.stderr.read() or b"").decode()[-2000:]  # type: ignore[union-attr]
-                    raise RuntimeError("gunicorn did not start: " + stderr) from None
-                time.sleep(0.1)
+        wait_until_answering(base, process, "gunicorn",
+                             lambda: (process.stderr.read() or b"").decode())  # type: ignore[union-attr]
         yield base
     finally:
         stop(process)
+
+
+def wait_until_answering(base: str, process: subprocess.Popen[bytes], name: str, errors: Callable[[], str],
+                         seconds: float = 30) -> None:
+    """Until the server at `base` answers (OFREP's configuration: 401 without a key); if the
+    process exits or the time runs out, fail with the end of what it wrote (`errors()`)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
+        except urllib.error.HTTPError:
+            return  # 401: the server answers
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise RuntimeError(f"{name} did not start: " + errors()[-2000:]) from None
+            time.sleep(0.1)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -95,18 +103,12 @@ def uvicorn(database_url: str, *, port: int | None = None, env: dict[str, str] |
                                    stderr=stderr)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
-                except urllib.error.HTTPError:
-                    break  # 401: the server answers
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        stop(process)
-                        stderr.seek(0)
-                        raise RuntimeError("uvicorn did not start: " + stderr.read().decode()[-2000:]) from None
-                    time.sleep(0.1)
+
+            def errors() -> str:
+                stderr.seek(0)
+                return stderr.read().decode()
+
+            wait_until_answering(base, process, "uvicorn", errors)
             yield base
         finally:
             stop(process)

@@ -11,12 +11,7 @@ import contextlib
 import http.client
 import io
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +26,11 @@ from flags.models import Environment, Project, Targeting
 from flags.ofrep_streams import stream_token
 from flags.sdk_auth import hash_sdk_key
 from flags.snapshot_store import SnapshotStore, reset_store
+from tests import servers
 from tests.factories import TEST_ACTOR
 from tests.flags.support import INCIDENT
 from tests.ofrep_client import WsgiResponse
-from tests.servers import ROOT, database_url_from_settings, free_port, stop
+from tests.servers import database_url_from_settings
 
 SERVER_SECRET = "uvicorn-test-secret-key-xx"
 
@@ -44,29 +40,9 @@ SERVER_SECRET = "uvicorn-test-secret-key-xx"
 
 @contextlib.contextmanager
 def uvicorn(database_url: str, **extra_env: str) -> Iterator[str]:
-    """uvicorn serving featureops_site.asgi on a free loopback port; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "0", "SECRET_KEY": SERVER_SECRET,
-           "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "WARNING", **extra_env}
-    command = [sys.executable, "-m", "uvicorn", "featureops_site.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/ofrep/v1/configuration", timeout=1)  # noqa: S310
-            except urllib.error.HTTPError:
-                break  # 401: the server answers
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    stderr = (process.stderr.read() or b"").decode()[-2000:]  # type: ignore[union-attr]
-                    raise RuntimeError("uvicorn did not start: " + stderr) from None
-                time.sleep(0.1)
+    """tests.servers.uvicorn with the secret the tests sign stream tokens with."""
+    with servers.uvicorn(database_url, env={"SECRET_KEY": SERVER_SECRET, **extra_env}) as base:
         yield base
-    finally:
-        stop(process)
 
 
 class EventStream:
