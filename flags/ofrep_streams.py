@@ -135,12 +135,10 @@ class _Feed:
     # reading the database
 
     async def _read_all(self) -> tuple[dict[int, tuple[int, int]], dict[str, tuple[int, bool]]]:
-        params = await asyncio.to_thread(listener_params)
-        if params is None:
+        if self.connection is None:  # no NOTIFY: through the ORM, in a thread
             return await asyncio.to_thread(_read_with_orm)
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
-            rows = await (await conn.execute(_VERSIONS_SQL)).fetchall()
-            keys = await (await conn.execute(_KEYS_SQL)).fetchall()
+        rows = await (await self.connection.execute(_VERSIONS_SQL)).fetchall()
+        keys = await (await self.connection.execute(_KEYS_SQL)).fetchall()
         return ({env: (version, int(changed)) for env, version, changed in rows},
                 {fingerprint: (env, revoked) for fingerprint, env, revoked in keys})
 
