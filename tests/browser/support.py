@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from playwright.sync_api import Dialog, Locator, Page, expect
 
-from rollouts.models import ChangeRequest
+from rollouts.change_control import applying, approving
+from rollouts.models import ChangeRequest, RolloutPlan
 
 PROJECT = "support-assistant"
 TOOL_FLAG = "support_agent_tool_mode"
@@ -126,3 +128,19 @@ def propose_beta_write(page: Page, reason: str, *, screenshot: str | None = None
     expect(page.get_by_test_id("cr-diff")).to_contain_text(ESCALATION_LINE)
     return change_request
 
+
+def through_approval(plan: RolloutPlan) -> RolloutPlan:
+    """If the step opened a change request (production's policy: a widened audience needs an
+    approval), the approvers approve it and the owner applies it, as in the console."""
+    if plan.pending_change_request_id is None:
+        return plan
+    people = get_user_model().objects
+    change_request = ChangeRequest.objects.get(pk=plan.pending_change_request_id)
+    for approver in ("pm", "lead"):
+        if ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING:
+            approving.change_request_approve(change_request=change_request, actor=people.get(username=approver),
+                                             comment="set-up")
+    applying.change_request_apply(change_request=change_request, actor=people.get(username="owner"))
+    plan = RolloutPlan.objects.get(pk=plan.pk)  # the apply's on-commit hook moved it
+    assert plan.pending_change_request_id is None, "the plan did not follow its applied change request"
+    return plan

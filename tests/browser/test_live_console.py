@@ -26,6 +26,7 @@ from tests.browser.support import (
     assert_no_full_page_load,
     review_screenshot,
     set_page_marker,
+    through_approval,
 )
 from tests.servers import database_url_from_settings, uvicorn
 
@@ -139,7 +140,6 @@ def test_a_plan_paused_elsewhere_shows_paused_on_the_open_plan_page_and_board(
     # Given a running rollout plan of the profile in production (started through its approval)
     from flags.models import Environment, Flag
     from rollouts.plans import design, transitions
-    from tests.browser.test_rollout_journeys import through_approval
 
     owner = _user("owner")
     plan = design.plan_from_template(

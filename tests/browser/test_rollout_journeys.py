@@ -35,7 +35,7 @@ from audit.services import SystemActor
 from flags import services as flag_services
 from flags.models import Environment, Flag, Targeting
 from notifications.models import Notification
-from rollouts.change_control import applying, approval_policy, approving
+from rollouts.change_control import approval_policy
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
 from rollouts.plans import design, measurement, transitions
 from telemetry import ingest
@@ -48,6 +48,7 @@ from tests.browser.support import (
     assert_no_full_page_load,
     review_screenshot,
     set_page_marker,
+    through_approval,
     wait_for_ofrep,
 )
 from tests.ofrep_client import call
@@ -85,21 +86,6 @@ def sdk_key(name: str) -> str:
 
 
 # --- set-up through the services ----------------------------------------------------------
-
-
-def through_approval(plan: RolloutPlan) -> RolloutPlan:
-    """If the step opened a change request (production's policy: a widened audience needs an
-    approval), the approvers approve it and the owner applies it, as in the console."""
-    if plan.pending_change_request_id is None:
-        return plan
-    change_request = ChangeRequest.objects.get(pk=plan.pending_change_request_id)
-    for approver in ("pm", "lead"):
-        if ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING:
-            approving.change_request_approve(change_request=change_request, actor=user(approver), comment="set-up")
-    applying.change_request_apply(change_request=change_request, actor=user("owner"))
-    plan = RolloutPlan.objects.get(pk=plan.pk)  # the apply's on-commit hook moved it
-    assert plan.pending_change_request_id is None, "the plan did not follow its applied change request"
-    return plan
 
 
 def baked(plan: RolloutPlan) -> RolloutPlan:
