@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
 from api.site import api as api_v1
 from api.site import not_found as api_not_found
@@ -11,6 +13,8 @@ from featureops_site.live import live_not_served_here
 from featureops_site.status_views import system_status
 
 urlpatterns = [
+    # Pages name the icon in base.html; what asks for /favicon.ico anyway (the admin, a bare browser) is sent there.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("admin/", admin.site.urls),
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

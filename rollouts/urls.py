@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 import rollouts.flags_as_code.views as contract_views
-from rollouts import flag_change_views, segment_views, views
+from rollouts import flag_change_views, incident_views, propose_views, segment_views, views
 from rollouts.plans import views as plan_views
 
 app_name = "rollouts"
@@ -14,10 +14,10 @@ _change = "p/<slug:project_key>/changes/<int:pk>/"
 urlpatterns = [
     path("changes/", views.inbox, name="inbox"),
     path("changes/waiting-count/", views.nav_approvals, name="nav_approvals"),
-    path(_flag + "propose/<slug:environment_key>/", views.targeting_propose, name="targeting_propose"),
-    path(_flag + "propose/<slug:environment_key>/preview/", views.targeting_preview, name="targeting_preview"),
-    path(_flag + "killswitch/<slug:environment_key>/", views.killswitch, name="killswitch"),
-    path(_flag + "change-control/", views.flag_control, name="flag_control"),
+    path(_flag + "propose/<slug:environment_key>/", propose_views.targeting_propose, name="targeting_propose"),
+    path(_flag + "propose/<slug:environment_key>/preview/", propose_views.targeting_preview, name="targeting_preview"),
+    path(_flag + "killswitch/<slug:environment_key>/", incident_views.killswitch, name="killswitch"),
+    path(_flag + "change-control/", incident_views.flag_control, name="flag_control"),
     path(_flag + "change-contract/", flag_change_views.contract_change, name="contract_change"),
     path(_flag + "variations/<slug:variation_key>/change/", flag_change_views.variation_change,
          name="variation_change"),
@@ -30,9 +30,9 @@ urlpatterns = [
     path(_change + "cancel/", views.change_request_cancel, name="change_request_cancel"),
     path("p/<slug:project_key>/segments/new/", segment_views.segment_create, name="segment_create"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/", segment_views.segment_edit, name="segment_edit"),
-    path("p/<slug:project_key>/incidents/", views.incidents, name="incidents"),
-    path("p/<slug:project_key>/incidents/<int:pk>/lift/", views.incident_lift, name="incident_lift"),
-    path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", views.follow_up_acknowledge,
+    path("p/<slug:project_key>/incidents/", incident_views.incidents, name="incidents"),
+    path("p/<slug:project_key>/incidents/<int:pk>/lift/", incident_views.incident_lift, name="incident_lift"),
+    path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", incident_views.follow_up_acknowledge,
          name="follow_up_acknowledge"),
     path("p/<slug:project_key>/approval-policy/", views.approval_policies, name="approval_policies"),
 ]
