@@ -192,6 +192,13 @@ class FlagCreateForm(FlagContractForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         value_type = data.get("value_type")
+        if value_type == ValueType.BOOLEAN:
+            # Boolean flags always get "off" (false, the fallback) and "on" (true): other input would be ignored.
+            if (data.get("fallback_key") or "").strip() not in ("", "off"):
+                self.add_error("fallback_key", "A boolean flag's fallback is “off” (false): leave this empty.")
+            if (data.get("fallback_value") or "").strip() not in ("", "false"):
+                self.add_error("fallback_value", "A boolean flag's fallback value is false: leave this empty "
+                                                 "(true is its “on” variation).")
         if value_type and value_type != ValueType.BOOLEAN:
             if not data.get("fallback_key"):
                 self.add_error("fallback_key", "Name the fallback variation.")

@@ -136,9 +136,14 @@ def test_flag_create__boolean_flag__gets_off_and_on_variations_with_off_as_fallb
         ({"value_type": ValueType.STRING, "fallback_value": "x", "json_schema": '{"type": "string"}'},
          "json_schema", "Only JSON flags take a JSON Schema."),
         ({"fallback_key": ""}, "fallback_key", "Name the fallback variation."),
+        ({"value_type": ValueType.BOOLEAN, "fallback_key": "", "fallback_value": "maybe", "json_schema": ""},
+         "fallback_value", "A boolean flag's fallback value is false: leave this empty (true is its “on” variation)."),
+        ({"value_type": ValueType.BOOLEAN, "fallback_key": "enabled", "fallback_value": "", "json_schema": ""},
+         "fallback_key", "A boolean flag's fallback is “off” (false): leave this empty."),
     ],
     ids=["duplicate-key", "key-with-spaces", "key-with-capitals", "malformed-fallback-json", "invalid-schema",
-         "non-number-fallback", "schema-on-string-flag", "missing-fallback-key"],
+         "non-number-fallback", "schema-on-string-flag", "missing-fallback-key",
+         "boolean-with-a-fallback-value", "boolean-with-a-fallback-key"],
 )
 def test_flag_create__bad_input__shows_error_beside_field_and_saves_nothing(
     client: Any, login: Callable[[str], Any], overrides: dict[str, str], field: str, error: str
