@@ -255,10 +255,15 @@ def targeting_edit(request: HttpRequest, project: Project, flag_key: str, enviro
     form = TargetingForm(request.POST or None, targeting=targeting, variations=variations,
                          initial=TargetingForm.initial_for(targeting, variations))
     if request.method == "POST" and form.is_valid():
+        def saved(updated: Targeting) -> str:
+            if updated.version == targeting.version:
+                return f"No change: “{flag.key}” in {targeting.environment.name} already serves this. Nothing was written."
+            return f"Targeting of “{flag.key}” in {targeting.environment.name} saved."
+
         if report(request, lambda: services.targeting_update(targeting=targeting, actor=request.user,
                                                              expected_version=form.cleaned_data["version"],
                                                              **form.changes()),
-                  f"Targeting of “{flag.key}” in {targeting.environment.name} saved.", form) is not REFUSED:
+                  saved, form) is not REFUSED:
             url = reverse("flags:flag_detail", kwargs={"project_key": project.key, "flag_key": flag.key})
             return redirect(url + f"#env-{targeting.environment.key}")
     segments = list(project.segments.values_list("key", flat=True))

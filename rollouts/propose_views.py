@@ -46,7 +46,11 @@ def targeting_propose(request: HttpRequest, project: Project, flag_key: str, env
                 messages.success(request, f"Change request CR-{result.pk} submitted: it needs "
                                           f"{result.required_approvals} approval(s). Approvers have been notified.")
                 return redirect("rollouts:change_request", project_key=project.key, pk=result.pk)
-            messages.success(request, f"Applied at once in {targeting.environment.name}: this change raises no risk.")
+            if result.version == targeting.version:
+                messages.info(request, f"No change: {flag.key} in {targeting.environment.name} already serves this. "
+                                       "Nothing was written.")
+            else:
+                messages.success(request, f"Applied at once in {targeting.environment.name}: this change raises no risk.")
             return redirect(flag_url(project, flag, f"env-{targeting.environment.key}"))
     return render(request, "rollouts/propose.html", {
         "project": project, "flag": flag, "targeting": targeting, "form": form,

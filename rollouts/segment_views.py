@@ -51,7 +51,10 @@ def _segment_save(request: HttpRequest, project: Project, segment: Segment | Non
                                   f"Segment “{segment.key}” stays as it is until the request is approved and "
                                   "applied; the approvers have been notified.")
         return wording.change_request_url(result)
-    messages.success(request, f"Segment “{segment.key}” saved.")
+    if result.version == segment.version:
+        messages.info(request, f"No change: segment “{segment.key}” already is this. Nothing was written.")
+    else:
+        messages.success(request, f"Segment “{segment.key}” saved.")
     return list_url
 
 
