@@ -36,7 +36,8 @@ def representative(bin_name: str) -> float:
 
 
 @functools.cache  # a few hundred distinct bins in practice; sorting merged histograms calls this a lot
-def _order(bin_name: str) -> tuple[int, int]:
+def bin_order(bin_name: str) -> tuple[int, int]:
+    """Sort key of bins: from the most negative values through zero to the largest."""
     if bin_name == "z":
         return (1, 0)
     k = int(bin_name[1:])
@@ -72,8 +73,8 @@ def percentile(histogram: Mapping[str, int], q: float) -> float | None:
         return None
     rank = max(1, math.ceil(q * total))
     seen = 0
-    for name in sorted(histogram, key=_order):
+    for name in sorted(histogram, key=bin_order):
         seen += histogram[name]
         if seen >= rank:
             return representative(name)
-    return representative(max(histogram, key=_order))  # not reached: counts add up to total
+    return representative(max(histogram, key=bin_order))  # not reached: counts add up to total
