@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from flags import audit_views, project_views, token_views, views, webhook_views
+from flags import audit_views, project_views, rule_editor_views, token_views, views, webhook_views
 
 app_name = "flags"
 
@@ -21,6 +21,9 @@ urlpatterns = [
     path(_flag + "variations/<slug:variation_key>/delete/", views.variation_delete, name="variation_delete"),
     path(_flag + "targeting/<slug:environment_key>/", views.targeting_edit, name="targeting_edit"),
     path(_flag + "targeting/<slug:environment_key>/toggle/", views.targeting_toggle, name="targeting_toggle"),
+    path(_flag + "targeting/<slug:environment_key>/rule-editor/", rule_editor_views.targeting_rule_editor,
+         name="targeting_rule_editor"),
+    path("p/<slug:project_key>/rule-editor/segment/", rule_editor_views.segment_rule_editor, name="segment_rule_editor"),
     path(_flag + "history/", audit_views.flag_history, name="flag_history"),
     path("audit/", audit_views.audit_explorer, name="audit_explorer"),
     path("audit/events/<int:event_id>/", audit_views.audit_event_detail, name="audit_event_detail"),

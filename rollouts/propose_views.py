@@ -60,6 +60,14 @@ def targeting_propose(request: HttpRequest, project: Project, flag_key: str, env
     }, status=422 if form.errors else 200)
 
 
+def _field_words(form: ProposeForm, name: str) -> str:
+    """A field as the preview names it: the rule editor's by their label ("Rule 2, clause 1: values")."""
+    if name == "__all__":
+        return "form"
+    field = form.fields.get(name)
+    return str(field.label) if name.startswith("rule-") and field is not None else name.replace("_", " ")
+
+
 @project_page("POST")
 def targeting_preview(request: HttpRequest, project: Project, flag_key: str, environment_key: str) -> HttpResponse:
     """htmx: what submitting the form as it stands would do, before it is submitted."""
@@ -76,8 +84,7 @@ def targeting_preview(request: HttpRequest, project: Project, flag_key: str, env
         except ValidationError as exc:
             problems = exc.messages
     else:
-        problems = [f"{name.replace('_', ' ') if name != '__all__' else 'form'}: {' '.join(errors)}"
-                    for name, errors in form.errors.items()]
+        problems = [f"{_field_words(form, name)}: {' '.join(errors)}" for name, errors in form.errors.items()]
     needs = preview is not None and not preview.applies_now
     return render(request, "rollouts/_preview.html", {
         "preview": preview, "problems": problems, "targeting": targeting,

@@ -61,10 +61,14 @@ def _segment_save(request: HttpRequest, project: Project, segment: Segment | Non
 def _segment_form_view(request: HttpRequest, project: Project, segment: Segment | None) -> HttpResponse:
     if refusal := refused(request, permissions.EDIT_SEGMENTS, project):
         return refusal
-    form = SegmentForm(request.POST or None, editing=segment is not None, initial=_segment_initial(segment))
+    # The segment's own key is not offered in its rules' segment clauses (it cannot refer to itself).
+    segment_keys = list(project.segments.exclude(pk=segment.pk if segment else None).order_by("key")
+                        .values_list("key", flat=True))
+    form = SegmentForm(request.POST or None, editing=segment is not None, initial=_segment_initial(segment),
+                       segment_keys=segment_keys, stored_rules=segment.rules if segment else [])
     if request.method == "POST" and form.is_valid():
         try:
-            url = _segment_save(request, project, segment, form.cleaned_data)
+            url = _segment_save(request, project, segment, form.changes())
         except ValidationError as exc:
             add_service_errors(form, exc)
         else:

@@ -89,14 +89,15 @@ def review_screenshot(page: Page, name: str) -> None:
 
 def propose_beta_write(page: Page, reason: str, *, screenshot: str | None = None) -> ChangeRequest:
     """From the tool-mode flag page: "Propose a change" on Production, append the beta → write
-    rule to the rules JSON, check the live preview, give the reason and submit. Returns the
+    rule to the rules JSON (the rule editor's JSON view), check the live preview, give the reason and submit. Returns the
     change request, once its page is shown."""
     production_card(page).get_by_role("link", name="Propose a change").click()
     expect(page.get_by_role("heading", name=f"Propose a change to {TOOL_FLAG} in Production", level=1)).to_be_visible()
     verdict = page.get_by_test_id("preview-verdict")
     expect(verdict).to_have_text("No change yet: edit the targeting.")  # the preview loaded with the page
 
-    # The user appends the rule to the list already in the textarea
+    # The user opens the rule editor's JSON view and appends the rule to the list there
+    page.get_by_role("button", name="JSON", exact=True).click()
     rules = page.get_by_label("Rules (JSON)")
     current = json.loads(rules.input_value())
     assert [rule["id"] for rule in current] == ["internal"]
