@@ -19,11 +19,12 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core import mail
 from django.core.mail.backends.base import BaseEmailBackend
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from notifications.models import TITLE_MAX_LENGTH, Notification
+from notifications.models import TITLE_MAX_LENGTH, Notification, kind_validator
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,22 @@ def notify(
     created = Notification.objects.bulk_create(notifications)
     transaction.on_commit(partial(_enqueue_emails, [n.pk for n in created]), robust=True)
     return created
+
+
+def settle(*, url: str, kinds: Iterable[str], settled_kind: str, title: str, note: str) -> int:
+    """Notifications of `kinds` about `url` asked their recipients to act (approve a change
+    request, say), and that is settled now: cancelled, rejected, applied. Each one says so:
+    `title` ("Cancelled by pm: CR-12 … no approval needed") replaces its title, `note` comes
+    first in its body (what it said follows), its kind becomes `settled_kind` (so it is
+    settled once), and it no longer counts as unread. One UPDATE; returns how many rows
+    changed. No email: the person was told of the request, the requester hears of the end."""
+    kind_validator(settled_kind)
+    title = Truncator(_one_line(title)).chars(TITLE_MAX_LENGTH)
+    return Notification.objects.filter(url=url, kind__in=list(kinds)).update(
+        kind=settled_kind, title=title,
+        body=Concat(models.Value(f"{note}\n\n"), "body", output_field=models.TextField()),
+        read_at=Coalesce("read_at", models.Value(timezone.now()), output_field=models.DateTimeField()),
+    )
 
 
 def _enqueue_emails(notification_ids: list[int]) -> None:

@@ -4,7 +4,9 @@ got before and what it gets after, with risk ranks ("tool mode for beta_accounts
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +78,81 @@ def _variations(serve: Mapping[str, Any] | None) -> set[str]:
     return {b["variation"] for b in serve.get("split", []) if int(b.get("weight", 0)) > 0}
 
 
+def _keys_label(keys: Sequence[str], shown: int = 20) -> str:
+    """A key list in a line: the first `shown`, then how many more (a list of thousands stays one line)."""
+    head = ", ".join(keys[:shown])
+    return head + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _rule_name(rule: Mapping[str, Any], index: int) -> str:
+    return str(rule.get("id") or f"#{index + 1}")
+
+
+def _match_rules(old_rules: Sequence[Mapping[str, Any]], new_rules: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """new index → old index of the same rule: by id where each list names it once, then by
+    audience (identical clauses) among the rest. What stays unmatched was added or removed."""
+    def unique_ids(rules: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        counts = Counter(str(r.get("id")) for r in rules if r.get("id"))
+        return {str(r["id"]): i for i, r in enumerate(rules) if r.get("id") and counts[str(r["id"])] == 1}
+
+    old_ids, new_ids = unique_ids(old_rules), unique_ids(new_rules)
+    matched = {j: old_ids[rule_id] for rule_id, j in new_ids.items() if rule_id in old_ids}
+    taken = set(matched.values())
+    by_signature: dict[str, list[int]] = {}
+    for i, rule in enumerate(old_rules):
+        if i not in taken:
+            by_signature.setdefault(_signature(rule), []).append(i)
+    for j, rule in enumerate(new_rules):
+        if j not in matched and (candidates := by_signature.get(_signature(rule))):
+            matched[j] = candidates.pop(0)
+    return matched
+
+
+def _rule_lines(base: Mapping[str, Any], proposed: Mapping[str, Any], words: _Words, noun: str,
+                fallback_serve: Mapping[str, Any]) -> list[DiffLine]:
+    """Rules matched old to new (`_match_rules`): each new, removed or changed one (audience,
+    description, what it serves) in a line, and a line when the kept ones changed order."""
+    old_rules: Sequence[Mapping[str, Any]] = base.get("rules") or []
+    new_rules: Sequence[Mapping[str, Any]] = proposed.get("rules") or []
+    matched = _match_rules(old_rules, new_rules)
+    rest_before = base.get("default_serve") if base.get("enabled") else fallback_serve
+    rest_after = proposed.get("default_serve") if proposed.get("enabled") else fallback_serve
+    lines: list[DiffLine] = []
+    for j, rule in enumerate(new_rules):
+        audience = _audience(rule)
+        i = matched.get(j)
+        if i is None:
+            # The audience used to fall through to the default rule.
+            lines.append(DiffLine(
+                f"{noun} for {audience} (new rule): {words.serve(rest_before)} → {words.serve(rule.get('serve'))}",
+                escalates=words.risk(rule.get("serve")) > words.risk(rest_before)))
+            continue
+        previous = old_rules[i]
+        if _signature(previous) != _signature(rule):
+            lines.append(DiffLine(
+                f"Audience of rule {_rule_name(rule, j)}: {_audience(previous)} → {audience} "
+                f"(served {words.serve(rule.get('serve'))})",
+                escalates=words.risk(rule.get("serve")) > words.risk(rest_after)))
+        if (previous.get("description") or "") != (rule.get("description") or ""):
+            lines.append(DiffLine(f"Description of rule {_rule_name(rule, j)} ({audience}): "
+                                  f"“{previous.get('description') or ''}” → “{rule.get('description') or ''}”"))
+        if previous.get("serve") != rule.get("serve"):
+            lines.append(DiffLine(
+                f"{noun} for {audience}: {words.serve(previous.get('serve'))} → {words.serve(rule.get('serve'))}",
+                escalates=words.risk(rule.get("serve")) > words.risk(previous.get("serve"))))
+    kept = set(matched.values())
+    for i, rule in enumerate(old_rules):
+        if i not in kept:
+            lines.append(DiffLine(
+                f"Rule for {_audience(rule)} removed: {words.serve(rule.get('serve'))} → "
+                f"falls through to {words.serve(rest_after)}",
+                escalates=words.risk(rest_after) > words.risk(rule.get("serve"))))
+    order = [matched[j] for j in sorted(matched)]
+    if order != sorted(order):
+        lines.append(DiffLine("Rules reordered: now " + ", ".join(_audience(new_rules[j]) for j in sorted(matched))))
+    return lines
+
+
 def describe_targeting_change(*, base: Mapping[str, Any], proposed: Mapping[str, Any], risk_ranks: Mapping[str, int],
                               fallback: str, surface: str = "") -> list[DiffLine]:
     words = _Words(risk_ranks)
@@ -103,41 +180,11 @@ def describe_targeting_change(*, base: Mapping[str, Any], proposed: Mapping[str,
         removed = sorted(old_targets.get(variation, set()) - new_targets.get(variation, set()))
         if added:
             lines.append(DiffLine(f"Individual targets for {words.serve({'variation': variation})}: "
-                                  f"+ {', '.join(added)}", escalates=int(risk_ranks.get(variation, 0)) > 0))
+                                  f"+ {_keys_label(added)}", escalates=int(risk_ranks.get(variation, 0)) > 0))
         if removed:
-            lines.append(DiffLine(f"Individual targets for {variation}: − {', '.join(removed)}"))
+            lines.append(DiffLine(f"Individual targets for {variation}: − {_keys_label(removed)}"))
 
-    # Rules, matched by audience (their clauses).
-    old_rules: Sequence[Mapping[str, Any]] = base.get("rules", [])
-    new_rules: Sequence[Mapping[str, Any]] = proposed.get("rules", [])
-    old_by_signature = {_signature(r): r for r in old_rules}
-    new_by_signature = {_signature(r): r for r in new_rules}
-    for rule in new_rules:
-        signature = _signature(rule)
-        audience = _audience(rule)
-        previous = old_by_signature.get(signature)
-        if previous is None:
-            # The audience used to fall through to the default rule.
-            before_serve = base.get("default_serve") if base.get("enabled") else fallback_serve
-            lines.append(DiffLine(
-                f"{noun} for {audience} (new rule): {words.serve(before_serve)} → {words.serve(rule.get('serve'))}",
-                escalates=words.risk(rule.get("serve")) > words.risk(before_serve)))
-        elif previous.get("serve") != rule.get("serve"):
-            lines.append(DiffLine(
-                f"{noun} for {audience}: {words.serve(previous.get('serve'))} → {words.serve(rule.get('serve'))}",
-                escalates=words.risk(rule.get("serve")) > words.risk(previous.get("serve"))))
-    for rule in old_rules:
-        if _signature(rule) not in new_by_signature:
-            after_serve = proposed.get("default_serve") if proposed.get("enabled") else fallback_serve
-            lines.append(DiffLine(
-                f"Rule for {_audience(rule)} removed: {words.serve(rule.get('serve'))} → "
-                f"falls through to {words.serve(after_serve)}",
-                escalates=words.risk(after_serve) > words.risk(rule.get("serve"))))
-    kept_old = [s for s in (_signature(r) for r in old_rules) if s in new_by_signature]
-    kept_new = [s for s in (_signature(r) for r in new_rules) if s in old_by_signature]
-    if kept_old != kept_new:
-        order = ", ".join(_audience(new_by_signature[s]) for s in kept_new)
-        lines.append(DiffLine(f"Rules reordered: now {order}"))
+    lines.extend(_rule_lines(base, proposed, words, noun, fallback_serve))
 
     if base.get("default_serve") != proposed.get("default_serve"):
         lines.append(DiffLine(
@@ -199,4 +246,89 @@ def describe_segment_change(*, key: str, base: Mapping[str, Any], proposed: Mapp
     for field in ("name", "description"):
         if base.get(field) != proposed.get(field):
             lines.append(DiffLine(f"segment {key}: {field} “{base.get(field)}” → “{proposed.get(field)}”"))
+    return lines
+
+
+def _targeting_part(state: Mapping[str, Any]) -> dict[str, Any]:
+    if not state.get("enabled"):
+        return {"enabled": False, "targets": [], "rules": [], "default_serve": None,
+                "assignment_unit": state.get("assignment_unit")}
+    return {name: state.get(name) for name in ("enabled", "targets", "rules", "default_serve", "assignment_unit")}
+
+
+def describe_served_change(*, before: Mapping[str, Any], after: Mapping[str, Any], surface: str = "") -> list[DiffLine]:
+    """What one governed environment serves, before and after, in words: the fallback, on/off,
+    targets, rules and default (as `describe_targeting_change`), who joins or leaves each
+    segment the rules reach, the values and risk ranks of the variations it can serve, and
+    the JSON Schema. `before` and `after` are served states (flags/served_state/state.py)."""
+    ranks = {key: int(v.get("risk_rank") or 0) for key, v in (before.get("variations") or {}).items()}
+    ranks.update({key: int(v.get("risk_rank") or 0) for key, v in (after.get("variations") or {}).items()})
+    lines: list[DiffLine] = []
+    old_fallback, new_fallback = before.get("fallback"), after.get("fallback")
+    if old_fallback != new_fallback:
+        lines.append(DiffLine(
+            f"Fallback (served to everyone when the flag is off): {old_fallback} (risk {ranks.get(old_fallback, 0)}) "
+            f"→ {new_fallback} (risk {ranks.get(new_fallback, 0)})",
+            escalates=ranks.get(new_fallback, 0) > ranks.get(old_fallback, 0) and not after.get("enabled")))
+    if before.get("enabled") and not after.get("enabled"):
+        lines.append(DiffLine(f"Turned off: everyone gets the fallback {new_fallback} "
+                              f"(risk {ranks.get(new_fallback, 0)})"))
+    else:
+        base, proposed = _targeting_part(before), _targeting_part(after)
+        if not before.get("enabled"):
+            base["assignment_unit"] = proposed["assignment_unit"]  # an off flag buckets nobody: no unit to compare
+        lines.extend(describe_targeting_change(base=base, proposed=proposed, risk_ranks=ranks,
+                                               fallback=str(new_fallback), surface=surface))
+    old_segments, new_segments = before.get("segments") or {}, after.get("segments") or {}
+    for key in sorted(set(old_segments) & set(new_segments)):
+        lines.extend(describe_segment_change(key=key, base=old_segments[key], proposed=new_segments[key]))
+    old_variations, new_variations = before.get("variations") or {}, after.get("variations") or {}
+    for key in sorted(set(old_variations) & set(new_variations)):
+        old, new = old_variations[key], new_variations[key]
+        if old.get("value") != new.get("value"):
+            if isinstance(old.get("value"), dict) and isinstance(new.get("value"), dict):
+                for change in diff(old["value"], new["value"]):
+                    lines.append(DiffLine(f"Value of {key}: {change.path} {change.before or '∅'} → "
+                                          f"{change.after or '∅'}"))
+            else:
+                lines.append(DiffLine(f"Value of {key}: {json.dumps(old.get('value'), ensure_ascii=False)} → "
+                                      f"{json.dumps(new.get('value'), ensure_ascii=False)}"))
+        if old.get("risk_rank") != new.get("risk_rank"):
+            lines.append(DiffLine(f"Risk rank of {key}: {old.get('risk_rank')} → {new.get('risk_rank')}",
+                                  escalates=int(new.get("risk_rank") or 0) > int(old.get("risk_rank") or 0)))
+    if before.get("json_schema") != after.get("json_schema"):
+        changes = diff(before.get("json_schema") or {}, after.get("json_schema") or {})
+        lines.append(DiffLine(f"JSON Schema: {len(changes)} change(s): "
+                              + "; ".join(f"{c.path} {c.before or '∅'} → {c.after or '∅'}" for c in changes[:6])
+                              + (" …" if len(changes) > 6 else "")))
+    return lines
+
+
+def as_json(value: Any) -> str:
+    """Real JSON for people: indented, keys sorted (so two states line up), text as it is."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One line of a JSON diff: `kind` is "added", "removed", "same" or "gap" (lines left out)."""
+
+    kind: str
+    text: str
+
+
+def json_line_diff(before: Any, after: Any, context: int = 3) -> list[JsonLine]:
+    """A unified line diff of two JSON values (`as_json`), `context` unchanged lines around
+    each change; empty when they are equal."""
+    old, new = as_json(before).splitlines(), as_json(after).splitlines()
+    lines: list[JsonLine] = []
+    for group in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_grouped_opcodes(context):
+        if lines:
+            lines.append(JsonLine("gap", "…"))
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                lines.extend(JsonLine("same", text) for text in old[i1:i2])
+                continue
+            lines.extend(JsonLine("removed", text) for text in old[i1:i2])
+            lines.extend(JsonLine("added", text) for text in new[j1:j2])
     return lines

@@ -22,10 +22,12 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
 from flags import permissions
+from flags.forms import add_service_errors
 from flags.models import Project
 from flags.shortcuts import REFUSED, project_page, refused, report, with_messages
 from rollouts import selectors
 from rollouts.change_control import applying, approval_policy, approving, wording
+from rollouts.diff import as_json
 from rollouts.forms import CommentForm, DecisionForm, PolicyForm, ScheduleForm
 from rollouts.models import ChangeRequest
 from rollouts.plans import pages as plan_pages
@@ -40,7 +42,13 @@ def _change_request_for(project: Project, pk: int) -> ChangeRequest:
         raise Http404("No such change request.") from exc
 
 
-def _change_request_context(request: HttpRequest, project: Project, change_request: ChangeRequest) -> dict[str, Any]:
+FORM_IDS = {"decision_form": "id_decision_%s", "comment_form": "id_comment_%s", "schedule_form": "id_schedule_%s"}
+
+
+def _change_request_context(request: HttpRequest, project: Project, change_request: ChangeRequest,
+                            forms: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the page shows. `forms`: bound forms that were refused, shown with their
+    errors beside their fields in place of empty ones."""
     user = request.user
     is_requester = change_request.requester_id == user.pk
     is_approver = permissions.APPROVE.allows(user, change_request)
@@ -52,8 +60,12 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "project": project,
         "cr": change_request,
         "lines": wording.describe_request(change_request),
+        "review": selectors.change_request_review(change_request),
+        "base_json": as_json(change_request.base_state),
+        "proposed_json": as_json(change_request.proposed),
         "conflict_lines": conflict_lines,
         "approvals": approvals,
+        "discussion": selectors.discussion(change_request),
         "valid_approvals": approving.valid_approvals(change_request),
         "is_requester": is_requester,
         "is_approver": is_approver,
@@ -62,11 +74,12 @@ def _change_request_context(request: HttpRequest, project: Project, change_reque
         "can_apply": permissions.APPLY.allows(user, change_request) and status == ChangeRequest.Status.APPROVED,
         "can_cancel": is_requester and status in (*ChangeRequest.OPEN, ChangeRequest.Status.CONFLICTED),
         "can_comment": permissions.COMMENT.allows(user, change_request),
-        "decision_form": DecisionForm(auto_id="id_decision_%s"),
-        "comment_form": CommentForm(auto_id="id_comment_%s"),
-        "schedule_form": ScheduleForm(auto_id="id_schedule_%s"),
+        "decision_form": DecisionForm(auto_id=FORM_IDS["decision_form"]),
+        "comment_form": CommentForm(auto_id=FORM_IDS["comment_form"]),
+        "schedule_form": ScheduleForm(auto_id=FORM_IDS["schedule_form"]),
         "rollout": plan_pages.request_evidence(change_request),
         "shortfall": approving.approval_shortfall(change_request),
+        **(forms or {}),
     }
 
 
@@ -78,31 +91,45 @@ def change_request_detail(request: HttpRequest, project: Project, pk: int) -> Ht
 
 def _change_request_action(request: HttpRequest, project: Project, pk: int, rule: permissions.Rule, act: Any,
                            success: str | Callable[[ChangeRequest], str],
-                           form_class: type | None = None) -> HttpResponse:
+                           form: tuple[str, Any] | None = None) -> HttpResponse:
     """Run one action on a request if `rule` allows the person (the service asks again, under
     the row lock), then answer with its refreshed body (htmx) or page. `success` is the
-    message, or makes it from the request as the action left it."""
+    message, or makes it from the request as the action left it. `form`: the context name
+    of the action's form and a function making it from the posted data; a refused form comes
+    back with its errors beside its fields, and nothing is done."""
     change_request = _change_request_for(project, pk)
     if refusal := refused(request, rule, change_request):
         return refusal
     status = 200
-    form = form_class(request.POST, auto_id="id_x_%s") if form_class else None
-    if form is not None and not form.is_valid():
-        messages.error(request, " ".join(" ".join(errors) for errors in form.errors.values()))
+    refused_forms: dict[str, Any] = {}
+    bound = None
+    if form is not None:
+        name, make = form
+        bound = make(request.POST, auto_id=FORM_IDS[name])
+    if bound is not None and not bound.is_valid():
+        refused_forms[form[0]] = bound
+        messages.error(request, "Nothing was recorded: " + " ".join(
+            " ".join(errors) for errors in bound.errors.values()))
         status = 422
     else:
         try:
-            act(change_request, form.cleaned_data if form is not None else {})
+            act(change_request, bound.cleaned_data if bound is not None else {})
         except ValidationError as exc:
+            if bound is not None and hasattr(exc, "error_dict"):
+                add_service_errors(bound, exc)
+                refused_forms[form[0]] = bound
             messages.error(request, " ".join(exc.messages))
             status = 422
         else:
             messages.success(request, success(_change_request_for(project, pk)) if callable(success) else success)
-    if not request.htmx:
-        return redirect("rollouts:change_request", project_key=project.key, pk=pk)
     change_request = _change_request_for(project, pk)
+    if not request.htmx:
+        if status == 200:
+            return redirect("rollouts:change_request", project_key=project.key, pk=pk)
+        return render(request, "rollouts/change_request.html",
+                      _change_request_context(request, project, change_request, refused_forms), status=status)
     response = render(request, "rollouts/_cr_body.html",
-                      _change_request_context(request, project, change_request), status=status)
+                      _change_request_context(request, project, change_request, refused_forms), status=status)
     # A decision changes how many requests wait for this person: refresh the nav's count too.
     response.write(render_to_string("rollouts/_nav_approvals.html", {"oob": True}, request=request))
     return with_messages(request, response)
@@ -117,12 +144,12 @@ def _approval_message(change_request: ChangeRequest) -> str:
 
 
 def _decide(request: HttpRequest, project: Project, pk: int, decide: Any, success: Any,
-            rule: permissions.Rule) -> HttpResponse:
-    """Approve or reject: approvers only."""
+            rule: permissions.Rule, *, rejecting: bool = False) -> HttpResponse:
+    """Approve or reject: approvers only. Rejecting needs a reason (the comment)."""
     return _change_request_action(
         request, project, pk, rule,
         lambda cr, data: decide(change_request=cr, actor=request.user, comment=data.get("comment", "")),
-        success, DecisionForm)
+        success, ("decision_form", functools.partial(DecisionForm, rejecting=rejecting)))
 
 
 @project_page("POST")
@@ -133,8 +160,9 @@ def change_request_approve(request: HttpRequest, project: Project, pk: int) -> H
 
 @project_page("POST")
 def change_request_reject(request: HttpRequest, project: Project, pk: int) -> HttpResponse:
-    return _decide(request, project, pk, approving.change_request_reject, "Rejected: the request is closed.",
-                   permissions.REJECT)
+    return _decide(request, project, pk, approving.change_request_reject,
+                   "Rejected: the request is closed, and the requester is told why.", permissions.REJECT,
+                   rejecting=True)
 
 
 @project_page("POST")
@@ -142,7 +170,7 @@ def change_request_comment(request: HttpRequest, project: Project, pk: int) -> H
     return _change_request_action(
         request, project, pk, permissions.COMMENT,
         lambda cr, data: approving.change_request_comment(change_request=cr, actor=request.user, body=data["body"]),
-        "Comment added.", CommentForm)
+        "Comment added.", ("comment_form", CommentForm))
 
 
 @project_page("POST")
@@ -162,7 +190,7 @@ def change_request_schedule(request: HttpRequest, project: Project, pk: int) -> 
         request, project, pk, permissions.SCHEDULE,
         lambda cr, data: applying.change_request_schedule(change_request=cr, actor=request.user,
                                                           when=data["scheduled_for"]),
-        "Scheduled: it will be applied at that time, after the same checks.", ScheduleForm)
+        "Scheduled: it will be applied at that time, after the same checks.", ("schedule_form", ScheduleForm))
 
 
 @project_page("POST")

@@ -35,7 +35,7 @@ from rollouts.change_control import observers
 from rollouts.change_control.approval_policy import governed_policy, policy_for
 from rollouts.change_control.approving import valid_approvals
 from rollouts.change_control.binding import bind, flag_content, locked, segment_content, served_pair, targeting_content
-from rollouts.change_control.notices import notify_approvers, notify_requester
+from rollouts.change_control.notices import notify_approvers, notify_requester, settle_approval_notices
 from rollouts.change_control.wording import label
 from rollouts.models import ChangeRequest
 
@@ -152,6 +152,7 @@ def _conflicted(change_request: ChangeRequest, actor: Actor, *, base: Any, curre
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_CONFLICTED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after=change_request.conflict, change_request_id=change_request.pk, summary=summary)
+    settle_approval_notices(change_request, "Conflicted, not applied")
     notify_requester(change_request, f"Conflicted: {label(change_request)}",
                      "What the request changes was changed since it was made; nothing was applied. "
                      "Open a new request from the current state.")
@@ -166,6 +167,7 @@ def _applied(change_request: ChangeRequest, actor: Actor, count: int) -> ChangeR
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_APPLIED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.APPLIED, "approvals": count}, change_request_id=change_request.pk)
+    settle_approval_notices(change_request, "Applied", actor)
     if not isinstance(actor, AbstractBaseUser) or actor.pk != change_request.requester_id:
         notify_requester(change_request, f"Applied: {label(change_request)}",
                          f"Applied by {actor.get_username() if isinstance(actor, AbstractBaseUser) else actor}.")
@@ -281,6 +283,7 @@ def _cancelled(change_request: ChangeRequest, actor: Actor, reason: str, summary
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_CANCELLED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.CANCELLED}, reason=reason, change_request_id=change_request.pk, summary=summary)
+    settle_approval_notices(change_request, "Cancelled", actor)
     observers.request_closed(change_request)
     return change_request
 
@@ -349,6 +352,7 @@ def _expire(change_request: ChangeRequest, days: int) -> int:
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.EXPIRED}, change_request_id=change_request.pk,
            summary=f"Expired after {days} days without a decision")
+    settle_approval_notices(change_request, f"Expired after {days} days")
     notify_requester(change_request, f"Expired: {label(change_request)}",
                      f"No decision within {days} days. Submit it again if it is still wanted.")
     observers.request_closed(change_request)

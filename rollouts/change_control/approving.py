@@ -16,11 +16,13 @@ from flags.models import ProjectUserObjectPermission
 from flags.permissions import APPROVE, COMMENT, REJECT, approvers_other_than, principal_ids
 from rollouts.change_control import observers
 from rollouts.change_control.binding import locked
-from rollouts.change_control.notices import notify_requester
+from rollouts.change_control.notices import notify_requester, settle_approval_notices
 from rollouts.change_control.wording import label
 from rollouts.models import Approval, ChangeRequest, ChangeRequestComment
 
 Status = ChangeRequest.Status
+
+REJECT_NEEDS_REASON = "Say why you reject it: the requester reads your reason, and the audit trail keeps it."
 
 
 def eligible_approvers(change_request: ChangeRequest) -> list[AbstractBaseUser]:
@@ -106,6 +108,7 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
            after={"approvals": count, "required": change_request.required_approvals, "status": change_request.status},
            reason=comment, change_request_id=change_request.pk)
     if change_request.status == Status.APPROVED:
+        settle_approval_notices(change_request, f"Approved ({count} of {change_request.required_approvals})")
         notify_requester(change_request, f"Approved: {label(change_request)}",
                          f"{count} of {change_request.required_approvals} approvals. Apply it or schedule it.")
     return change_request
@@ -113,7 +116,10 @@ def change_request_approve(*, change_request: ChangeRequest, actor: AbstractBase
 
 @transaction.atomic
 def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseUser, comment: str = "") -> ChangeRequest:
-    """Any rejection closes the request."""
+    """Any rejection closes the request, and says why: the comment is the reason, required."""
+    comment = (comment or "").strip()
+    if not comment:
+        raise ValidationError({"comment": REJECT_NEEDS_REASON})
     check_text_limit("comment", comment)
     change_request = locked(change_request)
     if change_request.status not in ChangeRequest.OPEN:
@@ -129,8 +135,9 @@ def change_request_reject(*, change_request: ChangeRequest, actor: AbstractBaseU
     record(actor=actor, action=AuditAction.CHANGE_REQUEST_REJECTED, target=change_request,
            project=change_request.project, environment=change_request.environment, flag=change_request.flag,
            after={"status": Status.REJECTED}, reason=comment, change_request_id=change_request.pk)
+    settle_approval_notices(change_request, "Rejected", actor)
     notify_requester(change_request, f"Rejected: {label(change_request)}",
-                     f"Rejected by {actor.get_username()}: {comment or 'no comment'}")
+                     f"Rejected by {actor.get_username()}: {comment}")
     observers.request_closed(change_request)
     return change_request
 

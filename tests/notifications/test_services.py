@@ -219,3 +219,41 @@ def test_inbox__many_notifications__own_newest_first_up_to_the_limit(
     # Then the two newest of hers come first
     assert [n.pk for n in rows] == [created[2].pk, created[1].pk]
     assert selectors.unread_count(alice) == 3
+
+
+# --- settle --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_settle__rows_of_those_kinds_about_that_url__retitled_read_once_others_untouched(
+    make_user: Callable[..., Any], enqueued: list[list[int]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # Given two approvers asked about request 3 (one has read it), a reminder about it, and rows about other things
+    alice, bob = make_user("alice"), make_user("bob")
+    with django_capture_on_commit_callbacks(execute=True):
+        asked = _notify(alice, bob, body="Alice asks to widen tool_mode.")
+        reminded = _notify(alice, kind="reminder.change_request_waiting", title="#3 waits for approval")
+        other_request = _notify(alice, url="/p/x/changes/4/")
+        other_kind = _notify(alice, kind="change_request.decided", title="Approved: #3")
+    services.mark_read(user=bob, notification_ids=[asked[1].pk])
+    bob_read_at = Notification.objects.get(pk=asked[1].pk).read_at
+    # When request 3 is settled
+    changed = services.settle(url="/p/x/changes/3/", kinds=["change_request.waiting", "reminder.change_request_waiting"],
+                              settled_kind="change_request.settled", title="Cancelled by carol: #3",
+                              note="Cancelled by carol.")
+    # Then its asking rows say so, read (bob's first read kept), what they said below the note
+    assert changed == 3
+    for row in Notification.objects.filter(pk__in=[asked[0].pk, asked[1].pk, reminded[0].pk]):
+        assert (row.kind, row.title) == ("change_request.settled", "Cancelled by carol: #3")
+        assert row.read_at is not None and row.body.startswith("Cancelled by carol.\n\n")
+    assert Notification.objects.get(pk=asked[0].pk).body == "Cancelled by carol.\n\nAlice asks to widen tool_mode."
+    assert Notification.objects.get(pk=asked[1].pk).read_at == bob_read_at
+    assert selectors.unread_count(alice) == 2  # the other request's row and the decision stay unread
+    for row in (*other_request, *other_kind):
+        fresh = Notification.objects.get(pk=row.pk)
+        assert (fresh.kind, fresh.title, fresh.read_at) == (row.kind, row.title, None)
+    # And settling again finds nothing left to settle
+    assert services.settle(url="/p/x/changes/3/", kinds=["change_request.waiting"],
+                           settled_kind="change_request.settled", title="Applied", note="Applied.") == 0
+    with pytest.raises(ValidationError):
+        services.settle(url="/p/x/changes/3/", kinds=["x"], settled_kind="Not A Kind", title="t", note="n")
