@@ -11,7 +11,9 @@ from django.utils import timezone
 from flags.constants import BehaviorSurface
 from flags.forms import FlagEditForm, LimitedTextField, TargetingForm, VariationForm
 from flags.models import Environment
+from rollouts.change_control import approving
 from rollouts.flags_as_code.document import MAX_IMPORT_CHARS
+from rollouts.plans.guardrails import threshold_problem
 
 
 class ProposeForm(TargetingForm):
@@ -22,21 +24,43 @@ class ProposeForm(TargetingForm):
     )
 
 
+REASON_REQUIRED = "Say why: a reason is required, and it stays in the audit trail."
+
+
+def _reason_field(limit: str, help_text: str) -> LimitedTextField:
+    """A required reason whose message is the same in the browser (js/console.js shows it
+    before any confirmation dialog) and from the server."""
+    return LimitedTextField(limit=limit, help_text=help_text, error_messages={"required": REASON_REQUIRED},
+                            widget=forms.Textarea(attrs={"rows": 2, "data-required-message": REASON_REQUIRED}))
+
+
 class ReasonForm(forms.Form):
-    reason = LimitedTextField(limit="reason",
-                              help_text="Required: it goes to the audit trail, the owner and the approvers.")
+    reason = _reason_field("reason", "Required: it goes to the audit trail, the owner and the approvers.")
 
 
 class PlanReasonForm(forms.Form):
     """A rollout plan's decision: its reason also opens the stage's change request, after the
     plan's own words, hence its smaller limit."""
 
-    reason = LimitedTextField(limit="plan_reason",
-                              help_text="Required: it goes to the plan's decision log and the audit trail.")
+    reason = _reason_field("plan_reason", "Required: it goes to the plan's decision log and the audit trail.")
 
 
 class DecisionForm(forms.Form):
-    comment = LimitedTextField(limit="comment", required=False, label="Comment (optional)")
+    """Approve or reject. Approving may go without a comment; rejecting needs one, the reason
+    (`rejecting=True` makes it required, with a message beside the field)."""
+
+    comment = LimitedTextField(limit="comment", required=False, label="Comment (optional)",
+                               help_text="Optional to approve. To reject, say why: the requester reads it.")
+
+    def __init__(self, *args: Any, rejecting: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rejecting = rejecting
+
+    def clean_comment(self) -> str:
+        comment = (self.cleaned_data.get("comment") or "").strip()
+        if self.rejecting and not comment:
+            raise forms.ValidationError(approving.REJECT_NEEDS_REASON, code="required")
+        return comment
 
 
 class CommentForm(forms.Form):
@@ -70,7 +94,7 @@ class IncidentForm(forms.Form):
         choices=BehaviorSurface.choices, required=False, widget=forms.CheckboxSelectMultiple,
         label="Behavior surfaces", help_text="Leave all unticked to send every flag of the environment to its fallback.",
     )
-    reason = LimitedTextField(limit="reason")
+    reason = _reason_field("reason", "Required: it goes to the audit trail, the owners and the approvers.")
 
     def __init__(self, *args: Any, project: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -191,9 +215,22 @@ class GuardrailForm(forms.Form):
     threshold = forms.FloatField(min_value=-1e9, max_value=1e9, help_text="1.2 with “at most × baseline” allows 20 % worse than the baseline.")
     min_samples = forms.IntegerField(label="Min. samples", min_value=1, max_value=10_000_000, initial=50)
 
-    def __init__(self, *args: Any, metrics: list[tuple[str, str]], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, metrics: list[tuple[str, str]], metric_kinds: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["metric"].choices = [("", "— choose a metric —"), *metrics]
+        self.metric_kinds = metric_kinds or {}
+
+    def clean(self) -> dict[str, Any]:
+        """A threshold that cannot mean anything (a factor ≤ 0, "at least 0" for a rate or a
+        count) is refused beside it; plan_create checks the same again."""
+        cleaned = super().clean()
+        kind, threshold = cleaned.get("kind"), cleaned.get("threshold")
+        if kind and threshold is not None:
+            problem = threshold_problem(kind, threshold, self.metric_kinds.get(cleaned.get("metric", "")))
+            if problem:
+                self.add_error("threshold", f"{problem[0].upper()}{problem[1:]}.")
+        return cleaned
 
     def guardrail(self) -> dict[str, Any]:
         return {key: self.cleaned_data[key] for key in ("metric", "kind", "threshold", "min_samples")}

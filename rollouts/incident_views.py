@@ -4,6 +4,8 @@ get fragments."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -11,7 +13,7 @@ from django.urls import reverse
 from django_htmx.http import HttpResponseClientRedirect
 
 from flags import permissions
-from flags.fragments import targeting_card_context
+from flags.fragments import served_when_off, targeting_card_context
 from flags.models import Project
 from flags.shortcuts import REFUSED, flag_for, project_page, refused, report, with_messages
 from rollouts import selectors
@@ -70,11 +72,36 @@ def killswitch(request: HttpRequest, project: Project, flag_key: str, environmen
     return response
 
 
+def _preview(project: Project, environment_key: str | None, surfaces: list[str]) -> dict[str, Any]:
+    """What incident mode would stop with these choices, and the confirmation naming the count."""
+    environment = project.environments.filter(key=environment_key or "").first() if environment_key else None
+    if environment is None:
+        return {"preview_environment": None, "preview": [], "preview_confirm": "Send these flags to their fallbacks now?"}
+    scope = selectors.incident_scope(environment, surfaces)
+    count = f"{len(scope)} flag{'' if len(scope) == 1 else 's'}"
+    return {"preview_environment": environment, "preview": [
+        {"targeting": t, "flag": t.flag, "fallback": t.flag.fallback_variation, "served": served_when_off(t.flag)}
+        for t in scope],
+        "preview_confirm": f"Send {count} in {environment.name} to {'its' if len(scope) == 1 else 'their'} "
+                           "fallback now?" if scope else f"No flag of those surfaces is on in {environment.name}."}
+
+
+@project_page("GET")
+def incident_preview(request: HttpRequest, project: Project) -> HttpResponse:
+    """htmx, live as the operator chooses: the flags incident mode would stop and what each
+    would serve, before anything is confirmed. Writes nothing."""
+    if refusal := refused(request, permissions.START_INCIDENT, project):
+        return refusal
+    return render(request, "rollouts/_incident_preview.html", {
+        "project": project, **_preview(project, request.GET.get("environment"), request.GET.getlist("surfaces"))})
+
+
 @project_page("GET", "POST")
 def incidents(request: HttpRequest, project: Project) -> HttpResponse:
     can_flip = permissions.START_INCIDENT.allows(request.user, project)
     governed = project.environments.filter(is_governed=True).first()  # the likely target
     form = IncidentForm(request.POST or None, project=project, initial={"environment": governed})
+    chosen = request.POST.get("environment") if request.method == "POST" else (governed.key if governed else None)
     if request.method == "POST":
         if refusal := refused(request, permissions.START_INCIDENT, project):
             return refusal
@@ -85,9 +112,10 @@ def incidents(request: HttpRequest, project: Project) -> HttpResponse:
                     lambda incident: f"Incident mode is on in {incident.environment.name}: "
                                      f"{len(incident.affected)} flag(s) now serve their fallbacks.", form) is not REFUSED:
                 return redirect("rollouts:incidents", project_key=project.key)
+    preview = _preview(project, chosen, request.POST.getlist("surfaces")) if can_flip else {}
     return render(request, "rollouts/incidents.html", {
         "project": project, "incidents": selectors.incidents_of(project), "form": form, "can_flip": can_flip,
-        "lift_form": ReasonForm(auto_id="id_lift_%s"),
+        "lift_form": ReasonForm(auto_id="id_lift_%s"), **preview,
     }, status=422 if form.errors else 200)
 
 

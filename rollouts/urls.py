@@ -31,6 +31,7 @@ urlpatterns = [
     path("p/<slug:project_key>/segments/new/", segment_views.segment_create, name="segment_create"),
     path("p/<slug:project_key>/segments/<slug:segment_key>/", segment_views.segment_edit, name="segment_edit"),
     path("p/<slug:project_key>/incidents/", incident_views.incidents, name="incidents"),
+    path("p/<slug:project_key>/incidents/preview/", incident_views.incident_preview, name="incident_preview"),
     path("p/<slug:project_key>/incidents/<int:pk>/lift/", incident_views.incident_lift, name="incident_lift"),
     path("p/<slug:project_key>/follow-ups/<int:pk>/acknowledge/", incident_views.follow_up_acknowledge,
          name="follow_up_acknowledge"),

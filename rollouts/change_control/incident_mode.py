@@ -29,8 +29,14 @@ from notifications.services import notify
 from rollouts.actors import require_reason
 from rollouts.change_control import observers
 from rollouts.change_control.follow_ups import open_follow_up
-from rollouts.change_control.notices import owners_and_approvers
-from rollouts.models import FollowUp, Incident
+from rollouts.change_control.notices import notify_plan_still_paused, owners_and_approvers
+from rollouts.models import FollowUp, Incident, ReleaseDecision, RolloutPlan
+
+# The decisions that move a plan's status: a later one means the incident's pause is over.
+STATUS_DECISIONS = (ReleaseDecision.Action.START, ReleaseDecision.Action.ADVANCE, ReleaseDecision.Action.PAUSE,
+                    ReleaseDecision.Action.RESUME, ReleaseDecision.Action.ROLLBACK, ReleaseDecision.Action.PROMOTE,
+                    ReleaseDecision.Action.BREACH)
+PAUSE_PREFIX = "Incident mode: "  # how the pause of a plan by incident mode reads in its log
 
 
 def _incident_targetings(environment: Environment, surfaces: list[str], guard: Any) -> list[Targeting]:
@@ -70,12 +76,22 @@ def incident_start(*, environment: Environment, surfaces: list[str], reason: str
         affected = []
         for targeting in targetings:
             updated = flag_services.targeting_update(targeting=targeting, actor=actor, enabled=False,
-                                                     reason=f"Incident mode: {reason}")
+                                                     reason=f"{PAUSE_PREFIX}{reason}")
             served = serving.get(pair_key(targeting.flag_id, environment.pk))
             affected.append({"targeting": targeting.pk, "flag": targeting.flag.key, "version": updated.version,
                              "served_hash": served.hash if served else None})
+    running = list(RolloutPlan.objects.filter(flag_id__in=[t.flag_id for t in targetings], environment=environment,
+                                              status=RolloutPlan.Status.RUNNING).values_list("pk", flat=True))
     observers.flags_stopped(flag_ids=[t.flag_id for t in targetings], environment_id=environment.pk, actor=actor,
-                            reason=f"Incident mode: {reason}")
+                            reason=f"{PAUSE_PREFIX}{reason}")
+    # Which rollout plans stopping these flags paused (rollouts.plans.observers): lifting tells
+    # their owners, and their pages say so; nothing resumes them but a person.
+    paused: dict[int, list[int]] = {}
+    for plan_pk, flag_id in RolloutPlan.objects.filter(pk__in=running, status=RolloutPlan.Status.PAUSED).values_list(
+            "pk", "flag_id"):
+        paused.setdefault(flag_id, []).append(plan_pk)
+    for entry, targeting in zip(affected, targetings, strict=True):
+        entry["paused_plans"] = sorted(paused.get(targeting.flag_id, []))
     scope = ", ".join(BehaviorSurface(s).label for s in sorted(surfaces)) if surfaces else "every flag"
     incident = Incident.objects.create(project=project, environment=environment, surfaces=sorted(surfaces),
                                        reason=reason, started_by=actor, started_by_label=actor.get_username(),
@@ -133,11 +149,35 @@ def incident_lift(*, incident: Incident, reason: str, actor: AbstractBaseUser) -
     incident.lifted_by = actor
     incident.lift_reason = reason
     incident.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])
+    still_paused = plans_still_paused(incident)
     summary = f"Incident mode lifted in {incident.environment.name}: {len(restored)} flag(s) back on"
     if left:
         summary += f"; left as they are (changed since, or no longer allowed on): {', '.join(left)}"
+    if still_paused:
+        summary += (f"; rollout plan(s) it paused stay paused until resumed: "
+                    f"{', '.join(str(plan.pk) for plan in still_paused)}")
     record(actor=actor, action=AuditAction.INCIDENT_LIFTED, target=incident, project=project,
-           environment=incident.environment, after={"restored": restored, "left": left}, reason=reason,
-           summary=summary)
-    incident.restored, incident.left = restored, left
+           environment=incident.environment,
+           after={"restored": restored, "left": left, "plans_still_paused": [plan.pk for plan in still_paused]},
+           reason=reason, summary=summary)
+    for plan in still_paused:
+        notify_plan_still_paused(plan, incident, actor)
+    incident.restored, incident.left, incident.plans_still_paused = restored, left, still_paused
     return incident
+
+
+def paused_plan_ids(incident: Incident) -> list[int]:
+    """The rollout plans starting incident mode paused (recorded with the flags it stopped)."""
+    return sorted({pk for entry in incident.affected for pk in entry.get("paused_plans", [])})
+
+
+def plans_still_paused(incident: Incident) -> list[RolloutPlan]:
+    """The plans incident mode paused that are paused still by it: nobody resumed, rolled back
+    or paused them again since. Two queries."""
+    plans = list(RolloutPlan.objects.filter(pk__in=paused_plan_ids(incident), status=RolloutPlan.Status.PAUSED)
+                 .select_related("flag__owner_user", "project", "created_by").order_by("pk"))
+    last: dict[int, ReleaseDecision] = {}
+    for decision in ReleaseDecision.objects.filter(plan__in=plans, action__in=STATUS_DECISIONS).order_by("id"):
+        last[decision.plan_id] = decision
+    return [plan for plan in plans if plan.pk in last and last[plan.pk].action == ReleaseDecision.Action.PAUSE
+            and last[plan.pk].reason == f"{PAUSE_PREFIX}{incident.reason}"]

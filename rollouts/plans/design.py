@@ -98,7 +98,7 @@ def promote_targeting(plan: RolloutPlan, current: dict[str, Any]) -> dict[str, A
             "assignment_unit": plan.assignment_unit}
 
 
-def _stage_problems(stages: list[dict[str, Any]], segment_keys: set[str], metric_keys: set[str]) -> dict[str, str]:
+def _stage_problems(stages: list[dict[str, Any]], segment_keys: set[str], metric_keys: dict[str, str]) -> dict[str, str]:
     errors: dict[str, str] = {}
     previous_segments: set[str] = set()
     previous_percentage = 0
@@ -133,7 +133,8 @@ def _stage_problems(stages: list[dict[str, Any]], segment_keys: set[str], metric
             errors[f"{path}.guardrails"] = "A list of guardrails."
             guardrails = []
         for j, guardrail in enumerate(guardrails):
-            problems = guardrail_problems(guardrail)
+            metric = guardrail.get("metric") if isinstance(guardrail, dict) else None
+            problems = guardrail_problems(guardrail, metric_keys.get(metric) if isinstance(metric, str) else None)
             if not problems and guardrail["metric"] not in metric_keys:
                 problems = [f"metric: {guardrail['metric']} is not in the project's metrics registry"]
             if problems:
@@ -169,7 +170,7 @@ def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidat
         errors["stages"] = f"From 1 to {MAX_STAGES} stages."
         stages = []
     segment_keys = set(Segment.objects.filter(project_id=flag.project_id).values_list("key", flat=True))
-    metric_keys = set(Metric.objects.filter(project_id=flag.project_id).values_list("key", flat=True))
+    metric_keys = dict(Metric.objects.filter(project_id=flag.project_id).values_list("key", "kind"))
     errors.update(_stage_problems(stages, segment_keys, metric_keys))
     if RolloutPlan.objects.filter(flag=flag, environment=environment, status__in=RolloutPlan.OPEN).exists():
         errors["flag"] = f"{flag.key} already has an open rollout plan in {environment.name}."

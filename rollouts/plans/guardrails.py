@@ -42,8 +42,29 @@ class GuardrailResult:
         return asdict(self)
 
 
-def guardrail_problems(guardrail: Any) -> list[str]:
-    """What is wrong with one guardrail's shape, for people; empty when it is fine."""
+# Metric kinds whose value is never below 0: a rate is a share of outcomes, a count's value is
+# a number of events per exposure.
+NON_NEGATIVE_KINDS = ("count", "rate")
+
+
+def threshold_problem(kind: str, threshold: float, metric_kind: str | None) -> str:
+    """Why a threshold cannot mean anything for this guardrail kind and metric ("" when it can):
+    a relative factor must be positive; for a metric that is never below 0, "at least" a
+    limit ≤ 0 always holds and "at most" a limit < 0 never does."""
+    if kind.startswith("relative") and threshold <= 0:
+        return "a relative threshold is a positive factor (1.2 = 20 % worse at most)"
+    if metric_kind in NON_NEGATIVE_KINDS:
+        if kind == "absolute_min" and threshold <= 0:
+            return (f"“at least {threshold:g}” always holds for a {metric_kind}, which is never below 0: "
+                    "give a limit above 0")
+        if kind == "absolute_max" and threshold < 0:
+            return f"“at most {threshold:g}” is never met by a {metric_kind}, which is never below 0"
+    return ""
+
+
+def guardrail_problems(guardrail: Any, metric_kind: str | None = None) -> list[str]:
+    """What is wrong with one guardrail's shape, for people; empty when it is fine. With the
+    metric's kind, also a threshold that cannot mean anything for it."""
     if not isinstance(guardrail, Mapping):
         return ["must be {metric, kind, threshold, min_samples}"]
     problems = []
@@ -59,8 +80,8 @@ def guardrail_problems(guardrail: Any) -> list[str]:
         problems.append("threshold: a finite number")
     elif abs(threshold) > MAX_THRESHOLD:
         problems.append(f"threshold: at most {MAX_THRESHOLD:g} in size")
-    elif str(guardrail.get("kind", "")).startswith("relative") and threshold <= 0:
-        problems.append("threshold: a relative threshold is a positive factor (1.2 = 20 % worse at most)")
+    elif problem := threshold_problem(str(guardrail.get("kind", "")), threshold, metric_kind):
+        problems.append(f"threshold: {problem}")
     min_samples = guardrail.get("min_samples", 0)
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 0:
         problems.append("min_samples: a whole number ≥ 0")

@@ -17,8 +17,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from flags.models import Project, Targeting
-from rollouts.change_control import approving
-from rollouts.models import ReleaseDecision, RolloutPlan, RolloutStage
+from rollouts.change_control import approving, incident_mode
+from rollouts.models import Incident, ReleaseDecision, RolloutPlan, RolloutStage
 from rollouts.plans import charts, design, measurement, transitions
 from rollouts.plans.guardrails import AMBER, GREEN, RED
 from telemetry.models import Metric
@@ -234,14 +234,73 @@ class StageRow:
     entered_at: datetime.datetime | None
     audience: str
     guardrails: list[str]
+    # Why entering it needs approval ("" when it does not): the stage's own setting, or the
+    # governed environment's policy (the candidate's audience widens).
+    approval: str = ""
+    # The change request it waits for, or the one it was entered through.
+    change_request_id: int | None = None
+    # When the current stage was resumed, if it was since it was entered: its bake time and
+    # evidence count from then (plan.stage_entered_at), not from the entry.
+    resumed_at: datetime.datetime | None = None
 
     @property
     def bake(self) -> str:
         return _duration(datetime.timedelta(minutes=self.stage.min_bake_minutes))
 
 
+def _widens(stages: list[RolloutStage], index: int) -> bool:
+    """Whether entering stage `index` serves the candidate to more people than the stage before."""
+    stage = stages[index]
+    previous = stages[index - 1] if index > 0 else None
+    if previous is None:
+        return bool(stage.segments) or stage.percentage > 0
+    return bool(set(stage.segments) - set(previous.segments)) or stage.percentage > previous.percentage
+
+
+def _approval(plan: RolloutPlan, stages: list[RolloutStage], index: int, next_opens: bool | None) -> str:
+    """Why entering stage `index` needs approval, in words ("" when it does not). The next
+    stage is judged as submitting it now would be (`next_opens`); later ones by the rule the
+    policy applies to them: in a governed environment, widening the audience of a candidate
+    other than the fallback waits for approval."""
+    if stages[index].needs_approval:
+        return "needs approval (set on this stage)"
+    if index == plan.stage_index + 1 and next_opens is not None:
+        return "needs approval (the environment's approval policy)" if next_opens else ""
+    if (plan.environment.is_governed and plan.candidate != plan.flag.fallback_variation.key
+            and _widens(stages, index)):
+        return "needs approval (governed environment: the candidate's audience widens)"
+    return ""
+
+
+def _stage_requests(decisions: list[ReleaseDecision]) -> dict[int, int]:
+    """The change request each stage was entered through (or asked for), by stage index."""
+    requests: dict[int, int] = {}
+    for decision in decisions:
+        if decision.action in (Action.START, Action.ADVANCE) and decision.change_request_id:
+            requests[decision.to_stage] = decision.change_request_id
+    return requests
+
+
+def _resumed_at(plan: RolloutPlan, decisions: list[ReleaseDecision]) -> datetime.datetime | None:
+    """When the current stage was last resumed, if a resume came after its entry: the time
+    `plan.stage_entered_at` holds then, from which bake time and evidence count."""
+    resumed = None
+    for decision in decisions:
+        moved = decision.action in (Action.START, Action.ADVANCE) and decision.to_stage == plan.stage_index and (
+            decision.change_request_id is None or decision.actor_label == str(transitions.PLAN_SYNC))
+        if moved:
+            resumed = None
+        elif decision.action == Action.RESUME:
+            resumed = plan.stage_entered_at
+    return resumed
+
+
 def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int, datetime.datetime],
-                waiting_for: int | None) -> list[StageRow]:
+                waiting_for: int | None, *, decisions: list[ReleaseDecision] | None = None,
+                next_opens: bool | None = None) -> list[StageRow]:
+    decisions = decisions or []
+    requests = _stage_requests(decisions)
+    resumed = _resumed_at(plan, decisions) if plan.status in RolloutPlan.OPEN else None
     rows = []
     for index, stage in enumerate(stages):
         if plan.status == Status.COMPLETED or index < plan.stage_index:
@@ -257,8 +316,16 @@ def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int
         else:
             state = "later"
         shared = index > 0 and stage.guardrails == stages[0].guardrails
+        pending = plan.pending_change_request_id if index == waiting_for else None
+        entered_through = requests.get(index) if state in ("done", "current", "stopped") else None
+        approval = (("entered with approval" if entered_through else "") if state in ("done", "current", "stopped")
+                    else _approval(plan, stages, index, next_opens) or ("needs approval (its change request is open)"
+                                                                        if pending else ""))
         rows.append(StageRow(index, stage, state, entries.get(index), audience_text(stage),
-                             [] if shared else [guardrail_text(g) for g in stage.guardrails]))
+                             [] if shared else [guardrail_text(g) for g in stage.guardrails],
+                             approval=approval,
+                             change_request_id=pending or entered_through,
+                             resumed_at=resumed if state == "current" else None))
     return rows
 
 
@@ -336,8 +403,15 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
     pending = plan.pending_change_request
     waiting_for = next((d.to_stage for d in reversed(decisions) if pending and d.change_request_id == pending.pk), None)
+    next_opens = (transitions.step_opens_request(plan, stages)
+                  if plan.status in RolloutPlan.OPEN and plan.stage_index + 1 < len(stages) else None)
+    rows = _stage_rows(plan, stages, entries, waiting_for, decisions=decisions, next_opens=next_opens)
+    current_row = next((row for row in rows if row.state == "current"), None)
     return {
-        "plan": plan, "stages": _stage_rows(plan, stages, entries, waiting_for),
+        "plan": plan, "stages": rows,
+        "current_entered_at": current_row.entered_at if current_row else None,
+        "resumed_at": current_row.resumed_at if current_row else None,
+        "incident_pause": incident_pause(plan, decisions),
         "shared_guardrails": all(stage.guardrails == stages[0].guardrails for stage in stages) if stages else False,
         "current_stage": stages[plan.stage_index] if 0 <= plan.stage_index < len(stages) else None,
         "time_in_stage": _duration(now - plan.stage_entered_at) if plan.stage_entered_at else "",
@@ -350,6 +424,21 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
         "actions": available_actions(plan, stages, evidence, user, now, flag_on=Targeting.objects.filter(
             flag_id=plan.flag_id, environment_id=plan.environment_id, enabled=True).exists()),
     }
+
+
+def incident_pause(plan: RolloutPlan, decisions: list[ReleaseDecision]) -> Incident | None:
+    """The incident whose start paused this plan, while the plan is paused by it still (no
+    resume, roll-back or other pause since): the plan page says so, lifted or not. One query,
+    only for a plan whose last pause came from incident mode."""
+    if plan.status != Status.PAUSED:
+        return None
+    last = next((d for d in reversed(decisions) if d.action in incident_mode.STATUS_DECISIONS), None)
+    if last is None or last.action != Action.PAUSE or not last.reason.startswith(incident_mode.PAUSE_PREFIX):
+        return None
+    # Incident mode records the incident after it paused the plan, in the same transaction.
+    incident = (Incident.objects.filter(environment_id=plan.environment_id, started_at__gte=last.created_at)
+                .select_related("lifted_by").order_by("started_at", "id").first())
+    return incident if incident is not None and plan.pk in incident_mode.paused_plan_ids(incident) else None
 
 
 def request_evidence(change_request: Any, now: datetime.datetime | None = None) -> dict[str, Any] | None:

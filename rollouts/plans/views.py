@@ -130,8 +130,8 @@ def _creation_forms(request: HttpRequest, project: Project, flag: Flag) -> tuple
     environments = list(project.environments.all())
     variations = list(flag.variations.values_list("key", flat=True))
     segments = list(project.segments.order_by("key").values_list("key", flat=True))
-    metric_choices = [(key, f"{name} ({key})") for key, name in
-                      Metric.objects.filter(project=project).order_by("key").values_list("key", "name")]
+    metrics = list(Metric.objects.filter(project=project).order_by("key").values_list("key", "name", "kind"))
+    metric_choices = [(key, f"{name} ({key})") for key, name, _ in metrics]
     data = request.POST if request.method == "POST" else None
     candidate = next((key for key in reversed(variations) if key != flag.fallback_variation.key), "")
     environment = request.GET.get("environment") or next((e.key for e in environments if e.is_governed), "")
@@ -144,7 +144,8 @@ def _creation_forms(request: HttpRequest, project: Project, flag: Flag) -> tuple
     stages = StageFormSet(data, prefix="stages", initial=None if data else stage_initial,
                           form_kwargs={"segments": segments})
     guardrails = GuardrailFormSet(data, prefix="guardrails", initial=None if data else guardrail_initial,
-                                  form_kwargs={"metrics": metric_choices})
+                                  form_kwargs={"metrics": metric_choices,
+                                               "metric_kinds": {key: kind for key, _, kind in metrics}})
     return form, stages, guardrails
 
 
@@ -157,7 +158,10 @@ def _attach_plan_errors(exc: ValidationError, form: PlanForm, stages: list[Any],
         if match and match.group(2) == "guardrails" and match.group(3) is not None:
             row = guardrails[int(match.group(3))] if int(match.group(3)) < len(guardrails) else None
             if row is not None and not row.errors:
-                row.add_error(None, errors)
+                for problem in "; ".join(errors).split("; "):
+                    name, _, text = problem.partition(": ")
+                    # "threshold: …" beside the threshold, the rest above the row
+                    row.add_error(name if name in row.fields and text else None, text or problem)
             continue
         if match and int(match.group(1)) < len(stages):
             row = stages[int(match.group(1))]

@@ -8,6 +8,13 @@
  *
  *   <form data-confirm="Revoke …?">   asks before a plain form submits (htmx-driven elements
  *                                     use hx-confirm instead);
+ *   <form … data-confirm-from="#id">  takes the question from that element's data-confirm when it
+ *                                     has one (a preview swapped in by htmx names the count);
+ *   <form data-validate-first>        refuses an empty required field (marked invalid, its
+ *                                     message beside it) BEFORE any confirm() dialog: htmx asks
+ *                                     hx-confirm before it validates, so this checks on
+ *                                     htmx:confirm and on submit (capture phase); the server
+ *                                     still checks;
  *   <button data-dismiss="form">      removes its closest "form" (an inline form's Cancel);
  *   <button data-disclosure …>        sets aria-expanded="true" on click (htmx loads what it
  *                                     discloses);
@@ -21,13 +28,98 @@
 (function () {
   "use strict";
 
-  // Capture phase: ask before any other submit listener sees the event.
+  var REQUIRED = "Required: say why. It goes to the audit trail.";
+
+  function clearError(field) {
+    var box = field.closest(".field");
+    field.removeAttribute("aria-invalid");
+    if (box) {
+      box.classList.remove("has-error");
+      var shown = box.querySelector(".client-error");
+      if (shown) {
+        shown.remove();
+      }
+    }
+  }
+
+  function showError(field) {
+    var box = field.closest(".field") || field.parentNode;
+    clearError(field);
+    var message = field.getAttribute("data-required-message") || REQUIRED;
+    var error = document.createElement("ul");
+    error.className = "errorlist client-error";
+    error.id = (field.id || field.name) + "_client_error";
+    error.setAttribute("role", "alert");
+    var item = document.createElement("li");
+    item.textContent = message;
+    error.appendChild(item);
+    box.classList.add("has-error");
+    box.appendChild(error);
+    field.setAttribute("aria-invalid", "true");
+    var described = (field.getAttribute("aria-describedby") || "").split(" ").filter(function (id) {
+      return id && id !== error.id;
+    });
+    described.push(error.id);
+    field.setAttribute("aria-describedby", described.join(" "));
+  }
+
+  // True when every required text field of the form has something in it; otherwise each
+  // empty one is marked with its message and the first gets the focus.
+  function requiredFilled(form) {
+    var empty = Array.prototype.filter.call(form.querySelectorAll("textarea[required], input[required]"),
+      function (field) {
+        return !field.disabled && field.type !== "checkbox" && field.type !== "radio" && field.value.trim() === "";
+      });
+    empty.forEach(showError);
+    if (empty.length) {
+      empty[0].focus();
+    }
+    return empty.length === 0;
+  }
+
+  function validatingForm(elt) {
+    if (!(elt instanceof Element)) {
+      return null;
+    }
+    var form = elt instanceof HTMLFormElement ? elt : (elt.form || elt.closest("form"));
+    return form && form.hasAttribute("data-validate-first") ? form : null;
+  }
+
+  // htmx fires htmx:confirm before its hx-confirm dialog: an empty reason stops it there.
+  document.addEventListener("htmx:confirm", function (event) {
+    var form = validatingForm(event.detail.elt);
+    if (form && event.detail.verb !== "get" && !requiredFilled(form)) {
+      event.preventDefault();
+    }
+  });
+
+  document.addEventListener("input", function (event) {
+    var field = event.target;
+    if (field instanceof Element && field.getAttribute("aria-invalid") === "true" && field.value.trim() !== "") {
+      clearError(field);
+    }
+  });
+
+  // Capture phase: check and ask before any other submit listener sees the event.
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-confirm")) {
+    if (!(form instanceof HTMLFormElement)) {
       return;
     }
-    if (!window.confirm(form.getAttribute("data-confirm"))) {
+    if (form.hasAttribute("data-validate-first") && !requiredFilled(form)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      return;
+    }
+    if (!form.hasAttribute("data-confirm")) {
+      return;
+    }
+    var question = form.getAttribute("data-confirm");
+    var source = form.hasAttribute("data-confirm-from") && document.querySelector(form.getAttribute("data-confirm-from"));
+    if (source && source.getAttribute("data-confirm")) {
+      question = source.getAttribute("data-confirm");
+    }
+    if (!window.confirm(question)) {
       event.preventDefault();
       event.stopImmediatePropagation();
     }

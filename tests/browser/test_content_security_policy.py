@@ -224,8 +224,8 @@ def test_console_under_csp__inline_script_probe_then_htmx_journeys__probe_refuse
     killswitch_form.get_by_label("Reason").fill("Citations point at stale articles")
     killswitch_form.get_by_role("button", name="Send everyone to baseline_v3").click()
 
-    # Then the card shows Off, swapped in without a page load, after one confirmation
-    expect(card.locator(".spread .badge").last).to_have_text("Off")
+    # Then the card shows the flag stopped by the kill switch, swapped in without a page load, after one confirmation
+    expect(card.locator(".spread .badge").last).to_have_text("Killed")
     assert_no_full_page_load(page)
     assert dialogs == [("confirm", "Send everyone in Production to baseline_v3 now?")]
     assert Targeting.objects.get(flag__key=PROFILE_FLAG, environment__key="production").enabled is False

@@ -1,5 +1,5 @@
 """The kill switch in a real browser: an operator sends the profile flag in production to its
-fallback, with a reason (first refused in place without one) and no approval; OFREP serves the
+fallback, with a reason (first refused beside the field without one, before any dialog) and no approval; OFREP serves the
 fallback within a second of the click, measured on the real WSGI application with a polling
 snapshot store (the `ofrep` fixture); and the follow-up it leaves is acknowledged by an approver."""
 
@@ -55,17 +55,17 @@ def test_kill_switch__operator_flips_profile_in_production__off_without_approval
     expect(form).to_contain_text("Everyone in Production will get the fallback baseline_v3 at once, with no approval.")
     submit = form.get_by_role("button", name="Send everyone to baseline_v3")
 
-    # When they submit it without a reason, and confirm
+    # When they submit it without a reason
     submit.click()
 
-    # Then the server's error stands beside the field, in the card, and the flag is still on
+    # Then the error stands beside the field before any question, nothing is posted, the flag is still on
     field = form.locator(".field").filter(has=operator.locator("[name='reason']"))
     expect(field).to_have_class(re.compile(r"\bhas-error\b"))
-    expect(field.locator(".errorlist")).to_contain_text("This field is required.")
+    expect(field.locator(".errorlist")).to_contain_text("Say why: a reason is required")
     expect(card.locator(".spread .badge").last).to_have_text("On")
     assert Targeting.objects.get(flag__key=PROFILE_FLAG, environment__key="production").enabled is True
-    assert dialogs == ["Send everyone in Production to baseline_v3 now?"]
-    assert len(flips) == 1
+    assert dialogs == []
+    assert len(flips) == 0
 
     # When they give a reason and confirm
     form.get_by_label("Reason").fill("Citations point at stale help-centre articles")
@@ -88,12 +88,15 @@ def test_kill_switch__operator_flips_profile_in_production__off_without_approval
 
     # And the Production card shows Off, with a success message, swapped in without a page load
     card = production_card(operator)
-    expect(card.locator(".spread .badge").last).to_have_text("Off")
+    expect(card.locator(".spread .badge").last).to_have_text("Killed")
+    expect(card.get_by_test_id("stop-fact")).to_contain_text("Off: serves baseline_v3 (")
+    expect(card.get_by_test_id("stop-fact")).to_contain_text(
+        "kill switch by Omar Oncall (operator) on")
     expect(card.get_by_role("button", name="Kill switch…")).to_have_count(0)
     expect(operator.locator("#messages")).to_contain_text(
         f"Kill switch flipped: {PROFILE_FLAG} serves its fallback baseline_v3 to everyone in Production.")
     assert_no_full_page_load(operator)
-    assert dialogs == ["Send everyone in Production to baseline_v3 now?"] * 2
+    assert dialogs == ["Send everyone in Production to baseline_v3 now?"]
 
     # And no approval was involved; the targeting is off, by the operator
     assert not ChangeRequest.objects.exists()

@@ -39,7 +39,7 @@ def test_incident_mode__chosen_surfaces_to_fallback_then_lifted(demo) -> None:
     assert production().enabled is True
     assert Incident.objects.get().lifted_at is not None
     assert AuditEvent.objects.get(action="incident.lifted").after == {"restored": ["support_agent_tool_mode"],
-                                                                        "left": []}
+                                                                        "left": [], "plans_still_paused": []}
     with pytest.raises(ValidationError, match="lifted already"):
         incident_mode.incident_lift(incident=incident, reason="twice", actor=user("operator"))
 

@@ -12,6 +12,7 @@ from django.urls import reverse
 from audit.models import AuditEvent
 from rollouts.models import RolloutPlan
 from rollouts.plans import design, transitions
+from tests.html_forms import form_as_shown
 from tests.rollouts.plans.support import (
     BASELINE,
     CANDIDATE,
@@ -29,23 +30,8 @@ def _create_url() -> str:
 
 
 def _form_data(client: Any) -> dict[str, Any]:
-    """The form as the template fills it in: every input's initial value."""
-    html = client.get(_create_url()).content.decode()
-    data: dict[str, Any] = {}
-    for tag in re.findall(r"<input[^>]*>", html):
-        name, value = re.search(r'name="([^"]+)"', tag), re.search(r'value="([^"]*)"', tag)
-        if name is None or 'type="radio"' in tag:
-            continue
-        if 'type="checkbox"' in tag:
-            if "checked" in tag:
-                data.setdefault(name.group(1), []).append(value.group(1) if value else "on")
-        elif value is not None:
-            data[name.group(1)] = value.group(1)
-    for select, body in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', html, re.S):
-        chosen = re.search(r'<option value="([^"]*)"[^>]*selected', body) or re.search(r'<option value="([^"]*)"', body)
-        data[select] = chosen.group(1) if chosen else ""
-    data["on_breach"] = "pause"
-    return data
+    """The form as the template fills it in: every field's initial value."""
+    return {**form_as_shown(client.get(_create_url()).content.decode(), "stages-TOTAL_FORMS"), "on_breach": "pause"}
 
 
 def test_create__template_prefilled__saves_a_draft_with_audit(client: Any, catalog: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from audit.models import AuditEvent
+from rollouts.forms import REASON_REQUIRED
 from rollouts.models import ReleaseDecision, RolloutPlan
 from rollouts.plans import transitions
 from tests.rollouts.plans.support import (
@@ -40,7 +41,7 @@ def test_action__no_reason__error_beside_the_field_nothing_changes(client: Any, 
     plan = make_plan()
     client.force_login(user("owner"))
     response = htmx_post(client, plan_url(plan, "start"), {"reason": "  "})
-    assert response.status_code == 422 and b"This field is required." in response.content
+    assert response.status_code == 422 and REASON_REQUIRED.encode() in response.content
     plan.refresh_from_db()
     assert plan.status == "draft" and not ReleaseDecision.objects.exists()
 
