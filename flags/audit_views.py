@@ -9,6 +9,7 @@ view_account_audit (auditors). A flag's History tab is open to anyone who may vi
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -23,9 +24,10 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from audit.constants import AuditAction
-from audit.diff import diff
+from audit.diff import readable_diff
 from audit.export import EXPORT_FIELDS, csv_rows, jsonl_rows
 from audit.models import AuditEvent
+from audit.naming import TargetName, target_names
 from audit.selectors import ANONYMOUS_ACTOR, SYSTEM_ACTOR, AuditFilters, audit_page, iter_events
 from audit.services import AuditTarget, record
 from flags import permissions
@@ -84,11 +86,49 @@ def _choices(scope: frozenset[int], *, account_events: bool) -> dict[str, Any]:
     }
 
 
+# Rows whose reason is what a person wrote to someone: shown as their comment.
+COMMENTED = {AuditAction.CHANGE_REQUEST_APPROVED, AuditAction.CHANGE_REQUEST_REJECTED}
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One row of the trail as people read it: its target by today's name (with a link), and
+    the words people wrote (a comment, a reason), shortened in the table, whole in the detail."""
+
+    event: AuditEvent
+    target: TargetName
+
+    @property
+    def comment(self) -> str:
+        after = self.event.after
+        if self.event.action == AuditAction.CHANGE_REQUEST_COMMENTED and isinstance(after, dict):
+            return str(after.get("comment") or "")
+        return self.event.reason if self.event.action in COMMENTED else ""
+
+    @property
+    def reason(self) -> str:
+        return "" if self.event.action in COMMENTED else self.event.reason
+
+    @property
+    def has_changes(self) -> bool:
+        return self.event.before is not None or self.event.after is not None
+
+    @property
+    def has_detail(self) -> bool:
+        return self.has_changes or bool(self.event.reason)
+
+
+def audit_rows(events: list[AuditEvent]) -> list[AuditRow]:
+    names = target_names(events)  # one query per target type on the page
+    return [AuditRow(event=event, target=names[event.pk]) for event in events]
+
+
 def _page_context(request: HttpRequest, filters: AuditFilters, base_url: str) -> dict[str, Any]:
     page = audit_page(filters, before=_int(request.GET.get("before")))
     query = request.GET.copy()
     query.pop("before", None)
-    return {"page": page, "filters": filters, "base_url": base_url, "query": query.urlencode()}
+    return {"page": page, "rows": audit_rows(page.events), "filters": filters, "base_url": base_url,
+            "query": query.urlencode()}
 
 
 @login_required
@@ -124,7 +164,9 @@ def audit_event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     event = get_object_or_404(AuditEvent, pk=event_id)
     if not can_read_audit_event(request.user, event):
         raise Http404("No such event.")
-    return render(request, "audit/_audit_detail.html", {"event": event, "changes": diff(event.before, event.after)})
+    row = audit_rows([event])[0]
+    return render(request, "audit/_audit_detail.html",
+                  {"event": event, "row": row, "changes": readable_diff(event.before, event.after)})
 
 
 @login_required
