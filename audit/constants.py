@@ -82,6 +82,10 @@ class AuditAction(models.TextChoices):
     GROUP_CREATED = "group.created", "Permission group created"
     GROUP_UPDATED = "group.updated", "Permission group changed"
     GROUP_DELETED = "group.deleted", "Permission group deleted"
+    SESSIONS_REVOKED = "user.sessions_revoked", "User signed out everywhere"
+    SSO_RULE_CREATED = "sso_rule.created", "Sign-in role rule created"
+    SSO_RULE_UPDATED = "sso_rule.updated", "Sign-in role rule changed"
+    SSO_RULE_DELETED = "sso_rule.deleted", "Sign-in role rule deleted"
 
 
 # One limit per free-text field that reaches the audit trail (docs/architecture.md, "Free-text

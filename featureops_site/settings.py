@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "telemetry",
     "ninja",  # django-ninja: the management API's reference page and its static files
     "api",
+    "identity",  # single sign-on (OpenID Connect): accounts and project roles from the identity provider
     "featureops_site",  # the site's own migrations: the cache table
 ]
 
@@ -166,8 +167,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# The rule editor posts each clause as fields of its own (flags/rule_builder.py: up to 50 rules of 20
+# clauses); Django's default of 1,000 fields would refuse a large but valid rule set with a bare 400.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 10_000
+
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, refusing passwords when LOCAL_PASSWORDS is off (it still answers permissions).
+    "featureops_site.auth.LocalPasswordBackend",
+    "identity.backends.OidcBackend",  # single sign-on: the authorization code callback only
     "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # no guardian anonymous user row: anonymous visitors have no roles
@@ -201,6 +208,34 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "featureops_cache",
           "OPTIONS": {"MAX_ENTRIES": 100_000}}
 }
+
+# Single sign-on with OpenID Connect (identity/, docs/architecture.md "Single sign-on"; mozilla-django-oidc).
+# On when OIDC_ISSUER is set: the endpoints are read from <issuer>/.well-known/openid-configuration at
+# the first sign-in (and again every OIDC_DISCOVERY_SECONDS). Authorization code flow with PKCE (S256)
+# and a nonce; the ID token's signature (the issuer's JWKS), issuer, audience and expiry are checked.
+OIDC_ISSUER = os.environ.get("OIDC_ISSUER", "").strip().rstrip("/")
+OIDC_RP_CLIENT_ID = os.environ.get("OIDC_CLIENT_ID", "").strip()
+OIDC_RP_CLIENT_SECRET = os.environ.get("OIDC_CLIENT_SECRET", "")
+if OIDC_ISSUER and not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+    raise ImproperlyConfigured("OIDC_ISSUER is set: OIDC_CLIENT_ID and OIDC_CLIENT_SECRET must be set too.")
+OIDC_RP_SCOPES = os.environ.get("OIDC_SCOPES", "openid email profile groups")
+if OIDC_ISSUER and "openid" not in OIDC_RP_SCOPES.split():
+    raise ImproperlyConfigured("OIDC_SCOPES must include openid.")
+# The claim holding the person's groups (a list of names), from the ID token or userinfo.
+OIDC_GROUPS_CLAIM = os.environ.get("OIDC_GROUPS_CLAIM", "groups").strip()
+# What the sign-in button says: "Sign in with <name>".
+OIDC_PROVIDER_NAME = os.environ.get("OIDC_PROVIDER_NAME", "your company account").strip()
+OIDC_RP_SIGN_ALGO = os.environ.get("OIDC_SIGN_ALGORITHM", "RS256").strip()
+OIDC_DISCOVERY_SECONDS = env_int("OIDC_DISCOVERY_SECONDS", 3600)
+OIDC_CLOCK_SKEW_SECONDS = env_int("OIDC_CLOCK_SKEW_SECONDS", 30)  # leeway on the ID token's exp and iat
+OIDC_TIMEOUT = env_int("OIDC_TIMEOUT_SECONDS", 10)  # each call to the provider (mozilla-django-oidc's setting)
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_STORE_ID_TOKEN = True  # the id_token_hint of RP-initiated logout
+OIDC_AUTHENTICATION_CALLBACK_URL = "identity:oidc_callback"
+# Local passwords (the login form, the admin's login): the demo's accounts and an admins' break-glass.
+# LOCAL_PASSWORDS=0 removes the form and refuses (403) any password sign-in, the admin's included.
+LOCAL_PASSWORDS = env_bool("LOCAL_PASSWORDS", True)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "flags:project_list"

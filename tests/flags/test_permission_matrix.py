@@ -17,6 +17,7 @@ from flags.constants import Role
 from flags.demo import seed_demo
 from flags.models import Environment, Flag, Membership, Project, SdkKey
 from flags.services.access_tokens import service_token_create
+from identity.services import group_rule_create
 from rollouts.change_control.incident_mode import incident_start
 from rollouts.change_control.submitting import targeting_change_submit as submit_change
 from rollouts.plans.design import plan_create
@@ -72,6 +73,11 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "targeting_edit": ("GET", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"}, lambda p: {}),
     "targeting_toggle": ("POST", EDITORS, lambda p: {**_flag_kwargs(p), "environment_key": "development"},
                          lambda p: {"version": "1"}),
+    # the rule editor's buttons (they write nothing): as the proposal page in a governed environment
+    "targeting_rule_editor": ("POST", EDITORS | OPERATORS, lambda p: {**_flag_kwargs(p), "environment_key": "production"},
+                              lambda p: {"op": "add-rule", "rules_mode": "builder"}),
+    "segment_rule_editor": ("POST", EDITORS, lambda p: {"project_key": p["project"].key},
+                            lambda p: {"op": "add-rule", "rules_mode": "builder"}),
     "rollouts:segment_create": ("POST", EDITORS, lambda p: {"project_key": p["project"].key},
                        lambda p: {"key": "matrix_segment", "name": "M"}),
     "rollouts:segment_edit": ("GET", EDITORS, lambda p: {"project_key": p["project"].key, "segment_key": "matrix"}, lambda p: {}),
@@ -126,6 +132,7 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "rollouts:change_request_cancel": ("POST", EDITORS, _change_kwargs, lambda p: {}),
     "rollouts:incidents": ("POST", OPERATORS, lambda p: {"project_key": p["project"].key},
                            lambda p: {"environment": "production", "reason": "matrix"}),
+    "rollouts:incident_preview": ("GET", OPERATORS, lambda p: {"project_key": p["project"].key}, lambda p: {}),
     "rollouts:incident_lift": ("POST", OPERATORS, lambda p: {"project_key": p["project"].key,
                                                              "pk": p["incident"].pk}, lambda p: {"reason": "over"}),
     "rollouts:follow_up_acknowledge": ("POST", PARTICIPANTS, lambda p: {"project_key": p["project"].key,
@@ -147,18 +154,32 @@ RULES: dict[str, tuple[str, frozenset[Role] | None, Callable[[dict], dict], Call
     "rollouts:contracts_import": ("POST", EDITORS, lambda p: {"project_key": p["project"].key},
                                   lambda p: {"text": "ai_featureops_contract: {flag_key: tool_mode, name: renamed}",
                                              "reason": "matrix", "action": "preview"}),
+    # single sign-on: project admins edit their project's sign-in role rules and sign members out; staff read all
+    "identity:project_sign_in": ("GET", ADMINS, lambda p: {"project_key": p["project"].key}, lambda p: {}),
+    "identity:rule_create": ("POST", ADMINS, lambda p: {"project_key": p["project"].key},
+                             lambda p: {"group": "matrix-group", "role": "viewer"}),
+    "identity:rule_update": ("POST", ADMINS, lambda p: {"project_key": p["project"].key, "rule_id": p["rule"].pk},
+                             lambda p: {f"rule-{p['rule'].pk}-group": "renamed", f"rule-{p['rule'].pk}-role": "viewer"}),
+    "identity:rule_delete": ("POST", ADMINS, lambda p: {"project_key": p["project"].key, "rule_id": p["rule"].pk},
+                             lambda p: {}),
+    "identity:sessions_revoke": ("POST", ADMINS, lambda p: {"project_key": p["project"].key},
+                                 lambda p: {"user": p["viewer"].pk}),
+    "identity:all_rules": ("GET", frozenset(), lambda p: {}, lambda p: {}),
 }
 # Endpoints that are not project-scoped: "another project" cannot apply.
-GLOBAL = {"project_list", "audit_explorer", "audit_export", "rollouts:inbox", "rollouts:nav_approvals"}
+GLOBAL = {"project_list", "audit_explorer", "audit_export", "rollouts:inbox", "rollouts:nav_approvals",
+          "identity:all_rules"}
 # A person's own API tokens: no role decides, only whose they are (tests/api/test_tokens.py).
 PERSONAL = {"personal_tokens", "personal_token_revoke"}
+# Signing in through the identity provider: no one is signed in yet (tests/identity/test_sign_in.py).
+SIGN_IN = {"identity:oidc_login", "identity:oidc_callback"}
 
 
 def _console_url_names() -> set[str]:
-    """flags' names bare, rollouts' with their namespace."""
+    """flags' names bare, rollouts' and identity's with their namespace."""
     names: set[str] = set()
     for entry in get_resolver().url_patterns:
-        if isinstance(entry, URLResolver) and entry.namespace in ("flags", "rollouts"):
+        if isinstance(entry, URLResolver) and entry.namespace in ("flags", "rollouts", "identity"):
             prefix = "" if entry.namespace == "flags" else f"{entry.namespace}:"
             names |= {prefix + p.name for p in entry.url_patterns if isinstance(p, URLPattern)}
     return names
@@ -167,7 +188,7 @@ def _console_url_names() -> set[str]:
 def test_rules__cover_every_console_endpoint() -> None:
     names = _console_url_names()
     assert names, "no console URLs found"
-    assert names - set(RULES) - PERSONAL == set(), "declare who may use these new endpoints in RULES"
+    assert names - set(RULES) - PERSONAL - SIGN_IN == set(), "declare who may use these new endpoints in RULES"
     assert set(RULES) - names == set()
 
 
@@ -206,6 +227,7 @@ def _world(make_user: Callable[..., Any]) -> dict[str, Any]:
     for role, person in their_people.items():
         services.membership_grant(project=theirs, user=person, role=role, actor=TEST_ACTOR)
     mine_control = _change_control(mine, flag, users[Role.EDITOR], users[Role.OPERATOR])
+    mine_control["rule"] = group_rule_create(project=mine, group="matrix", role=Role.VIEWER, actor=TEST_ACTOR)
     their_admin = make_user("their_admin")
     services.membership_grant(project=theirs, user=their_admin, role=Role.ADMIN, actor=TEST_ACTOR)
     expiry = timezone.now() + datetime.timedelta(days=1)
@@ -214,6 +236,7 @@ def _world(make_user: Callable[..., Any]) -> dict[str, Any]:
     mine_control["webhook"], _ = webhook_create(project_id=mine.pk, url="https://hooks.example.com/mine", events=[],
                                                 actor=TEST_ACTOR)
     theirs_control = _change_control(theirs, their_flag, their_people[Role.EDITOR], their_people[Role.OPERATOR])
+    theirs_control["rule"] = group_rule_create(project=theirs, group="matrix", role=Role.VIEWER, actor=TEST_ACTOR)
     theirs_control["service_token"], _ = service_token_create(project=theirs, name="matrix", scopes=["read"],
                                                               expires_at=expiry, actor=their_admin)
     theirs_control["webhook"], _ = webhook_create(project_id=theirs.pk, url="https://hooks.example.com/theirs",

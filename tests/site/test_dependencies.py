@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 from tests.servers import ROOT
 
-APPS = ("audit", "flags", "webhooks", "notifications", "telemetry", "rollouts", "reminders", "api", "featureops_site",
-        "featureops_cli")
+APPS = ("audit", "flags", "webhooks", "notifications", "telemetry", "rollouts", "reminders", "api", "identity",
+        "featureops_site", "featureops_cli")
 # What each app may import of ours. featureops_site is the site: settings, URLs, WSGI, probes,
 # metrics; it may import any app. Its one leaf, `featureops_site.instruments` (the counters the
 # request paths keep for /metrics, importing nothing of ours), may be imported by any app.
@@ -24,6 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "reminders": {"audit", "flags", "notifications", "rollouts", "webhooks"},
     # The management API is an outer layer, like the console's views: the same services and rules.
     "api": {"audit", "flags", "rollouts", "webhooks", "telemetry", "notifications"},
+    # Single sign-on: accounts and project roles (through flags' membership services) from the identity provider.
+    "identity": {"audit", "flags"},
     # The command-line client talks HTTP to a server: it imports nothing of ours.
     "featureops_cli": set(),
     "featureops_site": set(APPS) - {"featureops_site", "featureops_cli"},
