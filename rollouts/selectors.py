@@ -11,13 +11,13 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
-from flags.constants import BehaviorSurface
 from flags.evaluation.targeting_schema import referenced_segments
 from flags.models import Environment, Flag, Project, Segment, Targeting, Variation
 from flags.permissions import projects_with, visible_projects
 from flags.served_state.guard import Overrides, pair_key, served_states
 from flags.served_state.state import build_served_state, served_state_hash
 from rollouts import impact
+from rollouts.change_control import incident_mode
 from rollouts.diff import DiffLine, JsonLine, as_json, describe_served_change, json_line_diff
 from rollouts.models import Approval, ChangeRequest, ChangeRequestComment, FollowUp, Incident
 
@@ -305,7 +305,5 @@ def incident_scope(environment: Environment, surfaces: list[str]) -> list[Target
     """The flags incident mode would stop now in `environment` (every flag on there, or those
     of the chosen behavior surfaces), with what each serves once stopped: its fallback. The
     same choice as `incident_mode.incident_start`, read without locks, for the preview."""
-    targetings = Targeting.objects.filter(environment=environment, enabled=True)
-    if surfaces:  # an unknown surface matches no flag (starting would refuse it)
-        targetings = targetings.filter(flag__behavior_surface__in=[s for s in surfaces if s in BehaviorSurface.values])
-    return list(targetings.select_related("flag__fallback_variation").order_by("flag__key"))
+    return list(incident_mode.incident_scope(environment, surfaces)
+                .select_related("flag__fallback_variation").order_by("flag__key"))

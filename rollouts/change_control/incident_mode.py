@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -39,11 +40,19 @@ STATUS_DECISIONS = (ReleaseDecision.Action.START, ReleaseDecision.Action.ADVANCE
 PAUSE_PREFIX = "Incident mode: "  # how the pause of a plan by incident mode reads in its log
 
 
-def _incident_targetings(environment: Environment, surfaces: list[str], guard: Any) -> list[Targeting]:
-    """The targetings incident mode turns off, locked in the guard's order (flags first)."""
+def incident_scope(environment: Environment, surfaces: list[str]) -> QuerySet[Targeting]:
+    """What incident mode stops in `environment`: every flag on there, or those of the chosen
+    behavior surfaces (an unknown surface matches none; starting refuses it). The preview
+    (rollouts.selectors.incident_scope) reads the same set without locks."""
     targetings = Targeting.objects.filter(environment=environment, enabled=True)
     if surfaces:
         targetings = targetings.filter(flag__behavior_surface__in=surfaces)
+    return targetings
+
+
+def _incident_targetings(environment: Environment, surfaces: list[str], guard: Any) -> list[Targeting]:
+    """The targetings incident mode turns off, locked in the guard's order (flags first)."""
+    targetings = incident_scope(environment, surfaces)
     flag_ids = list(targetings.values_list("flag_id", flat=True))
     guard.touch_flags(project_id=environment.project_id, flag_ids=flag_ids)
     return list(targetings.filter(flag_id__in=flag_ids).select_for_update(of=("self",))
