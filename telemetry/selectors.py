@@ -11,7 +11,12 @@ minutes that start in it; units use their exact first-exposure times):
 - per metric: `count` outcome events attributed to the variant, `sum`, `mean` = sum / count
   (for a rate metric reported 0/1 per case, its rate), `rate` = sum / exposures (for events
   reported only when something happens, e.g. one incident signal), `p95` from the merged
-  log-scale histograms (within 1 %), None when there is nothing to compute from.
+  log-scale histograms (within 1 %), None when there is nothing to compute from;
+  `variance` of the outcome values (population form), read from the merged histogram around
+  its own mean: each value counts at its bin's midpoint, so it is within about 1 % of the
+  value and the variance errs on the wide side for values that vary less than that; for a p95
+  metric also `histogram`, the merged {bin: count}, which the sequential p95 interval reads
+  (rollouts/plans/sequential.py).
 
 How: every whole UTC day inside the window is read from the daily roll-ups, every whole
 hour left from the hourly ones (`units` there counts first exposures per period), and only
@@ -117,9 +122,14 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def _metric_values(count: int, total: float, exposures: int, hist: dict[str, int] | None) -> dict[str, Any]:
-    return {"count": count, "sum": total, "mean": _ratio(total, count), "rate": _ratio(total, exposures),
-            "p95": histogram.percentile(hist, 0.95) if hist else None}
+def _metric_values(count: int, total: float, exposures: int, hist: dict[str, int] | None,
+                   keep_histogram: bool = False) -> dict[str, Any]:
+    values = {"count": count, "sum": total, "mean": _ratio(total, count), "rate": _ratio(total, exposures),
+              "p95": histogram.percentile(hist, 0.95) if hist else None,
+              "variance": histogram.variance(hist) if hist else None}
+    if keep_histogram:
+        values["histogram"] = dict(hist or {})
+    return values
 
 
 @dataclass(frozen=True)
@@ -182,10 +192,13 @@ def evidence_many(windows: Sequence[Window]) -> list[dict[str, dict[str, Any]]]:
             variant_row(row["w"], row["variant"])["units"] += int(row["units"])
     wanted = {key for w in windows for key in w.metric_keys}
     metric_ids: dict[tuple[int, str], int] = {}  # (environment id, key) -> metric id
-    for metric_id, key, environment_id in (Metric.objects.filter(
+    quantile_ids: set[int] = set()  # p95 metrics: their evidence keeps the merged histogram
+    for metric_id, key, environment_id, kind in (Metric.objects.filter(
             project__environments__in={w.environment_id for w in windows}, key__in=wanted)
-            .values_list("id", "key", "project__environments")):
+            .values_list("id", "key", "project__environments", "kind")):
         metric_ids[(environment_id, key)] = metric_id
+        if kind == "p95":
+            quantile_ids.add(metric_id)
     keys_by_id = {metric_id: key for (_, key), metric_id in metric_ids.items()}
     columns = ("w", "variant", "metric_id", "count", "total", "histogram")
 
@@ -202,12 +215,15 @@ def evidence_many(windows: Sequence[Window]) -> list[dict[str, dict[str, Any]]]:
         histogram.merge_into(slot[2], hist)
     for (index, variant, metric_id), (count, total, hist) in merged.items():
         entry = variant_row(index, variant)
-        entry["metrics"][keys_by_id[metric_id]] = _metric_values(count, total, entry["exposures"], hist)
+        entry["metrics"][keys_by_id[metric_id]] = _metric_values(count, total, entry["exposures"], hist,
+                                                                 metric_id in quantile_ids)
     for w, result in zip(windows, results, strict=True):
         for entry in result.values():
             for key in w.metric_keys:
                 if (w.environment_id, key) in metric_ids:
-                    entry["metrics"].setdefault(key, _metric_values(0, 0.0, entry["exposures"], None))
+                    metric_id = metric_ids[(w.environment_id, key)]
+                    entry["metrics"].setdefault(key, _metric_values(0, 0.0, entry["exposures"], None,
+                                                                    metric_id in quantile_ids))
     return results
 
 
@@ -221,9 +237,10 @@ def _value(kind: str, count: int, total: float, hist: dict[str, int]) -> float |
 
 def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetime.datetime,
            end: datetime.datetime, bucket_minutes: int) -> list[dict[str, Any]]:
-    """[{"bucket", "variant", "value", "count"}] per `bucket_minutes` window, oldest first: two
-    queries. The value follows the metric's kind: count → sum of values, rate and mean → mean
-    per outcome, p95 → 95th percentile.
+    """[{"bucket", "variant", "value", "count", "total", "histogram"}] per `bucket_minutes`
+    window, oldest first: two queries. The value follows the metric's kind: count → sum of
+    values, rate and mean → mean per outcome, p95 → 95th percentile; `total` and the merged
+    `histogram` let a caller add slots up (the sequential interval over time on a chart).
 
     Slots start at `start` truncated to the minute and cover the minutes that start in
     [start, end). When `bucket_minutes` is a multiple of 60 (of 1,440) they start at `start`
@@ -240,7 +257,7 @@ def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetim
         return []
     metric_id, kind = metric
     scope = {"flag_id": flag_id, "environment_id": environment_id, "metric_id": metric_id}
-    columns = ("bucket", "variant", "count", "total") + (("histogram",) if kind == "p95" else ())
+    columns = ("bucket", "variant", "count", "total", "histogram")
     width = datetime.timedelta(minutes=bucket_minutes)
     if bucket_minutes % (24 * 60) == 0 or bucket_minutes % 60 == 0:
         period, rollup = (DAY, DailyOutcomeBucket) if bucket_minutes % (24 * 60) == 0 else (HOUR, HourlyOutcomeBucket)
@@ -252,12 +269,12 @@ def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetim
             model.objects.filter(**scope).values_list(*columns)
             for model in (OutcomeBucket, HourlyOutcomeBucket, DailyOutcomeBucket)))
     grouped: dict[tuple[datetime.datetime, str], list[Any]] = {}
-    for bucket, variant, count, total, *hist in rows:
+    for bucket, variant, count, total, hist in rows:
         slot_start = origin + width * ((bucket - origin) // width)
         slot = grouped.setdefault((slot_start, variant), [0, 0.0, {}])
         slot[0] += count
         slot[1] += total
-        if hist:
-            histogram.merge_into(slot[2], hist[0])
-    return [{"bucket": bucket, "variant": variant, "value": _value(kind, count, total, hist), "count": count}
+        histogram.merge_into(slot[2], hist)
+    return [{"bucket": bucket, "variant": variant, "value": _value(kind, count, total, hist), "count": count,
+             "total": total, "histogram": hist}
             for (bucket, variant), (count, total, hist) in sorted(grouped.items())]

@@ -1,8 +1,10 @@
 """Sequential statistics for release decisions: intervals that stay valid however often they are
 looked at, the verdict they give a guardrail, sample-ratio checks, and how long a stage needs.
 
-Pure: numbers in, numbers out; numpy and scipy, no Django, no queries. Not yet wired into the
-guardrails of rollouts/plans/guardrails.py (issue 20 does that).
+Pure: numbers in, numbers out; numpy and scipy, no Django, no queries. The guardrails
+(rollouts/plans/guardrails.py), the plan's evidence (rollouts/plans/measurement.py: the primary
+metric, the sample-ratio check), the charts' bands and the plan form's estimate of how long a
+stage needs read it.
 
 **Why sequential.** A guardrail is checked every minute. A fixed-sample 95 % interval looked at
 60 times an hour is wrong far more often than 5 % of the time. A *confidence sequence* holds at
@@ -57,7 +59,7 @@ from telemetry.histogram import GAMMA, bin_order
 
 GREEN, AMBER, RED = "green", "amber", "red"
 DEFAULT_ALPHA = 0.05
-DEFAULT_N_TARGET = 10_000
+DEFAULT_N_TARGET = 1_000  # tightest around a thousand samples: a stage's first hours
 SRM_P_VALUE = 0.001
 
 
