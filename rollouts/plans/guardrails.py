@@ -165,7 +165,7 @@ def _finite(value: float) -> float | None:
 
 
 def _percent(share: float) -> str:
-    share = abs(share) * 100
+    share = round(abs(share) * 100, 6)  # 1 - 0.9 is 0.0999…
     return f"{share:.0f} %" if share >= 10 else f"{share:.1f} %"
 
 
@@ -250,11 +250,9 @@ def judge(guardrail: Mapping[str, Any], *, candidate: Arm, baseline: Arm, metric
     if interval is None:
         return result(AMBER, limit, f"{metric}: no interval yet (a baseline of 0 has no relative difference)")
     if relative:
-        allowance = (f"{_percent(allowed)} worse allowed" if allowed > 0 else
-                     "no regression allowed" if allowed == 0 else f"must be {_percent(allowed)} better")
-        if not higher_is_worse:
-            allowance = (f"{_percent(allowed)} worse allowed" if allowed < 0 else
-                         "no regression allowed" if allowed == 0 else f"must be {_percent(allowed)} better")
+        worse_allowed = allowed if higher_is_worse else -allowed
+        allowance = (f"{_percent(worse_allowed)} worse allowed" if worse_allowed > 0 else
+                     "no regression allowed" if worse_allowed == 0 else f"must be {_percent(worse_allowed)} better")
         text = (f"{metric} is {relative_words(interval.low, interval.high, higher_is_worse=higher_is_worse)} "
                 f"than the baseline {confidence} ({allowance}): {VERDICT_WORDS[status]}")
     else:

@@ -254,3 +254,14 @@ def test_ab__twenty_percent_latency_regression__caught_within_the_hour(metric_ki
     # Then nearly every run turns red within the hour
     assert caught >= 0.95
     assert max(minutes) <= MINUTES
+
+
+def test_judge__relative_min__lower_is_worse_in_words() -> None:
+    # "at least 0.9 × the baseline" on a resolution rate: 50 % against 80 %, 1,000 cases each
+    result = judge({"metric": "resolved", "kind": "relative_min", "threshold": 0.9, "min_samples": 0},
+                   candidate=arm([1.0] * 500 + [0.0] * 500), baseline=arm([1.0] * 800 + [0.0] * 200),
+                   metric_kind="rate")
+    # Then the candidate is worse (lower) by about 37.5 %, beyond the 10 % allowed
+    assert result.status == RED and result.allowed == pytest.approx(-0.1)
+    assert result.interval_low <= 0.5 / 0.8 - 1 <= result.interval_high
+    assert "resolved is worse by " in result.message and "(10 % worse allowed): breached" in result.message
