@@ -19,11 +19,11 @@ from django.shortcuts import redirect, render
 
 from flags import permissions
 from flags.forms import add_service_errors
-from flags.models import Flag, Project
+from flags.models import Environment, Flag, Project
 from flags.shortcuts import first_or_404, flag_for, project_page, refused, with_messages
 from rollouts.forms import GuardrailFormSet, PlanForm, PlanReasonForm, StageFormSet
 from rollouts.models import ReleaseDecision, RolloutPlan
-from rollouts.plans import design, transitions
+from rollouts.plans import design, power, transitions
 from rollouts.plans import pages as plan_pages
 from telemetry.models import Metric
 
@@ -137,7 +137,7 @@ def _creation_forms(request: HttpRequest, project: Project, flag: Flag) -> tuple
     environment = request.GET.get("environment") or next((e.key for e in environments if e.is_governed), "")
     form = PlanForm(data, environments=environments, variations=variations,
                     initial={"environment": environment, "baseline": flag.fallback_variation.key,
-                             "candidate": candidate, "on_breach": "pause"})
+                             "candidate": candidate, "on_breach": "step_back"})
     template = design.template_stages(flag)
     stage_initial = [{**stage, "percentage": stage["percentage"] / 1000} for stage in template]
     guardrail_initial = template[0]["guardrails"] if template else []
@@ -172,6 +172,33 @@ def _attach_plan_errors(exc: ValidationError, form: PlanForm, stages: list[Any],
         add_service_errors(form, ValidationError(rest))
 
 
+def _row_values(row: Any, needed: tuple[str, ...]) -> dict[str, Any] | None:
+    """A formset row's values as the page shows them: parsed from the post, the initial ones on
+    a GET; None for a blank row or one that does not parse (its errors are shown beside it)."""
+    if row.is_bound:
+        values = row.cleaned_data if row.is_valid() else {}
+    else:
+        values = row.initial
+    return values if all(values.get(name) is not None for name in needed) else None
+
+
+def _power(project: Project, flag: Flag, form: PlanForm, stages: Any,
+           guardrails: Any) -> tuple[Environment | None, list[power.StageEstimate | None]]:
+    """How long each stage needs for each guardrail, at the chosen environment's traffic of the
+    last 7 days (rollouts/plans/power.py): computed on a GET and on a re-render after a post with
+    errors, in a fixed number of queries however many stages there are."""
+    environment = project.environments.filter(key=form["environment"].value() or "").first()
+    stage_values = [_row_values(row, ("name", "percentage")) for row in stages.forms]
+    guardrail_values = [values for row in guardrails.forms
+                        if (values := _row_values(row, ("metric", "kind", "threshold")))]
+    if environment is None:
+        return None, [None for _ in stage_values]
+    return environment, power.plan_form_estimates(
+        flag_id=flag.pk, environment_id=environment.pk, guardrails=guardrail_values,
+        stages=[{**values, "percentage": float(values["percentage"])} if values else None for values in stage_values],
+        metric_kinds=guardrails.form_kwargs.get("metric_kinds", {}))
+
+
 @project_page("GET", "POST")
 def plan_create(request: HttpRequest, project: Project, flag_key: str) -> HttpResponse:
     flag = flag_for(project, flag_key)
@@ -196,7 +223,9 @@ def plan_create(request: HttpRequest, project: Project, flag_key: str) -> HttpRe
                                       "differently until you do.")
             return redirect("rollouts:plan_detail", project_key=project.key, pk=plan.pk)
     invalid = request.method == "POST"
+    environment, estimates = _power(project, flag, form, stages, guardrails)
     return render(request, "rollouts/plan_create.html", {
         "project": project, "flag": flag, "form": form, "stages": stages, "guardrails": guardrails,
+        "stage_rows": list(zip(stages.forms, estimates, strict=True)), "power_environment": environment,
         "open_plans": RolloutPlan.objects.filter(flag=flag, status__in=RolloutPlan.OPEN).select_related("environment"),
     }, status=422 if invalid else 200)
