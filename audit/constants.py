@@ -69,6 +69,7 @@ class AuditAction(models.TextChoices):
     PLAN_PAUSED = "plan.paused", "Rollout plan paused"
     PLAN_RESUMED = "plan.resumed", "Rollout plan resumed"
     PLAN_ROLLED_BACK = "plan.rolled_back", "Rollout plan rolled back"
+    PLAN_STEPPED_BACK = "plan.stepped_back", "Rollout plan stepped back to its previous stage and paused"
     PLAN_PROMOTED = "plan.promoted", "Rollout plan promoted"
     PLAN_INVESTIGATED = "plan.investigated", "Rollout plan marked for investigation"
     PLAN_BREACHED = "plan.breached", "Rollout guardrail breached"

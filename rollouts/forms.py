@@ -163,9 +163,11 @@ class PlanForm(forms.Form):
         max_length=100, required=False, label="Assignment unit",
         help_text="The context attribute percentages bucket on (accountId, userId…). Blank: the environment's.")
     on_breach = forms.ChoiceField(label="When a guardrail is breached", widget=forms.RadioSelect,
-                                  choices=(("pause", "Pause the plan (traffic stays as it is)"),
-                                           ("rollback", "Roll back: everyone to the baseline at once")),
-                                  initial="pause")
+                                  choices=(("step_back", "Step back: the previous stage's traffic at once, then "
+                                                         "pause (from the first stage, the baseline)"),
+                                           ("rollback", "Roll back: everyone to the baseline at once"),
+                                           ("pause", "Pause the plan (traffic stays as it is)")),
+                                  initial="step_back")
     reason = LimitedTextField(limit="plan_reason",
                               help_text="Why this rollout: the decision log and the audit trail keep it.")
 

@@ -253,6 +253,7 @@ class RolloutPlan(models.Model):
     class OnBreach(models.TextChoices):
         PAUSE = "pause", "Pause the plan"
         ROLLBACK = "rollback", "Roll back to the baseline"
+        STEP_BACK = "step_back", "Step back: return to the last good stage (the baseline from the first stage)"
 
     Status = RolloutPlanStatus
     OPEN = (RolloutPlanStatus.DRAFT, RolloutPlanStatus.RUNNING, RolloutPlanStatus.PAUSED)
@@ -266,7 +267,7 @@ class RolloutPlan(models.Model):
     status = models.CharField(max_length=16, choices=RolloutPlanStatus.choices, default=RolloutPlanStatus.DRAFT)
     stage_index = models.SmallIntegerField(default=-1)
     stage_entered_at = models.DateTimeField(null=True, blank=True)
-    on_breach = models.CharField(max_length=8, choices=OnBreach.choices, default=OnBreach.PAUSE)
+    on_breach = models.CharField(max_length=16, choices=OnBreach.choices, default=OnBreach.STEP_BACK)
     needs_attention = models.BooleanField(default=False)
     pending_change_request = models.ForeignKey(ChangeRequest, null=True, blank=True, on_delete=models.SET_NULL,
                                                related_name="+")
@@ -330,6 +331,7 @@ class ReleaseDecision(models.Model):
         BREACH = "breach", "Guardrail breach"
         RESOLVE = "resolve", "Investigation closed"
         DISCARD = "discard", "Discard"
+        STEP_BACK = "step_back", "Step back"
 
     plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="decisions")
     action = models.CharField(max_length=12, choices=Action.choices)

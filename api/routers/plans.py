@@ -173,7 +173,10 @@ class PlanCreateIn(Schema):
     stages: list[PlanStage] | None = Field(None, max_length=design.MAX_STAGES,
                                            description="Default: the seed template (internal users → beta accounts "
                                                        "→ 5 % → 50 % → everyone, the last needing approval).")
-    on_breach: Literal["pause", "rollback"] = "pause"
+    on_breach: Literal["pause", "rollback", "step_back"] = Field(
+        "step_back", description="On a red guardrail: step_back (default) returns to the previous stage's traffic "
+                                 "at once and pauses there (the baseline from the first stage), rollback sends "
+                                 "everyone to the baseline, pause only stops expanding.")
     assignment_unit: str = Field("", max_length=100, description="Default: the environment targeting's.")
     reason: str
 

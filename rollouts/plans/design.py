@@ -145,7 +145,7 @@ def _stage_problems(stages: list[dict[str, Any]], segment_keys: set[str], metric
 
 @transaction.atomic
 def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidate: str, stages: list[dict[str, Any]],
-                actor: AbstractBaseUser, assignment_unit: str = "", on_breach: str = RolloutPlan.OnBreach.PAUSE,
+                actor: AbstractBaseUser, assignment_unit: str = "", on_breach: str = RolloutPlan.OnBreach.STEP_BACK,
                 reason: str = "") -> RolloutPlan:
     """A draft plan, validated as a whole: baseline ≠ candidate, both variations of the flag,
     segments of the project, exposure that only grows from stage to stage. The candidate's
@@ -165,7 +165,7 @@ def plan_create(*, flag: Flag, environment: Environment, baseline: str, candidat
     if baseline == candidate:
         errors["candidate"] = "The candidate must differ from the baseline."
     if on_breach not in RolloutPlan.OnBreach.values:
-        errors["on_breach"] = "Pause or roll back."
+        errors["on_breach"] = "Step back, roll back or pause."
     if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
         errors["stages"] = f"From 1 to {MAX_STAGES} stages."
         stages = []
@@ -215,7 +215,7 @@ def template_stages(flag: Flag) -> list[dict[str, Any]]:
 
 
 def plan_from_template(*, flag: Flag, environment: Environment, candidate: str, actor: AbstractBaseUser,
-                       baseline: str | None = None, on_breach: str = RolloutPlan.OnBreach.PAUSE,
+                       baseline: str | None = None, on_breach: str = RolloutPlan.OnBreach.STEP_BACK,
                        reason: str = "") -> RolloutPlan:
     """internal users → beta accounts → 5 % of eligible traffic → 50 % experiment → default
     behaviour (needs approval). The baseline defaults to the flag's fallback."""

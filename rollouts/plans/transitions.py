@@ -5,6 +5,7 @@ release decision (with the evidence at that moment) and its audit row in the sam
 
 State machine:  draft ─start→ running ─pause→ paused ─resume→ running
                 running|paused ─rollback→ rolled_back;  running ─promote→ completed
+                running at stage k > 0 ─step back (a breach)→ paused at stage k − 1
 A stage entry or promotion that needs approval leaves the plan where it is, with a
 `pending_change_request`; `plan_sync` moves it once that request is applied (change control
 announces it: rollouts.plans.observers). Stopping or reversing a plan withdraws that request
@@ -27,6 +28,7 @@ from django.utils import timezone
 
 from audit.constants import AuditAction
 from audit.services import Actor, SystemActor, record
+from audit.validators import shortened
 from flags.models import Targeting
 from flags.permissions import INVESTIGATE_PLAN, STEER_PLAN, STOP_PLAN, Rule, steers
 from flags.row_states import targeting_state
@@ -255,7 +257,8 @@ def _require_on(plan: RolloutPlan, then: str) -> None:
 
 
 def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: dict[str, Any]) -> None:
-    """Refuse expansion before the current stage's bake time, or while a guardrail is red."""
+    """Refuse expansion before the current stage's bake time, while its evidence cannot be
+    trusted (a sample ratio mismatch), or while a guardrail is red."""
     if plan.pending_change_request_id:
         raise ValidationError(f"Waiting for CR-{plan.pending_change_request_id} to be applied.")
     _require_on(plan, "turn it back on through a change first")
@@ -268,6 +271,9 @@ def _ready_to_expand(plan: RolloutPlan, stages: list[RolloutStage], evidence: di
         left = int((baked_at - now).total_seconds() // 60) + 1
         raise ValidationError(f"Stage {plan.stage_index + 1} ({stage.name}) bakes for at least "
                               f"{stage.min_bake_minutes} minutes: {left} minute(s) left.")
+    if evidence.get("untrustworthy"):
+        raise ValidationError(f"Sample ratio mismatch in stage {plan.stage_index + 1} ({stage.name}): "
+                              f"{evidence['sample_ratio']['message']}.")
     red = [g["message"] for g in evidence["guardrails"] if g["status"] == RED]
     if red:
         raise ValidationError(f"A guardrail of stage {plan.stage_index + 1} ({stage.name}) is breached: "
@@ -361,23 +367,61 @@ def plan_resume(*, plan: RolloutPlan, reason: str, actor: Actor) -> RolloutPlan:
                      fields=("status", "stage_entered_at"), evidence=evidence)
 
 
+def _de_escalation_submitter(plan: RolloutPlan, actor: Actor) -> Actor:
+    """Who submits a move towards the baseline. Outside governed environments
+    targeting_change_submit leaves edits to owners and editors; an operator's roll-back still
+    never waits, so the plan submits it."""
+    if (isinstance(actor, AbstractBaseUser) and not plan.environment.is_governed
+            and not steers(actor, plan.flag)):
+        return SystemActor(f"rollout-plan:{actor.get_username()}")
+    return actor
+
+
 def rollback_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: dict[str, Any]) -> RolloutPlan:
     before = _before(plan)
     _withdraw_pending(plan, actor, reason)
-    submitter = actor
-    if (isinstance(actor, AbstractBaseUser) and not plan.environment.is_governed
-            and not steers(actor, plan.flag)):
-        # Outside governed environments targeting_change_submit leaves edits to owners and
-        # editors; an operator's roll-back still never waits, so the plan submits it.
-        submitter = SystemActor(f"rollout-plan:{actor.get_username()}")
-    result = _submit(plan, rollback_targeting(plan, _current_state(plan)), actor=submitter,
-                     reason=f"Rollout plan {plan.pk} rolled back to {plan.baseline}: {reason}")
+    result = _submit(plan, rollback_targeting(plan, _current_state(plan)), actor=_de_escalation_submitter(plan, actor),
+                     reason=shortened(f"Rollout plan {plan.pk} rolled back to {plan.baseline}: {reason}", 2_000))
     if isinstance(result, ChangeRequest):  # only if the baseline is riskier than what it replaces
         raise ValidationError(f"Rolling back to {plan.baseline} raises risk here; use the kill switch.")
     plan.status = Status.ROLLED_BACK
     return _conclude(plan, Action.ROLLBACK, AuditAction.PLAN_ROLLED_BACK, actor, reason, before,
                      f"Rolled back {plan.flag.key} in {plan.environment.name}: everyone gets {plan.baseline}",
                      fields=("status", "pending_change_request"), evidence=evidence)
+
+
+def step_back_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: dict[str, Any]) -> RolloutPlan:
+    """Return a running plan at stage k > 0 to stage k − 1's targeting at once, through the
+    de-escalation path, and pause it there: a person decides what comes next (resuming
+    restarts the stage's bake time and evidence window). The caller holds the plan's lock and
+    its transaction. Refuses (ValidationError, before anything is written) a plan in its first
+    stage (roll it back instead), a flag that is off (stage targeting would turn it on), and a
+    move the environment's policy would hold for approval: the caller then pauses instead."""
+    _expect(plan, (Status.RUNNING,), "stepped back")
+    if plan.stage_index <= 0:
+        raise ValidationError("The plan is in its first stage: there is no earlier stage to return to; roll it back.")
+    _require_on(plan, "stepping back would turn it on")
+    stages = plan_stages(plan)
+    target = plan.stage_index - 1
+    stage = stages[target]
+    changes = stage_targeting(plan, target, _current_state(plan), stages)
+    targeting = Targeting.objects.get(flag_id=plan.flag_id, environment_id=plan.environment_id)
+    if not preview_targeting_change(targeting=targeting, changes=changes).applies_now:
+        raise ValidationError(f"Returning to stage {target + 1} ({stage.name}) would need approval here.")
+    before = _before(plan)
+    _withdraw_pending(plan, actor, reason)
+    result = _submit(plan, changes, actor=_de_escalation_submitter(plan, actor),
+                     reason=shortened(f"Rollout plan {plan.pk} stepped back to stage {target + 1} ({stage.name}): "
+                                      f"{reason}", 2_000))
+    if isinstance(result, ChangeRequest):  # the preview said otherwise; never leave it waiting
+        raise ValidationError(f"Returning to stage {target + 1} ({stage.name}) would need approval here.")
+    from_stage = plan.stage_index
+    plan.status, plan.stage_index, plan.stage_entered_at = Status.PAUSED, target, timezone.now()
+    return _conclude(plan, Action.STEP_BACK, AuditAction.PLAN_STEPPED_BACK, actor, reason, before,
+                     f"Stepped back {plan.flag.key} in {plan.environment.name} from stage {from_stage + 1} "
+                     f"({stages[from_stage].name}) to stage {target + 1} ({stage.name}) and paused there",
+                     fields=("status", "stage_index", "stage_entered_at", "pending_change_request"),
+                     evidence=evidence, from_stage=from_stage, to_stage=target)
 
 
 @transaction.atomic

@@ -238,7 +238,10 @@ def test_create__from_the_template__draft_with_audit_row(personal_api: Any) -> N
     plan = RolloutPlan.objects.get(pk=body["id"])
     assert (plan.status, plan.baseline, plan.candidate) == ("draft", BASELINE, CANDIDATE)
     assert [s["name"] for s in body["stages"]] == [s["name"] for s in design.template_stages(plan.flag)]
-    assert audit_row(mark, AuditAction.PLAN_CREATED).actor_label == via(api)
+    # and a breach steps back unless the request says otherwise
+    assert plan.on_breach == body["on_breach"] == "step_back"
+    row = audit_row(mark, AuditAction.PLAN_CREATED)
+    assert row.actor_label == via(api) and row.after["on_breach"] == "step_back"
 
 
 def test_create__stages_given__draft_with_those_stages(personal_api: Any) -> None:
@@ -263,6 +266,7 @@ def test_create__stages_given__draft_with_those_stages(personal_api: Any) -> Non
       "stages": [{"name": "A", "percentage": 5000}, {"name": "B", "percentage": 1000}]}, "stages[1].percentage"),
     ({"environment": "staging", "candidate": CANDIDATE, "reason": "x", "stages": [{"name": "A", "percentage": -1}]},
      "stages.0.percentage"),
+    ({"environment": "staging", "candidate": CANDIDATE, "reason": "x", "on_breach": "panic"}, "on_breach"),
 ])
 def test_create__bad_input__422_naming_the_field(personal_api: Any, body: dict[str, Any], path: str) -> None:
     response = personal_api("owner").post(f"/projects/support-assistant/flags/{PROFILE}/plans", body)

@@ -1,6 +1,6 @@
 """Safety jobs never wait behind a backlog: with 5,000 webhook deliveries pending to a slow
-receiver, a scheduled change applies at its time and a red guardrail pauses its plan within
-one sweep, because each queue has a worker of its own (featureops_site/queues.py).
+receiver, a scheduled change applies at its time and a red guardrail stops its plan's harm
+(the plan, in its first stage, rolls back to the baseline) within one sweep, because each queue has a worker of its own (featureops_site/queues.py).
 
 Everything is real: PostgreSQL, the configured broker, four Celery workers in their own
 processes as deployed (beat beside the safety worker), a slow HTTP receiver on loopback, and
@@ -77,7 +77,7 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> float | None:
 @pytest.mark.postgres
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
-def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_their_time(
+def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_rollback_keep_their_time(
     tmp_path: Path, fresh_caches: None, record_property: Callable[[str, object], None],
 ) -> None:
     require_broker()
@@ -95,7 +95,8 @@ def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_th
             for i in range(BACKLOG):
                 dispatch(project_id=project.pk, event="flag.updated", payload={"flag": "tool_mode", "n": i})
         assert WebhookDelivery.objects.filter(status="pending").count() == BACKLOG
-        # and a rollout plan running in production whose candidate will turn out twice as slow
+        # and a rollout plan running in production whose candidate will turn out twice as slow (in its
+        # first stage: a breach rolls it back, the default choice's step back from there)
         plan = started_plan("production")
         RolloutPlan.objects.filter(pk=plan.pk).update(stage_entered_at=timezone.now() - datetime.timedelta(minutes=2))
         sdk_key = flag_services.sdk_key_create(
@@ -127,9 +128,9 @@ def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_th
             post_cases(sdk_key, variants, {BASELINE: 400.0, CANDIDATE: 800.0})
             reported = time.monotonic()
             applied = wait_for(lambda: ChangeRequest.objects.get(pk=change_request.pk).status == "applied", 60)
-            paused = wait_for(lambda: RolloutPlan.objects.get(pk=plan.pk).status == "paused",
-                              60 - (time.monotonic() - reported))
-            paused_after = time.monotonic() - reported if paused is not None else None
+            stopped = wait_for(lambda: RolloutPlan.objects.get(pk=plan.pk).status == "rolled_back",
+                               60 - (time.monotonic() - reported))
+            stopped_after = time.monotonic() - reported if stopped is not None else None
             still_pending = WebhookDelivery.objects.filter(status="pending").count()
         finally:
             output = "\n".join(stop_worker(worker) for worker in workers)
@@ -142,10 +143,11 @@ def test_backlog_of_slow_deliveries__scheduled_apply_and_guardrail_pause_keep_th
     record_property("scheduled_apply_delay_seconds", round(delay, 2))
     assert 0 <= delay <= SCHEDULER_SECONDS + 3, delay
     assert production().rules[-1]["serve"] == {"variation": "write"}
-    # and the red guardrail paused its plan within an aggregation and a sweep (and a little)
-    assert paused_after is not None, output[-3000:]
-    record_property("guardrail_pause_after_report_seconds", round(paused_after, 2))
-    assert paused_after <= AGGREGATE_SECONDS + SWEEP_SECONDS + 5, paused_after
+    # and the red guardrail rolled its plan back within an aggregation and a sweep (and a little)
+    assert stopped_after is not None, output[-3000:]
+    record_property("guardrail_rollback_after_report_seconds", round(stopped_after, 2))
+    assert stopped_after <= AGGREGATE_SECONDS + SWEEP_SECONDS + 5, stopped_after
+    assert served(sdk_key) == dict.fromkeys(variants, BASELINE)
     # while the backlog was still there: nearly all 5,000 deliveries were waiting
     record_property("deliveries_pending_meanwhile", still_pending)
     assert still_pending >= BACKLOG - 200, still_pending

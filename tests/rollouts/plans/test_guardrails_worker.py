@@ -1,9 +1,10 @@
 """A guardrail breach through the real machinery: events posted to the events API, and a
 Celery worker with embedded beat, in its own process, on the configured broker, that
 aggregates them and runs the guardrail sweep on its own schedule. Nothing here calls the
-aggregation or the check. The breaching plan is paused by the system with its evidence,
-audit rows and notifications, and keeps serving what its stage served; a green plan judged
-in the same sweeps keeps running."""
+aggregation or the check. The breaching plan, which says to pause on a breach, is paused by
+the system with its evidence, audit rows and notifications, and keeps serving what its stage
+served; a green plan judged in the same sweeps keeps running. (Stepping back and rolling back
+on a breach, the default: test_breach_step_back_worker.py.)"""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tests.rollouts.plans.through_workers import (
     post_cases,
     served,
     started_plan,
+    units_by_variant,
 )
 from tests.workers import delete_queues, require_broker, start_worker, stop_worker, unique_prefix, worker_env
 
@@ -49,11 +51,11 @@ def within(value: float, low: float, high: float) -> bool:
 @pytest.mark.django_db(transaction=True)
 def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_running(tmp_path: Path) -> None:
     require_broker()
-    # Given the demo, committed, and two plans at their first stage: a green one in staging
-    # (made first, so each sweep judges it before the other) and one in production
+    # Given the demo, committed, and two plans at their first stage that pause on a breach: a
+    # green one in staging (made first, so each sweep judges it before the other) and one in production
     project, _ = seed_demo()
     seed_demo_metrics(project)
-    green, red = started_plan("staging"), started_plan("production")
+    green, red = started_plan("staging", on_breach="pause"), started_plan("production", on_breach="pause")
     # entered two minutes ago, so the events below (seconds old) fall inside the stages' windows
     # whatever the clock (a window starts at the minute its stage was entered)
     RolloutPlan.objects.filter(pk__in=(green.pk, red.pk)).update(
@@ -64,8 +66,8 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     before = {env_key: served(key) for env_key, key in keys.items()}
     versions = dict(Targeting.objects.filter(flag__key=PROFILE).values_list("environment__key", "version"))
     assert {v for account, v in before["production"].items() if account.startswith("acct-agent-")} == {CANDIDATE}
-    # and the applications report what was served: in production the candidate takes twice
-    # the baseline's latency, in staging the same
+    # and the applications report what was served, twenty requests per account: in production
+    # the candidate takes twice the baseline's latency, in staging the same
     sent = post_cases(keys["production"], before["production"], {BASELINE: 400.0, CANDIDATE: 800.0})
     post_cases(keys["staging"], before["staging"], {BASELINE: 400.0, CANDIDATE: 400.0})
     # When a worker with beat runs (aggregation every 2 s, the guardrail sweep every 5 s)
@@ -89,7 +91,9 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     breach, pause = ReleaseDecision.objects.filter(plan=red).exclude(action="start").order_by("id")
     assert (breach.action, breach.actor_id, breach.actor_label) == ("breach", None, "system:guardrails")
     assert (pause.action, pause.actor_label, pause.from_stage, pause.to_stage) == ("pause", "system:guardrails", 0, 0)
-    assert "latency_p95" in breach.reason and pause.reason == breach.reason
+    assert pause.reason == breach.reason
+    assert breach.reason.startswith("Guardrail breached: latency_p95 is worse by ")
+    assert breach.reason.endswith("than the baseline with 95 % confidence (20 % worse allowed): breached")
     # with the numbers that decided it: the p95s of what was sent, and the limit 1.2 × baseline
     (latency,) = breach.evidence["guardrails"]
     assert (latency["metric"], latency["status"]) == ("latency_p95", "red")
@@ -98,7 +102,11 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     assert within(latency["baseline_value"], min(sent[BASELINE]), max(sent[BASELINE]))
     assert latency["limit"] == pytest.approx(1.2 * latency["baseline_value"])
     assert latency["candidate_value"] > latency["limit"]
-    assert breach.evidence["variants"][CANDIDATE]["exposures"] == len(sent[CANDIDATE])
+    # and the 95 % confidence sequence on candidate / baseline - 1: wholly above the 20 % allowed,
+    # around the true ratio of the p95s sent (800 / 400, the same spread in both: 1 worse)
+    assert latency["allowed"] == pytest.approx(0.2) and latency["interval_low"] > 0.2
+    assert latency["interval_low"] <= 1.0 <= latency["interval_high"]
+    assert breach.evidence["variants"][CANDIDATE]["exposures"] == len(units_by_variant(before["production"])[CANDIDATE])
     assert breach.evidence["status"] == "red"
     # and its audit rows name the system actor
     for action in ("plan.breached", "plan.paused"):

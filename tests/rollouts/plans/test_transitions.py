@@ -1,7 +1,8 @@
 """Rollout plans' state machine (rollouts/plans/transitions.py): each action with its reason, by the
 roles that may take it, in the states it applies to; bake time; exposure that only grows, as the
 engine serves it; stages that need approval go through change control; roll-back at once in
-production; a flag that is off is never turned on by a plan; concurrent advances."""
+production; stepping back (a breach's default) only from a later stage of a running plan whose
+flag is on; a flag that is off is never turned on by a plan; concurrent advances."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from audit.models import AuditEvent
+from audit.services import SystemActor
 from flags.demo import seed_demo
+from flags.models import Targeting
 from rollouts.change_control import applying, kill_switch
 from rollouts.models import ChangeRequest, ReleaseDecision, RolloutPlan
 from rollouts.plans import transitions
@@ -233,6 +237,60 @@ def test_rollback__cancels_the_pending_request(catalog: Any) -> None:
     assert AuditEvent.objects.filter(action="change_request.cancelled", change_request_id=change_request.pk).exists()
     with pytest.raises(ValidationError, match="Only an approved request"):
         applying.change_request_apply(change_request=change_request, actor=user("owner"))
+
+
+def step_back(plan: RolloutPlan) -> RolloutPlan:
+    """What a breach's sweep does: step back under the plan's lock, as the system."""
+    with transaction.atomic():
+        return transitions.step_back_locked(transitions.locked(plan), reason="latency breached",
+                                            actor=SystemActor("guardrails"), evidence={})
+
+
+def test_step_back__first_stage_or_flag_off_or_not_running__refused_and_nothing_changes(catalog: Any) -> None:
+    # Given a running plan in its first stage: there is no earlier stage to return to
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    with pytest.raises(ValidationError, match="first stage: there is no earlier stage to return to; roll it back"):
+        step_back(plan)
+    # Given it in its second stage, with the flag turned off behind its back (the kill switch
+    # pauses plans in the same transaction; this is the race it could lose)
+    plan = transitions.plan_advance(plan=baked(plan), reason="beta", actor=user("owner"))
+    Targeting.objects.filter(pk=targeting("staging").pk).update(enabled=False)
+    version = targeting("staging").version
+    # Then stepping back is refused: a stage's targeting would turn the flag on
+    with pytest.raises(ValidationError, match="is off in Staging: stepping back would turn it on"):
+        step_back(plan)
+    assert (targeting("staging").enabled, targeting("staging").version) == (False, version)
+    assert (fresh(plan).status, fresh(plan).stage_index) == ("running", 1)
+    # Given the flag on again and the plan paused, then only a running plan steps back
+    Targeting.objects.filter(pk=targeting("staging").pk).update(enabled=True)
+    plan = transitions.plan_pause(plan=plan, reason="look", actor=user("owner"))
+    with pytest.raises(ValidationError, match="A paused plan cannot be stepped back"):
+        step_back(plan)
+    assert not ReleaseDecision.objects.filter(plan=plan, action="step_back").exists()
+    assert not AuditEvent.objects.filter(action="plan.stepped_back").exists()
+
+
+def test_step_back__running_later_stage__previous_stage_traffic_and_paused(catalog: Any) -> None:
+    # Given a running plan in its second stage (beta accounts)
+    plan = transitions.plan_start(plan=template_plan(), reason="go", actor=user("owner"))
+    plan = transitions.plan_advance(plan=baked(plan), reason="beta", actor=user("owner"))
+    assert served("staging", ["acct-beta-103"]) == {"acct-beta-103": CANDIDATE}
+    # When it steps back
+    plan = step_back(plan)
+    # Then the plan's rule is the first stage's again (internal users only) and the plan waits, paused
+    assert (fresh(plan).status, fresh(plan).stage_index) == ("paused", 0)
+    rules = targeting("staging").rules
+    assert (rules[0]["id"], rules[0]["clauses"]) == (f"plan-{plan.pk}",
+                                                     [{"op": "in_segment", "values": ["internal_users"]}])
+    # and the flag's own rules stay behind it, the default serves the baseline
+    assert [rule["id"] for rule in rules[1:]] == ["internal", "beta-50"]
+    assert targeting("staging").default_serve == {"variation": BASELINE}
+    assert served("staging", ["acct-internal-001"]) == {"acct-internal-001": CANDIDATE}
+    decision = ReleaseDecision.objects.filter(plan=plan).latest("id")
+    assert (decision.action, decision.from_stage, decision.to_stage, decision.actor_label) == (
+        "step_back", 1, 0, "system:guardrails")
+    row = AuditEvent.objects.get(action="plan.stepped_back")
+    assert (row.before["stage_index"], row.after["stage_index"], row.after["status"]) == (1, 0, "paused")
 
 
 # --- concurrency -----------------------------------------------------------------------------
