@@ -20,7 +20,8 @@ from flags.models import Project, Targeting
 from rollouts.change_control import approving, incident_mode
 from rollouts.models import Incident, ReleaseDecision, RolloutPlan, RolloutStage
 from rollouts.plans import charts, design, measurement, transitions
-from rollouts.plans.guardrails import AMBER, GREEN, RED
+from rollouts.plans.guardrails import AMBER, GREEN, RED, Arm, compare, judge
+from telemetry import histogram as histograms
 from telemetry.models import Metric
 from telemetry.selectors import series as metric_series
 
@@ -106,7 +107,7 @@ def next_step(plan: RolloutPlan, stages: list[RolloutStage], status: str | None,
     if left is not None:
         return f"{attention}Baking: {step} in {_countdown(left)}"
     if status == AMBER:
-        return f"{attention}{step[0].upper()}{step[1:]} (guardrails still gathering samples)"
+        return f"{attention}{step[0].upper()}{step[1:]} (guardrails not yet clear)"
     return f"{attention}{step[0].upper()}{step[1:]}"
 
 
@@ -329,14 +330,155 @@ def _stage_rows(plan: RolloutPlan, stages: list[RolloutStage], entries: dict[int
     return rows
 
 
+def _window_of(evidence: dict[str, Any]) -> tuple[datetime.datetime, datetime.datetime] | None:
+    """The stage's evidence window the evidence was judged on (None for evidence without one)."""
+    window = evidence.get("window") or {}
+    try:
+        return (datetime.datetime.fromisoformat(window["start"]), datetime.datetime.fromisoformat(window["end"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _cumulative(rows: list[dict[str, Any]], plan: RolloutPlan, window: tuple[datetime.datetime, datetime.datetime],
+                bucket: int, metric_kind: str) -> list[tuple[datetime.datetime, Arm, Arm]]:
+    """(end of slot, candidate, baseline) with everything from the stage's entry to that slot's
+    end added up: what a check at that time judged (the last one at the window's end: nothing
+    came after it). Slots that start before the entry are left
+    out; the series' slots are aligned on the entry (`_charts`) except for hourly and daily
+    buckets, whose first partial hour is then missing. Exposures per slot are not in the
+    series, so a count metric's arm counts its outcome events as its exposures (its value
+    reads per event, not per exposure, on this chart alone). A mean's variance comes from the
+    running sums of its histograms' bin values and their squares (the same population variance
+    as telemetry.histogram.variance, without a pass over every bin at every check); only a p95
+    keeps its merged histogram."""
+    width = datetime.timedelta(minutes=bucket)
+    start, end = window
+    quantile = metric_kind == "p95"
+    # per variant: [outcomes, sum, sum of bin values, sum of their squares, merged histogram]
+    running: dict[str, list[Any]] = {plan.candidate: [0, 0.0, 0.0, 0.0, {}], plan.baseline: [0, 0.0, 0.0, 0.0, {}]}
+    by_slot: dict[datetime.datetime, list[dict[str, Any]]] = {}
+    for row in rows:
+        if start <= row["bucket"] < end and row["variant"] in running:
+            by_slot.setdefault(row["bucket"], []).append(row)
+
+    def arm(counts: list[Any]) -> Arm:
+        count, total, first, second, hist = counts
+        variance = max(second / count - (first / count) ** 2, 0.0) if count and not quantile else None
+        return Arm(count, count, total, variance, dict(hist) if quantile else None)
+
+    answer = []
+    slots = sorted(by_slot)
+    stride = math.ceil(len(slots) / charts.BAND_POINTS_CAP) if slots else 1  # at most the cap's points, the last kept
+    for i, slot in enumerate(slots):
+        for row in by_slot[slot]:
+            counts = running[row["variant"]]
+            counts[0] += row["count"]
+            counts[1] += row["total"]
+            if quantile:
+                histograms.merge_into(counts[4], row["histogram"] or {})
+            else:
+                for name, number in (row["histogram"] or {}).items():
+                    value = histograms.representative(name)
+                    counts[2] += value * number
+                    counts[3] += value * value * number
+        if (len(slots) - 1 - i) % stride == 0:
+            # the last check with outcomes is what the stage's evidence says until now
+            at = end if i == len(slots) - 1 else min(slot + width, end)
+            answer.append((at, arm(running[plan.candidate]), arm(running[plan.baseline])))
+    return answer
+
+
+def _relative_estimate(candidate: float | None, baseline: float | None) -> float | None:
+    return candidate / baseline - 1 if candidate is not None and baseline else None
+
+
+def _open_below(low: float | None) -> float | None:
+    """A relative difference bounded below only by -100 % (a ratio of 0) is not bounded at all
+    (as guardrails.relative_words reads it)."""
+    return None if low is None or low <= -1 else low
+
+
+def _open_above(high: float | None) -> float | None:
+    """Likewise a relative difference of a million-fold or more (guardrails.relative_words)."""
+    return None if high is None or high >= 1e6 else high
+
+
+def _named(message: str, key: str, metrics: dict[str, Metric]) -> str:
+    """A verdict's words with the metric's name for its key."""
+    metric = metrics.get(key)
+    return metric.name + message[len(key):] if metric and message.startswith(key) else message
+
+
+def _bands(plan: RolloutPlan, metric: Metric, evidence: dict[str, Any], steps: list[tuple[datetime.datetime, Arm, Arm]],
+           window: tuple[datetime.datetime, datetime.datetime], *, primary: bool) -> list[dict[str, Any]]:
+    """One band chart per guardrail on this metric (and one for the primary metric): each check
+    from the stage's entry judged again on the cumulative evidence (guardrails.judge, compare)."""
+    bands = []
+    for judged in [g for g in evidence.get("guardrails", []) if g["metric"] == metric.key]:
+        relative = judged["kind"].startswith("relative")
+        points = []
+        for at, candidate, baseline in steps:
+            result = judge(judged, candidate=candidate, baseline=baseline, metric_kind=metric.kind)
+            estimate = (_relative_estimate(result.candidate_value, result.baseline_value) if relative
+                        else result.candidate_value)
+            low, high = ((_open_below(result.interval_low), _open_above(result.interval_high)) if relative
+                         else (result.interval_low, result.interval_high))
+            points.append(charts.BandPoint(at, low, high, estimate,
+                                           result.candidate_samples, result.baseline_samples))
+        allowed = float(judged["threshold"]) - 1 if relative else float(judged["threshold"])
+        tolerant = allowed >= 0 if judged["kind"].endswith("_max") else allowed <= 0  # some regression allowed
+        allowed_text = ((f"allowed: {abs(allowed) * 100:.3g} % worse" if tolerant
+                         else f"required: {abs(allowed) * 100:.3g} % better") if relative else
+                        f"limit: {KIND_LABELS[judged['kind']]} {charts.format_value(allowed, metric.unit)}")
+        bands.append(_band(metric, points, window, judged["status"], relative, (allowed, allowed_text),
+                           rule=guardrail_text(judged), message=_named(judged.get("message", ""), metric.key, {
+                               metric.key: metric})))
+    compared = evidence.get("primary")
+    if primary and compared:
+        points = []
+        for at, candidate, baseline in steps:
+            result = compare(metric.key, candidate=candidate, baseline=baseline, metric_kind=metric.kind,
+                             higher_is_better=metric.higher_is_better)
+            points.append(charts.BandPoint(at, _open_below(result["interval_low"]), _open_above(result["interval_high"]),
+                                           _relative_estimate(result["candidate_value"], result["baseline_value"]),
+                                           candidate.samples(metric.kind), baseline.samples(metric.kind)))
+        verdict = {"better": GREEN, "worse": RED}.get(compared.get("direction"), AMBER)
+        bands.append(_band(metric, points, window, verdict, True, None, rule="primary metric: candidate against "
+                           f"baseline ({'higher' if metric.higher_is_better else 'lower'} is better)",
+                           message="Primary metric: " + _named(compared.get("message", ""), metric.key,
+                                                               {metric.key: metric})))
+    return bands
+
+
+def _band(metric: Metric, points: list[charts.BandPoint], window: tuple[datetime.datetime, datetime.datetime],
+          verdict: str, relative: bool, allowed: tuple[float, str] | None, *, rule: str, message: str) -> dict[str, Any]:
+    scale = "relative difference, candidate against baseline" if relative else "the candidate's value"
+    return {"rule": rule, "verdict": verdict, "relative": relative, "message": message,
+            "allowed": allowed[1] if allowed else "",
+            "svg": charts.band_chart(title=f"{metric.name}: {scale}, 95 % confidence sequence", points=points,
+                                     start=window[0], end=window[1], verdict=verdict, relative=relative,
+                                     unit=metric.unit, allowed=allowed),
+            "rows": charts.band_rows(points, relative=relative, unit=metric.unit)}
+
+
 def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Metric], evidence: dict[str, Any],
             entries: dict[int, datetime.datetime], now: datetime.datetime) -> list[dict[str, Any]]:
+    """Per metric (the primary one, then each guardrail's): the stage's confidence sequences
+    over time (`bands`) and the per-variant values over the whole plan, from one `series`
+    read per metric."""
     keys = [plan.flag.primary_metric] if plan.flag.primary_metric else []
     keys += [g["metric"] for stage in stages for g in stage.guardrails]
     keys = [key for i, key in enumerate(keys) if key in metrics and key not in keys[:i]]
     start = (min(entries.values()) if entries else plan.created_at).replace(second=0, microsecond=0)
     start = min(start, now - datetime.timedelta(minutes=30))  # a young plan still gets a readable axis
+    window = _window_of(evidence)
+    if window:
+        start = min(start, window[0])  # the band needs the whole stage
     bucket = charts.bucket_minutes_for(start, now)
+    if window and bucket % 60 and window[0] > start:
+        # start a whole number of buckets before the stage's entry, so a slot starts there
+        width = datetime.timedelta(minutes=bucket)
+        start = window[0] - width * math.ceil((window[0] - start) / width)
     markers = [charts.Marker(at, f"{index + 1}. {stages[index].name}") for index, at in sorted(entries.items())
                if index < len(stages)]
     limits = {g["metric"]: g for g in evidence.get("guardrails", [])}
@@ -344,9 +486,10 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
     result = []
     for key in keys:
         metric = metrics[key]
+        rows = metric_series(flag_id=plan.flag_id, environment_id=plan.environment_id, metric_key=key,
+                             start=start, end=now, bucket_minutes=bucket)
         by_variant: dict[str, list[charts.Point]] = {variant: [] for variant in variants}
-        for row in metric_series(flag_id=plan.flag_id, environment_id=plan.environment_id, metric_key=key,
-                                 start=start, end=now, bucket_minutes=bucket):
+        for row in rows:
             if row["value"] is not None and row["variant"] in by_variant:
                 # drawn at the middle of its bucket, where its events happened on average
                 by_variant[row["variant"]].append(charts.Point(row["bucket"] + datetime.timedelta(minutes=bucket / 2),
@@ -356,8 +499,11 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
         if judged and judged.get("limit") is not None:
             limit = (float(judged["limit"]), f"Limit now: {charts.format_value(judged['limit'], metric.unit)}")
         samples = {variant: sum(p.count for p in points) for variant, points in by_variant.items()}
+        steps = _cumulative(rows, plan, window, bucket, metric.kind) if window else []
         result.append({
             "metric": metric, "primary": key == plan.flag.primary_metric, "bucket_minutes": bucket,
+            "bands": _bands(plan, metric, evidence, steps, window, primary=key == plan.flag.primary_metric)
+            if window else [],
             "svg": charts.line_chart(title=f"{metric.name} per {bucket} min", series=by_variant, start=start, end=now,
                                      unit=metric.unit, markers=markers, limit=limit),
             "legend": [{**item, "samples": samples[item["variant"]]} for item in charts.legend(variants)],
@@ -366,12 +512,64 @@ def _charts(plan: RolloutPlan, stages: list[RolloutStage], metrics: dict[str, Me
     return result
 
 
+STOPPING = (Action.PAUSE, Action.ROLLBACK, Action.STEP_BACK, Action.BREACH)
+MOVING = (Action.START, Action.ADVANCE, Action.RESUME, Action.PROMOTE)
+
+
+def _what_the_plan_did(plan: RolloutPlan, stages: list[RolloutStage], decisions: list[ReleaseDecision],
+                       metrics: dict[str, Metric]) -> str:
+    """The plan's last pause, step back or roll-back (a breach's own decision when nothing
+    followed it) in words, with its reason: unless the plan has moved on since."""
+    last = None
+    for decision in decisions:
+        if decision.action in STOPPING and not (last and last.action != Action.BREACH
+                                                 and decision.action == Action.BREACH):
+            last = decision
+        elif decision.action in MOVING:
+            last = None
+    if last is None:
+        return ""
+    stage = stages[last.to_stage] if 0 <= last.to_stage < len(stages) else None
+    where = f"stage {last.to_stage + 1} ({stage.name})" if stage else "its start"
+    done = {Action.ROLLBACK: f"rolled back to {plan.baseline}", Action.STEP_BACK: f"stepped back to {where}",
+            Action.PAUSE: f"paused at {where}", Action.BREACH: f"breach recorded at {where}"}[last.action]
+    reason = last.reason.strip().rstrip(".")
+    for key in metrics:
+        reason = reason.replace(f"{key} is ", f"{metrics[key].name} is ")
+    by = f"{done} by {last.actor_label} on {last.created_at:%d %b %H:%M}"
+    return f"{reason}; {by}." if reason else f"{by[0].upper()}{by[1:]}."
+
+
+def decision_words(plan: RolloutPlan, stages: list[RolloutStage], evidence: dict[str, Any],
+                   decisions: list[ReleaseDecision], metrics: dict[str, Metric]) -> dict[str, Any]:
+    """The evidence and the plan's decision in words: each guardrail's verdict, the primary
+    metric's, what the plan did about it, the split's sample-ratio check and, per variant,
+    the share of exposures served something other than assigned."""
+    guardrails = [{"status": g["status"], "text": _named(g.get("message", ""), g["metric"], metrics)}
+                  for g in evidence.get("guardrails", [])]
+    compared = evidence.get("primary")
+    primary = None
+    if compared:
+        primary = {"direction": compared.get("direction", "unclear"),
+                   "text": "Primary metric: " + _named(compared.get("message", ""), compared["metric"], metrics)}
+    ratio = evidence.get("sample_ratio")
+    variants = evidence.get("variants", {})
+    fallbacks = [f"{variant}: {charts.format_value(variants[variant]['fallback_rate'], '%')} of exposures served "
+                 "something else (AI fallbacks)"
+                 for variant in [plan.baseline, plan.candidate] + sorted(set(variants) - {plan.baseline, plan.candidate})
+                 if variant in variants and (variants[variant].get("fallback_rate") or 0) > 0]
+    return {"guardrails": guardrails, "primary": primary, "did": _what_the_plan_did(plan, stages, decisions, metrics),
+            "sample_ratio": ratio, "untrustworthy": bool(evidence.get("untrustworthy")), "fallbacks": fallbacks,
+            "any": bool(guardrails or primary or ratio or fallbacks)}
+
+
 def _guardrail_rows(evidence: dict[str, Any], metrics: dict[str, Metric]) -> list[dict[str, Any]]:
     rows = []
     for judged in evidence.get("guardrails", []):
         metric = metrics.get(judged["metric"])
         unit = metric.unit if metric else ""
         rows.append({**judged, "name": metric.name if metric else judged["metric"], "rule": guardrail_text(judged),
+                     "said": _named(judged.get("message", ""), judged["metric"], metrics),
                      "candidate": charts.format_value(judged.get("candidate_value"), unit),
                      "baseline": charts.format_value(judged.get("baseline_value"), unit),
                      "limit_text": charts.format_value(judged.get("limit"), unit)})
@@ -418,6 +616,7 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
         "evidence": evidence, "status": evidence.get("status"),
         "guardrails": _guardrail_rows(evidence, metrics), "samples": _sample_rows(plan, evidence, metrics),
         "charts": _charts(plan, stages, metrics, evidence, entries, now),
+        "words": decision_words(plan, stages, evidence, decisions, metrics),
         "decisions": list(reversed(decisions)),
         "pending": pending, "pending_approvals": approving.valid_approvals(pending) if pending else 0,
         "next_step": next_step(plan, stages, evidence.get("status"), now),
@@ -455,7 +654,8 @@ def request_evidence(change_request: Any, now: datetime.datetime | None = None) 
     now = now or timezone.now()
     plan = decision.plan
     stages = design.plan_stages(plan)
-    entries = stage_entries(list(plan.decisions.order_by("id")))
+    decisions = list(plan.decisions.order_by("id"))
+    entries = stage_entries(decisions)
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
     waiting = plan.status in RolloutPlan.OPEN and plan.pending_change_request_id == change_request.pk
     live = measurement.plan_evidence(plan, stages=stages, now=now) if waiting else {}
@@ -469,4 +669,6 @@ def request_evidence(change_request: Any, now: datetime.datetime | None = None) 
         "then_status": decision.evidence.get("status"), "status": shown.get("status"), "live": bool(live),
         "guardrails": _guardrail_rows(shown, metrics), "samples": _sample_rows(plan, shown, metrics),
         "charts": _charts(plan, stages, metrics, shown, entries, now),
+        "words": decision_words(plan, stages, shown, decisions if live else [], metrics),
+        "sample_ratio": shown.get("sample_ratio"), "primary": shown.get("primary"),
     }

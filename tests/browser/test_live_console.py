@@ -6,6 +6,7 @@ matters is that the commit reaches an open page (PostgreSQL NOTIFY → the strea
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -164,12 +165,16 @@ def test_a_plan_paused_elsewhere_shows_paused_on_the_open_plan_page_and_board(
 
     transitions.plan_pause(plan=plan, reason="p95 latency over its limit", actor=SystemActor("guardrails"))
 
-    # Then both pages show it paused, without a reload
+    # Then both pages show it paused, without a reload; the plan page says in words what the plan
+    # did and why, above its evidence
     expect(row).to_contain_text("Paused", timeout=3_000)
-    expect(page.locator("#plan-body")).to_contain_text("p95 latency over its limit", timeout=3_000)
+    expect(page.get_by_test_id("words-did")).to_have_text(re.compile(
+        r"^p95 latency over its limit; paused at stage 1 \(Internal users\) by system:guardrails on \d\d \w{3} "
+        r"\d\d:\d\d\.$"), timeout=3_000)
     assert_no_full_page_load(page)
     assert_no_full_page_load(board)
     review_screenshot(board, "live-board-paused.png")
+    review_screenshot(page, "live-plan-paused-words.png")
 
 
 def test_the_live_stream_refuses_a_visitor_who_is_not_signed_in(site: str) -> None:

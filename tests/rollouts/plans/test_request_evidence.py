@@ -34,7 +34,9 @@ def test_stage_needing_approval__request_page_shows_evidence_and_apply_moves_the
     plan = make_plan(last_needs_approval=True)
     for reason in ("start", "beta", "5 %"):
         (transitions.plan_start if reason == "start" else transitions.plan_advance)(plan=plan, reason=reason, actor=user("owner"))
-    report("staging", {BASELINE: [100.0] * 25, CANDIDATE: [105.0] * 25})
+    # a p95 guardrail is judged on a few hundred outcomes per variant (a batch holds at most 1,000 events)
+    for _ in range(2):
+        report("staging", {BASELINE: [100.0] * 150, CANDIDATE: [105.0] * 150})
     client.force_login(user("owner"))
     response = htmx_post(client, plan_url(plan, "advance"), {"reason": "5 % looks healthy"})
     assert b"waits for approval" in response.content
@@ -47,6 +49,14 @@ def test_stage_needing_approval__request_page_shows_evidence_and_apply_moves_the
                                                                  "pk": change_request.pk})).content.decode()
     evidence = re.search(r'data-testid="cr-evidence">(.*?)</section>', page, re.S).group(1)
     assert "Stage 4 (50 %)" in evidence and 'data-status="green"' in evidence and "<svg" in evidence
+    # in words too: the guardrail's verdict beside its rule, and its band over the stage, green
+    message = re.search(r'data-testid="guardrail-message">(.*?)</div>', evidence, re.S).group(1)
+    assert re.fullmatch(r"Latency \(p95\) is (worse|better) by [\d.]+ %–[\d.]+ % than the baseline with 95 % confidence "
+                        r"\(20 % worse allowed\): holds", message), message
+    band = re.search(r'data-testid="band-latency_p95" data-verdict="(\w+)">(.*?)</details>', evidence, re.S)
+    assert band.group(1) == "green" and "Latency (p95) is" in band.group(2) and "<polygon" in band.group(2)
+    # and the split of stage 3 (5 %) checked against its weights, in words
+    assert re.search(r'data-testid="sample-ratio">[^<]*\d+ of \d+ units \([\d.]+ %\) fall in', evidence)
     # Approved (one approval is required, and approvals stop there), applied by the owner:
     # the plan follows right after the commit
     assert change_request.required_approvals == 1
