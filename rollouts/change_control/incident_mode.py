@@ -36,7 +36,7 @@ from rollouts.models import FollowUp, Incident, ReleaseDecision, RolloutPlan
 # The decisions that move a plan's status: a later one means the incident's pause is over.
 STATUS_DECISIONS = (ReleaseDecision.Action.START, ReleaseDecision.Action.ADVANCE, ReleaseDecision.Action.PAUSE,
                     ReleaseDecision.Action.RESUME, ReleaseDecision.Action.ROLLBACK, ReleaseDecision.Action.PROMOTE,
-                    ReleaseDecision.Action.BREACH)
+                    ReleaseDecision.Action.BREACH, ReleaseDecision.Action.STEP_BACK)
 PAUSE_PREFIX = "Incident mode: "  # how the pause of a plan by incident mode reads in its log
 
 

@@ -182,6 +182,12 @@ def relative_words(low: float, high: float, *, higher_is_worse: bool) -> str:
     if worse_high < 0:
         return (f"better by {_percent(worse_high)}–{_percent(worse_low)}" if math.isfinite(worse_low)
                 else f"better by at least {_percent(worse_high)}")
+    if -0.0005 < worse_low <= 0:  # it rounds to no difference at all
+        return f"between no difference and {_percent(worse_high)} worse" if math.isfinite(worse_high) else \
+            "no better, and any amount worse"
+    if 0 <= worse_high < 0.0005:
+        return f"between {_percent(worse_low)} better and no difference" if math.isfinite(worse_low) else \
+            "any amount better, and no worse"
     better = f"{_percent(worse_low)} better" if math.isfinite(worse_low) else "any amount better"
     worse = f"{_percent(worse_high)} worse" if math.isfinite(worse_high) else "any amount worse"
     return f"between {better} and {worse}"

@@ -99,7 +99,10 @@ def next_step(plan: RolloutPlan, stages: list[RolloutStage], status: str | None,
     if plan.pending_change_request_id:
         return f"{attention}Waiting for approval of CR-{plan.pending_change_request_id}"
     if status == RED:
-        return f"{attention}Guardrail breached: the plan pauses at the next check; pause or roll back now"
+        action = {RolloutPlan.OnBreach.STEP_BACK: ("steps back to its last good stage" if plan.stage_index > 0
+                                                   else f"rolls back to {plan.baseline}"),
+                  RolloutPlan.OnBreach.ROLLBACK: f"rolls back to {plan.baseline}"}.get(plan.on_breach, "pauses")
+        return f"{attention}Guardrail breached: the plan {action} at the next check; pause or roll back now"
     stage = stages[plan.stage_index]
     left = _bake_left(plan, stage, now)
     last = plan.stage_index >= len(stages) - 1
@@ -151,6 +154,8 @@ def available_actions(plan: RolloutPlan, stages: list[RolloutStage], evidence: d
                            f"{_duration(datetime.timedelta(minutes=stage.min_bake_minutes))}: {_countdown(left)} left.")
             elif red:
                 blocked = "A guardrail is breached: " + "; ".join(red)
+            elif (evidence or {}).get("untrustworthy"):
+                blocked = "Sample ratio mismatch: " + evidence["sample_ratio"]["message"]
         if plan.stage_index < len(stages) - 1:
             nxt = stages[plan.stage_index + 1]
             candidates.append(PlanAction(Action.ADVANCE, f"Advance to stage {plan.stage_index + 2} ({nxt.name})",
@@ -597,7 +602,8 @@ def plan_page(plan: RolloutPlan, user: Any, now: datetime.datetime | None = None
     stages = design.plan_stages(plan)
     decisions = list(plan.decisions.select_related("change_request").order_by("id"))
     entries = stage_entries(decisions)
-    evidence = measurement.plan_evidence(plan, stages=stages, now=now) if plan.status in RolloutPlan.OPEN else {}
+    evidence = (measurement.plan_evidence(plan, stages=stages, now=now, fresh_sample_ratio=False)
+                if plan.status in RolloutPlan.OPEN else {})
     metrics = {m.key: m for m in Metric.objects.filter(project_id=plan.project_id)}
     pending = plan.pending_change_request
     waiting_for = next((d.to_stage for d in reversed(decisions) if pending and d.change_request_id == pending.pk), None)

@@ -416,7 +416,11 @@ def step_back_locked(plan: RolloutPlan, *, reason: str, actor: Actor, evidence: 
     if isinstance(result, ChangeRequest):  # the preview said otherwise; never leave it waiting
         raise ValidationError(f"Returning to stage {target + 1} ({stage.name}) would need approval here.")
     from_stage = plan.stage_index
-    plan.status, plan.stage_index, plan.stage_entered_at = Status.PAUSED, target, timezone.now()
+    # The evidence window starts at the minute of stage_entered_at (aggregates are per minute):
+    # from the next minute on, so the breaching minute's events never count for the stage it
+    # stepped back to (resuming starts the window again anyway).
+    entered = timezone.now().replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+    plan.status, plan.stage_index, plan.stage_entered_at = Status.PAUSED, target, entered
     return _conclude(plan, Action.STEP_BACK, AuditAction.PLAN_STEPPED_BACK, actor, reason, before,
                      f"Stepped back {plan.flag.key} in {plan.environment.name} from stage {from_stage + 1} "
                      f"({stages[from_stage].name}) to stage {target + 1} ({stage.name}) and paused there",

@@ -265,3 +265,8 @@ def test_judge__relative_min__lower_is_worse_in_words() -> None:
     assert result.status == RED and result.allowed == pytest.approx(-0.1)
     assert result.interval_low <= 0.5 / 0.8 - 1 <= result.interval_high
     assert "resolved is worse by " in result.message and "(10 % worse allowed): breached" in result.message
+
+
+def test_relative_words__an_end_at_no_difference() -> None:
+    assert relative_words(-0.0001, 0.04, higher_is_worse=True) == "between no difference and 4.0 % worse"
+    assert relative_words(-0.04, 0.0002, higher_is_worse=True) == "between 4.0 % better and no difference"

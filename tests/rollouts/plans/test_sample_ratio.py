@@ -20,7 +20,7 @@ from flags.services import sdk_key_create
 from flags.snapshot_builder import build_environment_snapshot
 from flags.snapshot_store import reset_store
 from rollouts.models import RolloutPlan
-from rollouts.plans import measurement, transitions
+from rollouts.plans import measurement, pages, transitions
 from telemetry.services import events_aggregate
 from tests.factories import TEST_ACTOR
 from tests.ofrep_client import call
@@ -107,6 +107,10 @@ def test_sample_ratio__candidate_exposures_lost__mismatch_marks_the_evidence_unt
     assert "sample ratio mismatch" in check["message"] and "cannot be trusted" in check["message"]
     # and the stage's evidence is untrustworthy: amber whatever its guardrails say
     assert evidence["untrustworthy"] and evidence["status"] == "amber"
+    # and the plan page offers Advance and Promote blocked, saying why
+    actions = {a.action: a for a in pages.plan_page(RolloutPlan.objects.get(pk=plan.pk), user("owner"))["actions"]}
+    assert actions["promote"].blocked.startswith("Sample ratio mismatch: ")
+    assert "cannot be trusted" in actions["promote"].blocked
 
 
 def test_sample_ratio__segment_members_get_the_candidate__still_no_mismatch(catalog: Any) -> None:
