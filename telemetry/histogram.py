@@ -66,19 +66,6 @@ def merge_into(target: dict[str, int], histogram: Mapping[str, int]) -> dict[str
     return target
 
 
-def variance(histogram: Mapping[str, int]) -> float | None:
-    """The population variance of the values, each at its bin's midpoint, around their own
-    mean; None for an empty histogram."""
-    total = sum(histogram.values())
-    if total <= 0:
-        return None
-    try:
-        mean = math.fsum(representative(name) * count for name, count in histogram.items()) / total
-        return math.fsum(count * (representative(name) - mean) ** 2 for name, count in histogram.items()) / total
-    except OverflowError:  # values near the float limit: their spread is beyond measure
-        return math.inf
-
-
 def percentile(histogram: Mapping[str, int], q: float) -> float | None:
     """The q-quantile (0 < q ≤ 1) by the nearest-rank method, or None for an empty histogram."""
     total = sum(histogram.values())

@@ -166,6 +166,7 @@ class OutcomeBucket(models.Model):
     bucket = models.DateTimeField()
     count = models.BigIntegerField(default=0)
     total = models.FloatField(default=0.0)
+    total_squares = models.FloatField(default=0.0)  # the sum of the values' squares: their variance, exactly
     histogram = models.JSONField(default=dict)
 
     class Meta:
@@ -228,6 +229,7 @@ class OutcomeRollup(models.Model):
     bucket = models.DateTimeField()  # the period's start, UTC
     count = models.BigIntegerField(default=0)
     total = models.FloatField(default=0.0)
+    total_squares = models.FloatField(default=0.0)  # the sum of the values' squares: their variance, exactly
     histogram = models.JSONField(default=dict)
 
     class Meta:

@@ -12,10 +12,8 @@ minutes that start in it; units use their exact first-exposure times):
   (for a rate metric reported 0/1 per case, its rate), `rate` = sum / exposures (for events
   reported only when something happens, e.g. one incident signal), `p95` from the merged
   log-scale histograms (within 1 %), None when there is nothing to compute from;
-  `variance` of the outcome values (population form), read from the merged histogram around
-  its own mean: each value counts at its bin's midpoint, so it is within about 1 % of the
-  value and the variance errs on the wide side for values that vary less than that; for a p95
-  metric also `histogram`, the merged {bin: count}, which the sequential p95 interval reads
+  `variance` of the outcome values (population form, from the sum of their squares); for a
+  p95 metric also `histogram`, the merged {bin: count}, which the sequential p95 interval reads
   (rollouts/plans/sequential.py).
 
 How: every whole UTC day inside the window is read from the daily roll-ups, every whole
@@ -29,6 +27,7 @@ minutes. The answer is the same as from minutes alone (`tests/telemetry/test_rol
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,11 +121,20 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def variance(count: int, total: float, squares: float) -> float | None:
+    """The population variance of `count` values from their sum and the sum of their squares."""
+    if count <= 0:
+        return None
+    mean = total / count
+    spread = squares / count - mean * mean
+    return max(spread, 0.0) if math.isfinite(spread) else None  # values near the float limit: beyond measure
+
+
 def _metric_values(count: int, total: float, exposures: int, hist: dict[str, int] | None,
-                   keep_histogram: bool = False) -> dict[str, Any]:
+                   keep_histogram: bool = False, squares: float = 0.0) -> dict[str, Any]:
     values = {"count": count, "sum": total, "mean": _ratio(total, count), "rate": _ratio(total, exposures),
               "p95": histogram.percentile(hist, 0.95) if hist else None,
-              "variance": histogram.variance(hist) if hist else None}
+              "variance": variance(count, total, squares)}
     if keep_histogram:
         values["histogram"] = dict(hist or {})
     return values
@@ -200,7 +208,7 @@ def evidence_many(windows: Sequence[Window]) -> list[dict[str, dict[str, Any]]]:
         if kind == "p95":
             quantile_ids.add(metric_id)
     keys_by_id = {metric_id: key for (_, key), metric_id in metric_ids.items()}
-    columns = ("w", "variant", "metric_id", "count", "total", "histogram")
+    columns = ("w", "variant", "metric_id", "count", "total", "total_squares", "histogram")
 
     def outcomes(i: int, w: Window) -> list[QuerySet]:
         ids = [metric_ids[(w.environment_id, key)] for key in w.metric_keys if (w.environment_id, key) in metric_ids]
@@ -208,15 +216,16 @@ def evidence_many(windows: Sequence[Window]) -> list[dict[str, dict[str, Any]]]:
                 for model in (OutcomeBucket, HourlyOutcomeBucket, DailyOutcomeBucket)]
 
     merged: dict[tuple[int, str, int], list[Any]] = {}
-    for index, variant, metric_id, count, total, hist in tagged(outcomes):
-        slot = merged.setdefault((index, variant, metric_id), [0, 0.0, {}])
+    for index, variant, metric_id, count, total, squares, hist in tagged(outcomes):
+        slot = merged.setdefault((index, variant, metric_id), [0, 0.0, 0.0, {}])
         slot[0] += count
         slot[1] += total
-        histogram.merge_into(slot[2], hist)
-    for (index, variant, metric_id), (count, total, hist) in merged.items():
+        slot[2] += squares
+        histogram.merge_into(slot[3], hist)
+    for (index, variant, metric_id), (count, total, squares, hist) in merged.items():
         entry = variant_row(index, variant)
         entry["metrics"][keys_by_id[metric_id]] = _metric_values(count, total, entry["exposures"], hist,
-                                                                 metric_id in quantile_ids)
+                                                                 metric_id in quantile_ids, squares)
     for w, result in zip(windows, results, strict=True):
         for entry in result.values():
             for key in w.metric_keys:
@@ -237,10 +246,12 @@ def _value(kind: str, count: int, total: float, hist: dict[str, int]) -> float |
 
 def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetime.datetime,
            end: datetime.datetime, bucket_minutes: int) -> list[dict[str, Any]]:
-    """[{"bucket", "variant", "value", "count", "total", "histogram"}] per `bucket_minutes`
-    window, oldest first: two queries. The value follows the metric's kind: count → sum of
-    values, rate and mean → mean per outcome, p95 → 95th percentile; `total` and the merged
-    `histogram` let a caller add slots up (the sequential interval over time on a chart).
+    """[{"bucket", "variant", "value", "count", "total", "squares", "histogram"}] per
+    `bucket_minutes` window, oldest first: two queries. The value follows the metric's kind:
+    count → sum of values, rate and mean → mean per outcome, p95 → 95th percentile; `total`,
+    `squares` (the sum of the values' squares) and, for a p95 metric, the merged `histogram`
+    (empty for the others: reading them costs more than the rest) let a caller add slots up
+    (the sequential interval over time on a chart).
 
     Slots start at `start` truncated to the minute and cover the minutes that start in
     [start, end). When `bucket_minutes` is a multiple of 60 (of 1,440) they start at `start`
@@ -257,7 +268,7 @@ def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetim
         return []
     metric_id, kind = metric
     scope = {"flag_id": flag_id, "environment_id": environment_id, "metric_id": metric_id}
-    columns = ("bucket", "variant", "count", "total", "histogram")
+    columns = ("bucket", "variant", "count", "total", "total_squares") + (("histogram",) if kind == "p95" else ())
     width = datetime.timedelta(minutes=bucket_minutes)
     if bucket_minutes % (24 * 60) == 0 or bucket_minutes % 60 == 0:
         period, rollup = (DAY, DailyOutcomeBucket) if bucket_minutes % (24 * 60) == 0 else (HOUR, HourlyOutcomeBucket)
@@ -269,12 +280,14 @@ def series(*, flag_id: int, environment_id: int, metric_key: str, start: datetim
             model.objects.filter(**scope).values_list(*columns)
             for model in (OutcomeBucket, HourlyOutcomeBucket, DailyOutcomeBucket)))
     grouped: dict[tuple[datetime.datetime, str], list[Any]] = {}
-    for bucket, variant, count, total, hist in rows:
+    for bucket, variant, count, total, squares, *hist in rows:
         slot_start = origin + width * ((bucket - origin) // width)
-        slot = grouped.setdefault((slot_start, variant), [0, 0.0, {}])
+        slot = grouped.setdefault((slot_start, variant), [0, 0.0, 0.0, {}])
         slot[0] += count
         slot[1] += total
-        histogram.merge_into(slot[2], hist)
+        slot[2] += squares
+        if hist:
+            histogram.merge_into(slot[3], hist[0])
     return [{"bucket": bucket, "variant": variant, "value": _value(kind, count, total, hist), "count": count,
-             "total": total, "histogram": hist}
-            for (bucket, variant), (count, total, hist) in sorted(grouped.items())]
+             "total": total, "squares": squares, "histogram": hist}
+            for (bucket, variant), (count, total, squares, hist) in sorted(grouped.items())]

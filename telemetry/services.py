@@ -276,7 +276,7 @@ def _aggregate_chunk(limit: int) -> int | None:
                                          update_fields=["first_seen", "last_seen"])
 
     assigned = _assignments(stored) if outcomes else {}
-    values: dict[tuple, list[Any]] = {}  # (flag, env, variant, metric, minute) -> [count, total, histogram]
+    values: dict[tuple, list[Any]] = {}  # (flag, env, variant, metric, minute) -> [count, total, squares, histogram]
     for env, flag, variant, metric, value, unit, when in outcomes:
         if flag and variant:
             targets = [(flag, variant)]
@@ -285,10 +285,11 @@ def _aggregate_chunk(limit: int) -> int | None:
             flags = [flag] if flag else list(by_flag)
             targets = [(f, v) for f in flags if (v := _variant_at(by_flag.get(f, ()), when))]
         for target_flag, target_variant in targets:
-            slot = values.setdefault((target_flag, env, target_variant, metric, _minute(when)), [0, 0.0, {}])
+            slot = values.setdefault((target_flag, env, target_variant, metric, _minute(when)), [0, 0.0, 0.0, {}])
             slot[0] += 1
             slot[1] += value
-            histogram.add(slot[2], value)
+            slot[2] += value * value
+            histogram.add(slot[3], value)
 
     _merge_exposure_buckets(ExposureBucket, exposures)
     _merge_outcome_buckets(OutcomeBucket, values)
@@ -344,13 +345,14 @@ def _exposures_rolled_up(exposures: dict[tuple, list[int]], first_seen_moves: li
 
 
 def _outcomes_rolled_up(values: dict[tuple, list[Any]], truncate: Truncate) -> dict[tuple, list[Any]]:
-    """(flag, env, variant, metric, period) -> [count, total, histogram] from the minute deltas."""
+    """(flag, env, variant, metric, period) -> [count, total, squares, histogram] from the minute deltas."""
     rolled: dict[tuple, list[Any]] = {}
-    for (flag, env, variant, metric, minute), (count, total, hist) in values.items():
-        slot = rolled.setdefault((flag, env, variant, metric, truncate(minute)), [0, 0.0, {}])
+    for (flag, env, variant, metric, minute), (count, total, squares, hist) in values.items():
+        slot = rolled.setdefault((flag, env, variant, metric, truncate(minute)), [0, 0.0, 0.0, {}])
         slot[0] += count
         slot[1] += total
-        histogram.merge_into(slot[2], hist)
+        slot[2] += squares
+        histogram.merge_into(slot[3], hist)
     return rolled
 
 
@@ -382,19 +384,21 @@ def _merge_outcome_buckets(model: type[OutcomeBucket | OutcomeRollup], values: d
         return
     keys = list(values)
     existing = {
-        (flag, env, variant, metric, bucket): (count, total, hist)
-        for flag, env, variant, metric, bucket, count, total, hist in model.objects.filter(
+        (flag, env, variant, metric, bucket): (count, total, squares, hist)
+        for flag, env, variant, metric, bucket, count, total, squares, hist in model.objects.filter(
             flag_id__in={k[0] for k in keys}, environment_id__in={k[1] for k in keys},
             metric_id__in={k[3] for k in keys}, bucket__in={k[4] for k in keys}).values_list(
-            "flag_id", "environment_id", "variant", "metric_id", "bucket", "count", "total", "histogram")
+            "flag_id", "environment_id", "variant", "metric_id", "bucket", "count", "total", "total_squares",
+            "histogram")
     }
     rows = []
-    for key, (count, total, hist) in values.items():
+    for key, (count, total, squares, hist) in values.items():
         old = existing.get(key)
         if old is not None:
-            count, total, hist = count + old[0], total + old[1], histogram.merge((hist, old[2]))
+            count, total, squares = count + old[0], total + old[1], squares + old[2]
+            hist = histogram.merge((hist, old[3]))
         rows.append(model(flag_id=key[0], environment_id=key[1], variant=key[2], metric_id=key[3],
-                          bucket=key[4], count=count, total=total, histogram=hist))
+                          bucket=key[4], count=count, total=total, total_squares=squares, histogram=hist))
     model.objects.bulk_create(rows, batch_size=1_000, update_conflicts=True,
                               unique_fields=["flag_id", "environment_id", "metric_id", "bucket", "variant"],
-                              update_fields=["count", "total", "histogram"])
+                              update_fields=["count", "total", "total_squares", "histogram"])

@@ -24,6 +24,7 @@ from rollouts.plans.guardrails import AMBER, GREEN, RED, Arm, compare, judge
 from telemetry import histogram as histograms
 from telemetry.models import Metric
 from telemetry.selectors import series as metric_series
+from telemetry.selectors import variance
 
 Status = RolloutPlan.Status
 Action = ReleaseDecision.Action
@@ -353,23 +354,21 @@ def _cumulative(rows: list[dict[str, Any]], plan: RolloutPlan, window: tuple[dat
     buckets, whose first partial hour is then missing. Exposures per slot are not in the
     series, so a count metric's arm counts its outcome events as its exposures (its value
     reads per event, not per exposure, on this chart alone). A mean's variance comes from the
-    running sums of its histograms' bin values and their squares (the same population variance
-    as telemetry.histogram.variance, without a pass over every bin at every check); only a p95
-    keeps its merged histogram."""
+    running sums of the values and their squares (telemetry.selectors.variance, as the stage's
+    evidence); only a p95 keeps its merged histogram."""
     width = datetime.timedelta(minutes=bucket)
     start, end = window
     quantile = metric_kind == "p95"
-    # per variant: [outcomes, sum, sum of bin values, sum of their squares, merged histogram]
-    running: dict[str, list[Any]] = {plan.candidate: [0, 0.0, 0.0, 0.0, {}], plan.baseline: [0, 0.0, 0.0, 0.0, {}]}
+    # per variant: [outcomes, sum, sum of squares, merged histogram]
+    running: dict[str, list[Any]] = {plan.candidate: [0, 0.0, 0.0, {}], plan.baseline: [0, 0.0, 0.0, {}]}
     by_slot: dict[datetime.datetime, list[dict[str, Any]]] = {}
     for row in rows:
         if start <= row["bucket"] < end and row["variant"] in running:
             by_slot.setdefault(row["bucket"], []).append(row)
 
     def arm(counts: list[Any]) -> Arm:
-        count, total, first, second, hist = counts
-        variance = max(second / count - (first / count) ** 2, 0.0) if count and not quantile else None
-        return Arm(count, count, total, variance, dict(hist) if quantile else None)
+        count, total, squares, hist = counts
+        return Arm(count, count, total, variance(count, total, squares), dict(hist) if quantile else None)
 
     answer = []
     slots = sorted(by_slot)
@@ -379,13 +378,9 @@ def _cumulative(rows: list[dict[str, Any]], plan: RolloutPlan, window: tuple[dat
             counts = running[row["variant"]]
             counts[0] += row["count"]
             counts[1] += row["total"]
+            counts[2] += row["squares"]
             if quantile:
-                histograms.merge_into(counts[4], row["histogram"] or {})
-            else:
-                for name, number in (row["histogram"] or {}).items():
-                    value = histograms.representative(name)
-                    counts[2] += value * number
-                    counts[3] += value * value * number
+                histograms.merge_into(counts[3], row["histogram"] or {})
         if (len(slots) - 1 - i) % stride == 0:
             # the last check with outcomes is what the stage's evidence says until now
             at = end if i == len(slots) - 1 else min(slot + width, end)

@@ -120,13 +120,11 @@ def p95_of(values: list[float]) -> float | None:
     return histogram.representative(histogram.bin_of(ordered[math.ceil(0.95 * len(ordered)) - 1]))
 
 
-def binned_variance(values: list[float]) -> float | None:
-    """The population variance of the values as the histogram holds them: at their bins' midpoints."""
+def population_variance(values: list[float]) -> float | None:
     if not values:
         return None
-    binned = [histogram.representative(histogram.bin_of(v)) for v in values]
-    mean = sum(binned) / len(binned)
-    return sum((v - mean) ** 2 for v in binned) / len(binned)
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / len(values)
 
 
 def binned(values: list[float]) -> dict[str, int]:
@@ -137,7 +135,7 @@ def binned(values: list[float]) -> dict[str, int]:
 
 
 def close(actual: Any, expected: Any) -> bool:
-    """Equal, floats within 1e-9 (sums of squares added in another order)."""
+    """Equal, floats within 1e-9 (a variance from sums of squares, not from the differences)."""
     if isinstance(expected, dict):
         return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
             close(actual[k], expected[k]) for k in expected)
@@ -166,7 +164,7 @@ def expected_evidence(scenario: Scenario, start: datetime.datetime, end: datetim
             total = float(sum(values))
             metrics[key] = {"count": len(values), "sum": total, "mean": total / len(values) if values else None,
                             "rate": total / count if count else None, "p95": p95_of(values),
-                            "variance": binned_variance(values)}
+                            "variance": population_variance(values)}
             if key == LATENCY:  # a p95 metric: its evidence keeps the merged histogram
                 metrics[key]["histogram"] = binned(values)
         if not (count or units or any(m["count"] for m in metrics.values())):

@@ -4,8 +4,8 @@ allows, green when wholly within, amber otherwise or with too few samples; the v
 thresholds out of range refused, and never judged as infinity.
 
 The simulations go through the product's own path: each arm's evidence is what
-telemetry.selectors reports (count, sum, the variance and the p95 read from the merged log-scale
-histogram), judged by `judge` as the minute-by-minute sweep does, with the guardrail's defaults
+telemetry.selectors reports (count, sum, the variance from the sums of values and squares, the
+merged log-scale histogram a p95 is read from), judged by `judge` as the minute-by-minute sweep does, with the guardrail's defaults
 (the module's MIN_SAMPLES and the sequences' n_target). Seeds are fixed: the figures repeat.
 """
 
@@ -30,19 +30,23 @@ from rollouts.plans.guardrails import (
     relative_words,
 )
 from telemetry import histogram
+from telemetry.selectors import variance
 from tests.rollouts.plans.support import BASELINE, CANDIDATE, LATENCY, LATENCY_MIN_20
 
 ALPHA = 0.05  # the guardrails' 95 % confidence
 
 
 def arm(values: list[float] | np.ndarray, exposures: int | None = None) -> Arm:
-    """An arm's evidence as telemetry.selectors reports it: count, sum, the binned variance and
-    the merged histogram."""
+    """An arm's evidence as telemetry.selectors reports it: count, sum, the variance from the
+    sums of values and squares, and the merged histogram."""
     binned: dict[str, int] = {}
     for value in values:
         histogram.add(binned, float(value))
-    return Arm(len(values) if exposures is None else exposures, len(values), float(np.sum(values)),
-               histogram.variance(binned), binned)
+    array = np.asarray(values, dtype=float)
+    with np.errstate(over="ignore"):  # squares of values near the float limit are infinite, as in the selectors
+        squares = float((array ** 2).sum())
+    return Arm(len(values) if exposures is None else exposures, len(values), float(array.sum()),
+               variance(len(values), float(array.sum()), squares), binned)
 
 
 def relative(metric_kind: str = "p95", kind: str = "relative_max", threshold: float = 1.2,
@@ -194,7 +198,7 @@ def _ever_red(rng: np.random.Generator, guardrail: dict[str, Any], metric_kind: 
     evidence, is ever red; and the minute each turned red. `draw(rng, side, size)` gives one
     minute's values of an arm (side 0: candidate, 1: baseline)."""
     counts = np.zeros((2, runs, BINS + 1), dtype=np.int64)
-    totals = np.zeros((2, runs))
+    totals, squares = np.zeros((2, runs)), np.zeros((2, runs))
     red_at: list[int] = []
     open_runs = set(range(runs))
     rows = np.repeat(np.arange(runs), per_minute)
@@ -204,13 +208,12 @@ def _ever_red(rng: np.random.Generator, guardrail: dict[str, Any], metric_kind: 
             assert (_bins(values) < BINS + 1).all() and (_bins(values) >= 0).all()
             np.add.at(counts[side], (rows, _bins(values).ravel()), 1)
             totals[side] += values.sum(axis=1)
+            squares[side] += (values ** 2).sum(axis=1)
         n = minute * per_minute
         for run in sorted(open_runs):
-            candidate, baseline = (Arm(n, n, float(totals[side, run]), None, _histogram(counts[side, run]))
-                                   for side in (0, 1))
-            if metric_kind != "p95":  # the variance the selectors read from the merged histogram
-                candidate, baseline = (Arm(a.exposures, a.count, a.total, histogram.variance(a.histogram),
-                                           a.histogram) for a in (candidate, baseline))
+            candidate, baseline = (
+                Arm(n, n, float(totals[side, run]), variance(n, float(totals[side, run]), float(squares[side, run])),
+                    _histogram(counts[side, run]) if metric_kind == "p95" else None) for side in (0, 1))
             if judge(guardrail, candidate=candidate, baseline=baseline, metric_kind=metric_kind).status == RED:
                 red_at.append(minute)
                 open_runs.discard(run)
