@@ -218,6 +218,7 @@ def board(project: Project, now: datetime.datetime | None = None) -> tuple[list[
         stages_by_plan.setdefault(stage.plan_id, []).append(stage)
     evidence = measurement.plans_evidence([p for p in plan_list if p.status in (Status.RUNNING, Status.PAUSED)],
                                     stages_by_plan=stages_by_plan, now=now)
+    metrics = {m.key: m for m in Metric.objects.filter(project=project)} if evidence else {}
     open_rows, closed_rows = [], []
     for plan in plan_list:
         stages = stages_by_plan.get(plan.pk, [])
@@ -225,7 +226,8 @@ def board(project: Project, now: datetime.datetime | None = None) -> tuple[list[
         status = judged["status"] if judged else None
         row = BoardRow(plan=plan, stages=stages, status=status, next_step=next_step(plan, stages, status, now),
                        time_in_stage=_duration(now - plan.stage_entered_at) if plan.stage_entered_at else "—",
-                       messages=[g["message"] for g in judged["guardrails"] if g["status"] != GREEN] if judged else [])
+                       messages=[_named(g["message"], g["metric"], metrics) for g in judged["guardrails"]
+                                 if g["status"] != GREEN] if judged else [])
         (open_rows if plan.status in RolloutPlan.OPEN else closed_rows).append(row)
     return open_rows, closed_rows
 

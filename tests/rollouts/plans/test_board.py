@@ -49,9 +49,11 @@ def test_board__running_plan__stage_time_guardrails_and_next_step(client: Any, c
     html = client.get(board_url()).content.decode()
     row = re.search(rf'<tr data-plan="{plan.pk}">(.*?)</tr>', html, re.S).group(1)
     assert "1 of 4 · Internal users" in row
-    assert 'data-status="red"' in row and re.search(r"latency_p95 is worse by [\d.]+ %–[\d.]+ % than the baseline "
-                                                    r"with 95 % confidence \(20 % worse allowed\): breached", row)
-    assert "Guardrail breached" in row
+    # the verdict in words, with the metric's name
+    assert 'data-status="red"' in row and re.search(r"Latency \(p95\) is worse by [\d.]+ %–[\d.]+ % than the "
+                                                    r"baseline with 95 % confidence \(20 % worse allowed\): breached", row)
+    # and what the sweep will do: the plan is in its first stage, so stepping back is rolling back
+    assert "Guardrail breached: the plan rolls back to baseline_v3 at the next check" in row
 
 
 def test_board__queries_do_not_grow_with_plans(client: Any, catalog: Any, django_assert_max_num_queries: Any) -> None:
