@@ -213,7 +213,7 @@ def test_pm_reviews_evidence_and_advances_5_to_50_through_approval__ofrep_serves
     expect(row).to_contain_text("Running")
     expect(row).to_contain_text("3 of 5 · 5 % of eligible traffic")
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "amber")
-    expect(row).to_contain_text("correction_rate is between")
+    expect(row).to_contain_text("Correction rate is between")
     expect(row).to_contain_text("Advance to stage 4 (50 % experiment)")
 
     # When they open the plan
