@@ -12,7 +12,6 @@ Each with its decisions, audit rows by the system, and the owner and approvers t
 from __future__ import annotations
 
 import datetime
-import time
 from pathlib import Path
 
 import pytest
@@ -40,11 +39,11 @@ from tests.rollouts.plans.through_workers import (
     post_cases,
     served,
     started_plan,
+    sweeping_workers,
 )
 from tests.rollouts.support import user
-from tests.workers import delete_queues, require_broker, start_worker, stop_worker, unique_prefix, worker_env
+from tests.workers import require_broker
 
-SWEEP_SECONDS = 5
 HALF = [STAGES[0], {"name": "Half of everyone", "segments": ["internal_users"], "percentage": 50_000,
                     "min_bake_minutes": 0, "guardrails": [LATENCY]}]
 
@@ -86,20 +85,8 @@ def test_breach__worker_sweep__steps_back_and_rolls_back__ofrep_serves_the_basel
         post_cases(key, before[env_key], {BASELINE: 400.0, CANDIDATE: 800.0})
     # When workers run as deployed, one per queue, beat beside the safety worker (aggregation every
     # 2 s, the guardrail sweep every 5 s)
-    prefix = unique_prefix("breach")
-    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="2", ROLLOUT_GUARDRAIL_CHECK_SECONDS=str(SWEEP_SECONDS))
-    workers = [start_worker(tmp_path, prefix, queues=["safety"], beat=True, name="safety", env=env),
-               start_worker(tmp_path, prefix, queues=["telemetry"], name="telemetry", env=env),
-               start_worker(tmp_path, prefix, queues=["notifications", "reminders"], name="notifications", env=env)]
-    try:
-        # the first sweep comes one interval after beat starts; allow for start-up and a slow machine
-        deadline = time.monotonic() + SWEEP_SECONDS + 60
-        while time.monotonic() < deadline and RolloutPlan.objects.filter(
-                pk__in=(stepping.pk, rolling.pk), status="running").exists():
-            time.sleep(0.5)
-    finally:
-        output = "\n".join(stop_worker(worker) for worker in workers)
-        delete_queues(prefix)
+    output = sweeping_workers(tmp_path, "breach", still_running=lambda: RolloutPlan.objects.filter(
+        pk__in=(stepping.pk, rolling.pk), status="running").exists())
     stepping, rolling = RolloutPlan.objects.get(pk=stepping.pk), RolloutPlan.objects.get(pk=rolling.pk)
 
     # Then the staging plan is back in its first stage, paused there

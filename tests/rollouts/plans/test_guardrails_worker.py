@@ -9,7 +9,6 @@ on a breach, the default: test_breach_step_back_worker.py.)"""
 from __future__ import annotations
 
 import datetime
-import time
 from pathlib import Path
 
 import pytest
@@ -34,11 +33,10 @@ from tests.rollouts.plans.through_workers import (
     post_cases,
     served,
     started_plan,
+    sweeping_workers,
     units_by_variant,
 )
-from tests.workers import delete_queues, require_broker, start_worker, stop_worker, unique_prefix, worker_env
-
-SWEEP_SECONDS = 5
+from tests.workers import require_broker
 
 
 def within(value: float, low: float, high: float) -> bool:
@@ -72,19 +70,8 @@ def test_guardrails__worker_aggregates_and_sweeps__red_plan_paused_green_plan_ru
     post_cases(keys["staging"], before["staging"], {BASELINE: 400.0, CANDIDATE: 400.0})
     # When a worker with beat runs (aggregation every 2 s, the guardrail sweep every 5 s)
     # (each queue with a worker of its own, as deployed; beat beside the safety worker)
-    prefix = unique_prefix("guardrails")
-    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="2", ROLLOUT_GUARDRAIL_CHECK_SECONDS=str(SWEEP_SECONDS))
-    workers = [start_worker(tmp_path, prefix, queues=["safety"], beat=True, name="safety", env=env),
-               start_worker(tmp_path, prefix, queues=["telemetry"], name="telemetry", env=env),
-               start_worker(tmp_path, prefix, queues=["notifications", "reminders"], name="notifications", env=env)]
-    try:
-        # the first sweep comes one interval after beat starts; allow for start-up and a slow machine
-        deadline = time.monotonic() + SWEEP_SECONDS + 60
-        while time.monotonic() < deadline and RolloutPlan.objects.get(pk=red.pk).status == "running":
-            time.sleep(0.5)
-    finally:
-        output = "\n".join(stop_worker(worker) for worker in workers)
-        delete_queues(prefix)
+    output = sweeping_workers(tmp_path, "guardrails",
+                              still_running=lambda: RolloutPlan.objects.get(pk=red.pk).status == "running")
     # Then the production plan was paused by the system, after recording the breach
     red, green = RolloutPlan.objects.get(pk=red.pk), RolloutPlan.objects.get(pk=green.pk)
     assert red.status == "paused", output[-3000:]

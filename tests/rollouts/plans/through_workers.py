@@ -10,7 +10,10 @@ outcomes (`OUTCOMES_PER_UNIT`), as a real application reports one per request.""
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.utils import timezone
@@ -22,6 +25,7 @@ from rollouts.plans import design, transitions
 from telemetry.constants import MAX_EVENTS_PER_BATCH
 from tests.ofrep_client import call, evaluate
 from tests.rollouts.support import user
+from tests.workers import delete_queues, start_worker, stop_worker, unique_prefix, worker_env
 
 PROFILE = "support_assistant_profile"
 BASELINE, CANDIDATE = "baseline_v3", "citation_first_v4"
@@ -114,3 +118,25 @@ def units_by_variant(variants: dict[str, str]) -> dict[str, set[str]]:
     for unit, variant in variants.items():
         grouped.setdefault(variant, set()).add(unit)
     return grouped
+
+
+SWEEP_SECONDS = 5
+
+
+def sweeping_workers(tmp_path: Path, name: str, *, still_running: Callable[[], bool]) -> str:
+    """Run the workers as deployed, one per queue, beat beside the safety worker (aggregation
+    every 2 s, the guardrail sweep every SWEEP_SECONDS), until `still_running()` turns false or
+    a minute past the first sweep (start-up on a slow machine); answers the workers' output."""
+    prefix = unique_prefix(name)
+    env = worker_env(tmp_path, prefix, TELEMETRY_AGGREGATE_SECONDS="2", ROLLOUT_GUARDRAIL_CHECK_SECONDS=str(SWEEP_SECONDS))
+    workers = [start_worker(tmp_path, prefix, queues=["safety"], beat=True, name="safety", env=env),
+               start_worker(tmp_path, prefix, queues=["telemetry"], name="telemetry", env=env),
+               start_worker(tmp_path, prefix, queues=["notifications", "reminders"], name="notifications", env=env)]
+    try:
+        deadline = time.monotonic() + SWEEP_SECONDS + 60
+        while time.monotonic() < deadline and still_running():
+            time.sleep(0.5)
+    finally:
+        output = "\n".join(stop_worker(worker) for worker in workers)
+        delete_queues(prefix)
+    return output
