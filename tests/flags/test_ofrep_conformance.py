@@ -426,6 +426,26 @@ def _chunked_post(base: str, path: str, raw_key: str, pieces: list[bytes]) -> tu
 
 
 @pytest.mark.postgres
+def test_query_string_over_the_servers_limit__414_as_documented(served: tuple[str, dict[str, str]]) -> None:
+    # Given gunicorn in front, whose request line holds at most 4,094 bytes
+    base, keys = served
+    host, port = base.removeprefix("http://").split(":")
+    for method, path in (("POST", BULK), ("POST", f"/ofrep/v1/evaluate/flags/{TOOL_MODE}"),
+                         ("GET", "/ofrep/v1/configuration")):
+        # When a request's query string is longer than that (a fuzzer's, or a broken client's)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request(method, f"{path}?padding={'x' * 5_000}", body=b"{}" if method == "POST" else None,
+                     headers={"Authorization": f"Bearer {keys['production']}", "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        # Then the server answers 414 with its own page, and our OpenAPI file documents exactly that
+        assert answer.status == 414 and b"URI Too Long" in body
+        documented = _documented_response(path.replace(TOOL_MODE, "{key}"), method.lower(), 414)
+        assert answer.getheader("Content-Type", "").startswith(next(iter(documented["content"])))
+
+
+@pytest.mark.postgres
 def test_chunked_upload_through_gunicorn__read__and_413_over_the_limit(served: tuple[str, dict[str, str]]) -> None:
     base, keys = served
     body = json.dumps({"context": {"accountId": "acct-internal-001", "padding": "x" * 30_000}}).encode()
