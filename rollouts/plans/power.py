@@ -87,8 +87,11 @@ def pooled(variants: Mapping[str, Any], metric: str) -> Arm:
     if count <= 0:
         return Arm(exposures, 0, 0.0, None, merged or None)
     mean = total / count
-    squares = math.fsum(a.count * ((a.variance or 0.0) + (a.total / a.count) ** 2) for a in arms if a.count > 0)
-    return Arm(exposures, count, total, max(squares / count - mean * mean, 0.0), merged or None)
+    # products, not powers: values near the float limit make infinities here, not an OverflowError
+    squares = sum(a.count * ((a.variance or 0.0) + (a.total / a.count) * (a.total / a.count))
+                  for a in arms if a.count > 0)
+    spread = squares / count - mean * mean
+    return Arm(exposures, count, total, max(spread, 0.0) if math.isfinite(spread) else None, merged or None)
 
 
 def recent_traffic(*, flag_id: int, environment_id: int, metric_keys: Sequence[str],
@@ -311,8 +314,11 @@ def guardrail_estimate(guardrail: Mapping[str, Any], *, metric_kind: str, recent
     sent = "all of them" if share >= 1 else f"{_percent(share)} of them"
     detail = (f"≈ {about(per_hour * 24)} {unit} a day reach this flag; this stage sends {sent} to the candidate"
               + (", plus its segments' units" if has_segments and share < 1 else ""))
-    need = observations_needed(guardrail, metric_kind=metric_kind, recent=recent, share=share,
-                               limit=math.ceil(per_hour * HORIZON_HOURS))
+    try:
+        need = observations_needed(guardrail, metric_kind=metric_kind, recent=recent, share=share,
+                                   limit=math.ceil(per_hour * HORIZON_HOURS))
+    except (OverflowError, ValueError):  # recent values near the float limit
+        return Estimate(metric, allowance, f"the recent {metric} values are too large to estimate from", detail)
     if need.problem:
         return Estimate(metric, allowance, need.problem)
     if need.observations is None:

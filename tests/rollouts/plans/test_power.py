@@ -226,3 +226,15 @@ def test_bake_words__as_set(minutes: int, words: str) -> None:
 def test_duration_words__minutes_hours_days(hours: float, words: str) -> None:
     # Given a duration in hours, When it is put in words, Then minutes below 1.5 h, hours below 2 days
     assert power.duration_words(hours) == words
+
+
+@pytest.mark.parametrize("kind", ["relative_max", "absolute_max"])
+def test_values_near_the_float_limit__said_not_a_500(kind: str) -> None:
+    # Given recent values near the largest float (accepted by the events API: they are finite)
+    huge = power.pooled({BASELINE: {"exposures": 100, "metrics": {"cost": {"count": 100, "sum": 1e306,
+                                                                            "variance": 1e300}}}}, "cost")
+    guardrail = {"metric": "cost", "kind": kind, "threshold": 1.2 if kind == "relative_max" else 1e305}
+    # When a stage's estimate is asked for
+    estimate = power.guardrail_estimate(guardrail, metric_kind="mean", recent=huge, hours=24.0, share=0.5)
+    # Then it says something a person can read, and raised nothing
+    assert estimate.metric == "cost" and estimate.headline
