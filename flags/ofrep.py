@@ -261,7 +261,7 @@ def _newer_than(snapshot: Snapshot, environ: dict[str, Any]) -> dict[int, int] |
     if parsed is not None and parsed[0] == snapshot.environment_id and parsed[1] > snapshot.version:
         return {parsed[0]: parsed[1]}
     modified = (query.get("flagConfigLastModified") or [""])[0]
-    if modified.isdigit() and int(modified) > int(snapshot.changed_at):
+    if modified.isascii() and modified.isdigit() and int(modified) > int(snapshot.changed_at):
         return {}
     return None
 

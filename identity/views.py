@@ -216,7 +216,7 @@ def sessions_revoke(request: HttpRequest, project: Project) -> HttpResponse:
     user_id = request.POST.get("user", "")
     # Only members of this project: an id from elsewhere is not found.
     person = get_user_model().objects.filter(
-        pk=int(user_id), memberships__project=project).distinct().first() if user_id.isdigit() else None
+        pk=int(user_id), memberships__project=project).distinct().first() if user_id.isascii() and user_id.isdigit() else None
     if person is None:
         raise Http404("No such member.")
     ended = report(request, lambda: services.user_sessions_revoke(user=person, actor=request.user, project=project),

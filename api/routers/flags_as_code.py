@@ -155,7 +155,7 @@ def _document(request: HttpRequest, model: type[Body], query: PlanQuery) -> Body
     length = request.headers.get("Content-Length", "")
     too_large = ApiError(413, "too_large", f"The document is larger than {MAX_DOCUMENT_BYTES:,} bytes: split it "
                                            "into several files.")
-    if length.isdigit() and int(length) > MAX_DOCUMENT_BYTES:
+    if length.isascii() and length.isdigit() and int(length) > MAX_DOCUMENT_BYTES:
         raise too_large
     try:
         raw = request.body
